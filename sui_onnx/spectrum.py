@@ -1,0 +1,254 @@
+"""Streaming covariance of one tap: sufficient statistics (n, sum x, sum x x^T) -> eigenvalues.
+
+The contract follows scikit-learn's IncrementalPCA: ``update`` batch by batch, ``merge`` shards,
+``finalize`` to read the result. Statistics are float64; batches may be float32 (the per-batch
+product then runs in float32 GEMM and is added into float64). To avoid catastrophic cancellation
+when the mean is large against the spread, every row is centred on a fixed shift taken from the
+first batch before it is multiplied, and the shift is undone exactly in float64 at the end.
+One code path serves NumPy and CuPy arrays.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import NumericalError, SuiError
+from .xp import array_namespace, to_numpy
+
+STATE_FORMAT = "sui-onnx/accumulator"
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """Finalized statistics of one tap. ``eigenvalues`` are descending, clamped at 0 (host)."""
+
+    name: str
+    width: int
+    n: int
+    eigenvalues: np.ndarray
+    trace: float
+    mean: np.ndarray
+
+    @property
+    def rank_capped(self) -> bool:
+        """True when N - 1 < D: the covariance rank is capped by the token count, not the model."""
+        return self.n - 1 < self.width
+
+
+class CovarianceAccumulator:
+    """Mergeable float64 sufficient statistics of the rows of [*, D] activation batches."""
+
+    def __init__(self, width: int, name: str = "", xp: Any = np) -> None:
+        if width < 1:
+            raise ValueError("width must be positive")
+        self.width = int(width)
+        self.name = name
+        self.xp = xp
+        self.n = 0
+        self.shift: Any = None  # (D,) float64, fixed after the first non-empty batch
+        self.sum = xp.zeros(self.width, dtype=xp.float64)  # sum of (x - shift)
+        self.gram = xp.zeros((self.width, self.width), dtype=xp.float64)  # sum of (x-shift)(x-shift)^T
+
+    # -- updates ---------------------------------------------------------------------------
+    def _rows(self, batch: Any, mask: Any) -> Any:
+        xp = self.xp
+        x = batch if array_namespace(batch) is xp else xp.asarray(to_numpy(batch))
+        if x.ndim < 1 or x.shape[-1] != self.width:
+            raise SuiError(f"tap {self.name!r}: expected last dimension {self.width}, got shape {tuple(x.shape)}")
+        x = x.reshape(-1, self.width)
+        if mask is not None:
+            m = mask if array_namespace(mask) is xp else xp.asarray(to_numpy(mask))
+            m = m.reshape(-1).astype(bool)
+            if m.shape[0] != x.shape[0]:
+                raise SuiError(f"tap {self.name!r}: mask has {m.shape[0]} positions, batch has {x.shape[0]} rows")
+            x = x[m]
+        if x.dtype not in (xp.float32, xp.float64):
+            x = x.astype(xp.float32)
+        return x
+
+    def update(self, batch: Any, mask: Any = None) -> None:
+        """Add the rows of ``batch`` ([..., D]); ``mask`` ([...], nonzero = real token) drops padding."""
+        xp = self.xp
+        x = self._rows(batch, mask)
+        if x.shape[0] == 0:
+            return
+        if not bool(xp.isfinite(x).all()):
+            raise NumericalError(
+                f"tap {self.name!r}: activations contain NaN or Inf (fp16 overflow?); "
+                "the batch was rejected"
+            )
+        if self.shift is None:
+            # rounded to float32 so the shift subtracted from float32 rows is exactly the stored one
+            self.shift = x.mean(axis=0, dtype=xp.float64).astype(xp.float32).astype(xp.float64)
+        centred = x - self.shift.astype(x.dtype)
+        self.n += int(x.shape[0])
+        self.sum += centred.sum(axis=0, dtype=xp.float64)
+        self.gram += (centred.T @ centred).astype(xp.float64, copy=False)
+
+    def update_gram(self, n: int, row_sum: Any, gram: Any) -> None:
+        """Add statistics already reduced elsewhere (e.g. inside the ONNX graph) around shift 0."""
+        other = CovarianceAccumulator(self.width, self.name, self.xp)
+        other.n = int(n)
+        other.shift = self.xp.zeros(self.width, dtype=self.xp.float64)
+        other.sum = self.xp.asarray(row_sum, dtype=self.xp.float64).reshape(self.width)
+        other.gram = self.xp.asarray(gram, dtype=self.xp.float64).reshape(self.width, self.width)
+        if not (bool(self.xp.isfinite(other.sum).all()) and bool(self.xp.isfinite(other.gram).all())):
+            raise NumericalError(f"tap {self.name!r}: statistics contain NaN or Inf")
+        self.merge(other)
+
+    def _recentre(self, new_shift: Any) -> None:
+        """Re-express the statistics around ``new_shift`` (exact float64 algebra)."""
+        xp = self.xp
+        d = self.shift - new_shift  # x - new = (x - old) + d
+        self.gram += xp.outer(d, self.sum) + xp.outer(self.sum, d) + self.n * xp.outer(d, d)
+        self.sum = self.sum + self.n * d
+        self.shift = new_shift
+
+    def merge(self, other: "CovarianceAccumulator") -> "CovarianceAccumulator":
+        """Add another accumulator's statistics into this one (shards, resumed runs, workers)."""
+        if other.width != self.width:
+            raise SuiError(f"cannot merge tap {other.name!r} (width {other.width}) into {self.name!r} (width {self.width})")
+        if other.n == 0:
+            return self
+        xp = self.xp
+        o_shift = xp.asarray(to_numpy(other.shift)) if array_namespace(other.shift) is not xp else other.shift
+        o_sum = xp.asarray(to_numpy(other.sum)) if array_namespace(other.sum) is not xp else other.sum
+        o_gram = xp.asarray(to_numpy(other.gram)) if array_namespace(other.gram) is not xp else other.gram
+        if self.shift is None:
+            self.shift, self.sum, self.gram, self.n = o_shift.copy(), o_sum.copy(), o_gram.copy(), other.n
+            return self
+        d = o_shift - self.shift  # other's rows around our shift: (x - o) + d
+        self.gram += o_gram + xp.outer(d, o_sum) + xp.outer(o_sum, d) + other.n * xp.outer(d, d)
+        self.sum += o_sum + other.n * d
+        self.n += other.n
+        return self
+
+    # -- results ---------------------------------------------------------------------------
+    def covariance(self) -> Any:
+        """Unbiased covariance (G - s s^T / n) / (n - 1) around the mean, symmetrized."""
+        if self.n < 2:
+            raise SuiError(f"tap {self.name!r}: need at least 2 tokens for a covariance, have {self.n}")
+        xp = self.xp
+        c = (self.gram - xp.outer(self.sum, self.sum) / self.n) / (self.n - 1)
+        return (c + c.T) * 0.5
+
+    def finalize(self) -> Spectrum:
+        """Eigenvalues of the covariance (eigvalsh only, no eigenvectors), on the host."""
+        xp = self.xp
+        cov = self.covariance()
+        eig = xp.linalg.eigvalsh(cov)
+        eig = xp.clip(eig[::-1], 0.0, None)
+        mean = self.shift + self.sum / self.n
+        return Spectrum(
+            name=self.name,
+            width=self.width,
+            n=self.n,
+            eigenvalues=to_numpy(eig).copy(),
+            trace=float(xp.trace(cov)),
+            mean=to_numpy(mean).copy(),
+        )
+
+    # -- persistence -----------------------------------------------------------------------
+    def state(self) -> dict[str, np.ndarray]:
+        """Host copy of the statistics, keyed for an .npz file."""
+        shift = np.zeros(self.width) if self.shift is None else to_numpy(self.shift)
+        return {
+            "n": np.asarray(self.n, dtype=np.int64),
+            "shift": np.asarray(shift, dtype=np.float64),
+            "sum": np.asarray(to_numpy(self.sum), dtype=np.float64),
+            "gram": np.asarray(to_numpy(self.gram), dtype=np.float64),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray], name: str = "", xp: Any = np) -> "CovarianceAccumulator":
+        gram = np.asarray(state["gram"], dtype=np.float64)
+        acc = cls(gram.shape[0], name, xp)
+        acc.n = int(state["n"])
+        if acc.n:
+            acc.shift = xp.asarray(state["shift"], dtype=xp.float64)
+            acc.sum = xp.asarray(state["sum"], dtype=xp.float64)
+            acc.gram = xp.asarray(gram)
+        return acc
+
+    def save(self, path: str | Path) -> Path:
+        """Save this single accumulator to an .npz file (atomic)."""
+        return save_accumulators(path, [self])
+
+    @classmethod
+    def load(cls, path: str | Path, xp: Any = np) -> "CovarianceAccumulator":
+        accs, _ = load_accumulators(path, xp)
+        if len(accs) != 1:
+            raise SuiError(f"{path} holds {len(accs)} accumulators, expected 1")
+        return accs[0]
+
+
+def atomic_write_bytes(path: str | Path, write: Any) -> Path:
+    """Call ``write(fileobj)`` on a temp file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_accumulators(
+    path: str | Path, accumulators: list[CovarianceAccumulator], meta: dict[str, Any] | None = None
+) -> Path:
+    """Save several taps' statistics (checkpoints, shards) to one .npz, atomically.
+
+    ``meta`` holds JSON-able run provenance (model hash, tokens consumed, ...)."""
+    import json
+
+    arrays: dict[str, np.ndarray] = {
+        "format": np.asarray(STATE_FORMAT),
+        "version": np.asarray(STATE_VERSION),
+        "names": np.asarray([a.name for a in accumulators]),
+        "meta": np.asarray(json.dumps(meta or {}, sort_keys=True)),
+    }
+    for i, acc in enumerate(accumulators):
+        for key, value in acc.state().items():
+            arrays[f"{i}/{key}"] = value
+    return atomic_write_bytes(path, lambda fh: np.savez(fh, **arrays))
+
+
+def load_accumulators(path: str | Path, xp: Any = np) -> tuple[list[CovarianceAccumulator], dict[str, Any]]:
+    """Load what ``save_accumulators`` wrote; never unpickles (allow_pickle=False)."""
+    import json
+    import zipfile
+
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "format" not in z.files or str(z["format"]) != STATE_FORMAT:
+                raise SuiError(f"{path} is not a sui-onnx accumulator file")
+            version = int(z["version"])
+            if version > STATE_VERSION:
+                raise SuiError(f"{path} was written by a newer sui-onnx (state version {version})")
+            names = [str(n) for n in z["names"]]
+            meta = json.loads(str(z["meta"]))
+            accs = [
+                CovarianceAccumulator.from_state(
+                    {k: z[f"{i}/{k}"] for k in ("n", "shift", "sum", "gram")}, name, xp
+                )
+                for i, name in enumerate(names)
+            ]
+    except FileNotFoundError:
+        raise SuiError(f"{path}: no such file") from None
+    except (zipfile.BadZipFile, ValueError, KeyError, OSError) as exc:
+        raise SuiError(f"{path} is not a readable accumulator file ({exc.__class__.__name__})") from None
+    return accs, meta

@@ -1,0 +1,177 @@
+"""The streaming covariance accumulator: exactness against a two-pass reference, merging,
+cancellation, masks, numerical guards, persistence."""
+
+import numpy as np
+import pytest
+
+from sui_onnx.errors import NumericalError, SuiError
+from sui_onnx.spectrum import CovarianceAccumulator, load_accumulators, save_accumulators
+
+
+def two_pass_eigs(x):
+    """Reference: centre with the exact mean, then form the covariance in one float64 product."""
+    x = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
+    c = x - x.mean(axis=0)
+    cov = c.T @ c / (x.shape[0] - 1)
+    return np.clip(np.linalg.eigvalsh(cov)[::-1], 0, None)
+
+
+def correlated(rng, n, d, mean=0.0, spread=1.0):
+    mix = rng.standard_normal((d, d)) * (0.7 ** np.arange(d))
+    return mean + spread * rng.standard_normal((n, d)) @ mix
+
+
+def test_one_pass_equals_two_pass_reference():
+    rng = np.random.default_rng(0)
+    x = correlated(rng, 3000, 24)
+    acc = CovarianceAccumulator(24, "t")
+    for chunk in np.array_split(x, 7):
+        acc.update(chunk)
+    spec = acc.finalize()
+    np.testing.assert_allclose(spec.eigenvalues, two_pass_eigs(x), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(spec.mean, x.mean(axis=0), rtol=1e-12, atol=1e-12)
+    assert spec.n == 3000 and spec.trace == pytest.approx(np.trace(np.cov(x.T)), rel=1e-12)
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_merged_shards_equal_one_pass(k):
+    rng = np.random.default_rng(k)
+    x = correlated(rng, 2000, 16, mean=3.0)
+    whole = CovarianceAccumulator(16)
+    whole.update(x)
+    shards = []
+    for part in np.array_split(x, k):
+        s = CovarianceAccumulator(16)
+        s.update(part + 0.0)
+        shards.append(s)
+    merged = shards[0]
+    for s in shards[1:]:
+        merged.merge(s)
+    ref = two_pass_eigs(x)
+    np.testing.assert_allclose(merged.finalize().eigenvalues, ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(whole.finalize().eigenvalues, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_merge_into_empty_and_with_empty():
+    rng = np.random.default_rng(1)
+    x = correlated(rng, 100, 5)
+    a, b = CovarianceAccumulator(5), CovarianceAccumulator(5)
+    b.update(x)
+    a.merge(b).merge(CovarianceAccumulator(5))
+    np.testing.assert_allclose(a.finalize().eigenvalues, two_pass_eigs(x), rtol=1e-10, atol=1e-13)
+
+
+def test_large_mean_against_spread_does_not_cancel():
+    rng = np.random.default_rng(2)
+    # mean 1e4 times the spread; the first batch fixes the shift, later batches drift a little
+    x = correlated(rng, 4000, 12, mean=1e4, spread=1.0)
+    x[2000:] += 0.5
+    acc = CovarianceAccumulator(12)
+    for chunk in np.array_split(x, 8):
+        acc.update(chunk)
+    np.testing.assert_allclose(acc.finalize().eigenvalues, two_pass_eigs(x), rtol=1e-9, atol=1e-9)
+    # the naive formula in float64 without a shift loses digits on the same data
+    naive = (x.T @ x - np.outer(x.sum(0), x.sum(0)) / len(x)) / (len(x) - 1)
+    naive_err = np.abs(np.linalg.eigvalsh(naive)[::-1] - two_pass_eigs(x)).max()
+    ours_err = np.abs(acc.finalize().eigenvalues - two_pass_eigs(x)).max()
+    assert ours_err < naive_err / 100
+
+
+def test_float32_batches_accumulate_in_float64():
+    rng = np.random.default_rng(3)
+    x = correlated(rng, 5000, 32, mean=50.0).astype(np.float32)
+    acc = CovarianceAccumulator(32)
+    for chunk in np.array_split(x, 5):
+        acc.update(chunk)
+    assert acc.gram.dtype == np.float64
+    ref = two_pass_eigs(x.astype(np.float64))
+    np.testing.assert_allclose(acc.finalize().eigenvalues, ref, rtol=1e-5, atol=1e-6 * ref[0])
+
+
+def test_mask_excludes_padding_positions():
+    rng = np.random.default_rng(4)
+    batch = rng.standard_normal((3, 10, 6))
+    mask = rng.random((3, 10)) > 0.3
+    batch[~mask] = 1e6  # padding garbage must not leak into the statistics
+    acc = CovarianceAccumulator(6)
+    acc.update(batch, mask=mask)
+    assert acc.n == int(mask.sum())
+    np.testing.assert_allclose(acc.finalize().eigenvalues, two_pass_eigs(batch[mask]), rtol=1e-10, atol=1e-12)
+
+
+def test_rank_capped_when_tokens_fewer_than_width():
+    acc = CovarianceAccumulator(64)
+    acc.update(np.random.default_rng(5).standard_normal((20, 64)))
+    spec = acc.finalize()
+    assert spec.rank_capped
+    assert np.count_nonzero(spec.eigenvalues > 1e-10 * spec.eigenvalues[0]) <= 19
+    big = CovarianceAccumulator(4)
+    big.update(np.random.default_rng(6).standard_normal((20, 4)))
+    assert not big.finalize().rank_capped
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_batches_are_rejected_naming_the_tap(bad):
+    acc = CovarianceAccumulator(4, "/model/layers.3/mlp/Mul_output_0")
+    x = np.ones((5, 4))
+    x[2, 1] = bad
+    with pytest.raises(NumericalError, match="layers.3/mlp/Mul_output_0"):
+        acc.update(x)
+    assert acc.n == 0  # nothing of the bad batch was kept
+
+
+def test_shape_errors_name_the_tap():
+    acc = CovarianceAccumulator(4, "tapA")
+    with pytest.raises(SuiError, match="tapA"):
+        acc.update(np.ones((3, 5)))
+    with pytest.raises(SuiError, match="at least 2 tokens"):
+        acc.finalize()
+
+
+def test_update_gram_matches_update():
+    rng = np.random.default_rng(7)
+    x = correlated(rng, 500, 8, mean=2.0)
+    a, b = CovarianceAccumulator(8), CovarianceAccumulator(8)
+    a.update(x[:200])
+    a.update(x[200:])
+    b.update(x[:200])
+    b.update_gram(300, x[200:].sum(0), x[200:].T @ x[200:])
+    np.testing.assert_allclose(b.finalize().eigenvalues, a.finalize().eigenvalues, rtol=1e-9, atol=1e-12)
+
+
+def test_save_load_round_trip(tmp_path):
+    rng = np.random.default_rng(8)
+    accs = []
+    for i, d in enumerate((4, 9)):
+        a = CovarianceAccumulator(d, f"tap{i}")
+        a.update(correlated(rng, 50, d, mean=1.0))
+        accs.append(a)
+    accs.append(CovarianceAccumulator(3, "empty"))
+    path = save_accumulators(tmp_path / "ckpt.npz", accs, meta={"tokens": 100})
+    loaded, meta = load_accumulators(path)
+    assert meta == {"tokens": 100} and [a.name for a in loaded] == ["tap0", "tap1", "empty"]
+    for a, b in zip(accs[:2], loaded[:2]):
+        assert b.n == a.n
+        np.testing.assert_array_equal(b.finalize().eigenvalues, a.finalize().eigenvalues)
+    assert loaded[2].n == 0 and loaded[2].width == 3
+    single = accs[0].save(tmp_path / "one.npz")
+    assert CovarianceAccumulator.load(single).n == accs[0].n
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic write left no temp file
+
+
+def test_loading_garbage_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(SuiError, match="not a readable accumulator"):
+        load_accumulators(bad)
+    other = tmp_path / "other.npz"
+    np.savez(other, x=np.ones(3))
+    with pytest.raises(SuiError, match="not a sui-onnx accumulator"):
+        load_accumulators(other)
+    with pytest.raises(SuiError, match="no such file"):
+        load_accumulators(tmp_path / "missing.npz")
+
+
+def test_merge_rejects_width_mismatch():
+    with pytest.raises(SuiError, match="width"):
+        CovarianceAccumulator(3, "a").merge(CovarianceAccumulator(4, "b"))
