@@ -10,8 +10,8 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from ._version import __version__
-from .errors import SuiError
+from .._version import __version__
+from ..errors import SuiError
 
 EXIT_OK, EXIT_BREACH, EXIT_ERROR = 0, 1, 2
 
@@ -36,12 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sui-onnx {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for register in _COMMANDS:
+    for register in _commands():
         register(sub)
     return parser
 
 
-_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+def _commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Each command module registers its subparser; imports stay light (no onnxruntime here)."""
+    from . import commands
+
+    return commands.REGISTRY
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,369 @@
+"""analyze(model, calibration) -> Report: the one entry point that composes the stages.
+
+graph (taps, tapped copy) -> calib (batches) -> runner (tap tensors) -> spectrum (accumulators)
+-> metrics -> advice. The CLI, the gate, scaling-on-models and the Ray driver all call this.
+Memory: one batch of tap tensors plus D x D float64 statistics per tap, independent of the number
+of calibration tokens; when the statistics of all taps exceed `max_memory`, the taps are split
+into groups analyzed in successive passes over the same calibration data.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import __version__
+from .advice import status_message, summarize, token_flags, width_advice, worst_status
+from .calib import CalibrationSpec, CalibrationStream
+from .errors import NumericalError, SuiError
+from .metrics import DEFAULT_ENERGY_LEVELS, DEFAULT_TOP_FRACTION, spectral_metrics
+from .report import LayerResult, Report
+from .spectrum import CovarianceAccumulator, load_accumulators, save_accumulators
+
+ProgressFn = Callable[[int, int, str], None]  # (tokens done, tokens total, description)
+
+
+class Interrupted(SuiError):
+    """The run was interrupted (SIGINT/SIGTERM); a checkpoint was saved."""
+
+
+@dataclass
+class AnalysisOptions:
+    site: str = "post"
+    include: str | None = None
+    exclude: str | None = None
+    explicit: Sequence[str] = ()
+    device: str = "auto"
+    threads: int | None = None
+    top_fraction: float = DEFAULT_TOP_FRACTION
+    energy_levels: Sequence[float] = DEFAULT_ENERGY_LEVELS
+    advice_q: float = 0.95
+    advice_quantile: float = 1.0
+    align: int = 64
+    max_memory: int | None = None  # bytes for accumulators; None = no limit
+    checkpoint: Path | None = None
+    checkpoint_every: int = 50  # batches
+    resume: Path | None = None
+    stats: Path | None = None  # build the report from saved statistics, no calibration run
+    progress: ProgressFn | None = None
+    extra_provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def accumulator_bytes(widths: Sequence[int]) -> int:
+    """Memory of the float64 statistics: D^2 + D per tap, 8 bytes each."""
+    return sum(8 * (w * w + w) for w in widths)
+
+
+def plan_groups(widths: Sequence[int], max_memory: int | None) -> list[list[int]]:
+    """Split tap indices into consecutive groups whose accumulators fit `max_memory`."""
+    if max_memory is None:
+        return [list(range(len(widths)))]
+    groups: list[list[int]] = [[]]
+    used = 0
+    for i, w in enumerate(widths):
+        need = accumulator_bytes([w])
+        if need > max_memory:
+            raise SuiError(
+                f"--max-memory {max_memory / 2**20:.0f} MiB is below one tap's statistics "
+                f"({need / 2**20:.0f} MiB for D={w})"
+            )
+        if groups[-1] and used + need > max_memory:
+            groups.append([])
+            used = 0
+        groups[-1].append(i)
+        used += need
+    return groups
+
+
+def analyze(model: str | Path, calib: CalibrationSpec | None = None, options: AnalysisOptions | None = None) -> Report:
+    """Analyze one ONNX model on calibration data and return the report (with eigenvalues)."""
+    from .graph import find_taps, load_model
+
+    calib = calib or CalibrationSpec()
+    opts = options or AnalysisOptions()
+    started = time.perf_counter()
+    src = load_model(model)
+    taps = find_taps(src.model, site=opts.site, include=opts.include, exclude=opts.exclude, explicit=opts.explicit)
+    widths = [t.width for t in taps]
+    names = [t.tensor for t in taps]
+
+    if opts.stats is not None:
+        accs, meta = _load_stats(opts.stats, src.sha256, names, widths)
+        runtime = {"device": "none", "providers": [], "source": str(opts.stats)}
+        calibration = {**meta.get("calibration", {}), "tokens": accs[0].n if accs else 0, "from_stats": str(opts.stats)}
+        spectra_parts = [_finalize(acc) for acc in accs]
+    else:
+        stream = CalibrationStream(calib, src.folder, widths)
+        spectra_parts, runtime, calibration = _run(src, taps, stream, calib, opts)
+
+    elapsed = time.perf_counter() - started
+    layers, eigenvalues = [], []
+    for tap, (n, ev, flags, message) in zip(taps, spectra_parts):
+        layers.append(_layer_result(tap, n, ev, flags, message, opts))
+        eigenvalues.append(ev)
+    runtime["elapsed_s"] = round(elapsed, 3)
+    if calibration.get("tokens") and runtime.get("device") != "none":
+        runtime["tokens_per_s"] = round(calibration["tokens"] / max(elapsed, 1e-9), 1)
+    report = Report(
+        tool={"name": "sui-onnx", "version": __version__},
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        model=_model_provenance(src, taps, opts),
+        calibration=calibration,
+        runtime=runtime,
+        settings={
+            "site": opts.site,
+            "top_fraction": opts.top_fraction,
+            "energy_levels": list(opts.energy_levels),
+            "advice": {"q": opts.advice_q, "quantile": opts.advice_quantile, "align": opts.align},
+        },
+        layers=layers,
+    )
+    report.summary = summarize(layers)
+    report.advice = width_advice(layers, eigenvalues, opts.advice_q, opts.advice_quantile, opts.align)
+    report.eigenvalues = eigenvalues
+    return report
+
+
+# -- the calibration run -------------------------------------------------------------------
+def _run(src, taps, stream: CalibrationStream, calib: CalibrationSpec, opts: AnalysisOptions):
+    from .graph import write_tapped
+    from .runner import TapRunner
+
+    widths = [t.width for t in taps]
+    groups = plan_groups(widths, opts.max_memory)
+    results: list[Any] = [None] * len(taps)
+    state = _RunState.start(opts, src.sha256, taps, calib, stream)
+    runtime: dict[str, Any] = {"device": None, "providers": [], "passes": len(groups)}
+    with _signals_as_interrupts(), tempfile.TemporaryDirectory(prefix="sui-onnx-") as tmp:
+        for g, group in enumerate(groups):
+            if g < state.group:  # finished before a resume
+                for i in group:
+                    results[i] = state.finished[i]
+                continue
+            group_taps = [taps[i] for i in group]
+            tapped = write_tapped(src, group_taps, Path(tmp) / f"tapped_{g}.onnx")
+            runner = TapRunner(tapped, [t.tensor for t in group_taps], opts.device, opts.threads)
+            runtime["device"] = "cuda" if runner.device.cuda else "cpu"
+            runtime["providers"] = list(runner.device.providers)
+            accs = state.accumulators_for(group, taps, runner.xp)
+            bad: dict[int, str] = dict(state.bad)
+            tokens_done = state.tokens_done if g == state.group else 0
+            batches_done = state.batches_done if g == state.group else 0
+            desc = f"pass {g + 1}/{len(groups)}" if len(groups) > 1 else "calibrating"
+            try:
+                for b, batch in enumerate(stream):
+                    if b < batches_done:
+                        continue  # already in the resumed statistics
+                    outs = runner.run(batch.input_ids, [t.width for t in group_taps])
+                    for j, (i, out) in enumerate(zip(group, outs)):
+                        if i in bad:
+                            continue
+                        try:
+                            accs[j].update(out)
+                        except NumericalError as exc:
+                            bad[i] = str(exc)
+                    tokens_done += batch.tokens
+                    batches_done = b + 1
+                    if opts.progress:
+                        opts.progress(tokens_done, stream.budget, desc)
+                    if opts.checkpoint and batches_done % opts.checkpoint_every == 0:
+                        state.save(opts.checkpoint, g, group, accs, batches_done, tokens_done, bad, results)
+            except KeyboardInterrupt:
+                path = opts.checkpoint or Path(f"{Path(src.path).stem}.sui-checkpoint.npz")
+                state.save(path, g, group, accs, batches_done, tokens_done, bad, results)
+                raise Interrupted(
+                    f"interrupted after {tokens_done} tokens; checkpoint saved to {path} "
+                    f"(continue with --resume {path})"
+                ) from None
+            state.bad.update(bad)
+            for j, i in enumerate(group):
+                results[i] = (accs[j].n, None, ["non_finite"], bad[i]) if i in bad else _finalize(accs[j])
+            if opts.checkpoint:
+                state.save(opts.checkpoint, g + 1, [], [], 0, 0, state.bad, results, complete=g + 1 == len(groups),
+                           final_accs=(group, accs))
+            del accs, runner
+    calibration = {
+        "sources": stream.describe(),
+        "tokens": stream.tokens_fed,
+        "token_budget": stream.budget,
+        "seq_len": calib.seq_len,
+        "batch_size": calib.batch_size,
+        "order": "sequential",
+        "tokenizer": "tokenizer.json" if stream.tokenizer is not None else None,
+    }
+    return results, runtime, calibration
+
+
+def _finalize(acc: CovarianceAccumulator) -> tuple[int, np.ndarray | None, list[str], str]:
+    """(n, eigenvalues or None, flags, message) for one accumulator."""
+    if acc.n < 2:
+        return (acc.n, None, ["degenerate"], f"only {acc.n} token(s): no covariance")
+    spec = acc.finalize()
+    ev = spec.eigenvalues
+    flags = token_flags(spec.n, spec.width)
+    if not np.isfinite(ev).all():
+        return (spec.n, None, ["non_finite"] + flags, "")
+    if ev.sum() <= 0 or ev[0] <= 1e-300:
+        return (spec.n, None, ["degenerate"] + flags, "")
+    return (spec.n, ev, flags, "")
+
+
+def _layer_result(tap, n, ev, flags, message, opts: AnalysisOptions) -> LayerResult:
+    layer = LayerResult(
+        layer=tap.layer, tensor=tap.tensor, width=tap.width, site=tap.site,
+        activation=tap.activation, op=tap.op, tokens=int(n),
+    )
+    if ev is not None:
+        m = spectral_metrics(ev, opts.top_fraction, opts.energy_levels)
+        for key in ("hard_rank", "soft_rank", "hard_util", "soft_util", "concentration", "sui", "asymmetry"):
+            setattr(layer, key, getattr(m, key))
+        layer.energy_widths = dict(m.energy_widths)
+    layer.flags = list(dict.fromkeys(flags))
+    layer.status = worst_status(layer.flags)
+    layer.message = message or status_message(layer.flags, int(n), tap.width)
+    return layer
+
+
+def _model_provenance(src, taps, opts: AnalysisOptions) -> dict[str, Any]:
+    meta = {p.key: p.value for p in src.model.metadata_props}
+    prov = {
+        "path": str(src.path),
+        "sha256": src.sha256,
+        "opset": src.opset,
+        "producer": f"{src.model.producer_name} {src.model.producer_version}".strip(),
+        "external_data": src.has_external_data,
+        "n_taps": len(taps),
+        "site": opts.site,
+    }
+    for key in ("sui_onnx.dequantized_from", "sui_onnx.source", "sui_onnx.architecture"):
+        if key in meta:
+            prov[key.split(".", 1)[1]] = meta[key]
+    prov.update(opts.extra_provenance)
+    return prov
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+class _RunState:
+    """What a checkpoint holds: finished groups' spectra, the current group's statistics and
+    how far through the (deterministic) batch sequence it got."""
+
+    def __init__(self) -> None:
+        self.group = 0
+        self.batches_done = 0
+        self.tokens_done = 0
+        self.bad: dict[int, str] = {}
+        self.finished: dict[int, Any] = {}
+        self.accs: dict[int, CovarianceAccumulator] = {}
+        self.identity: dict[str, Any] = {}
+
+    @classmethod
+    def start(cls, opts: AnalysisOptions, sha: str, taps, calib: CalibrationSpec, stream) -> "_RunState":
+        st = cls()
+        st.identity = {
+            "model_sha256": sha,
+            "taps": [t.tensor for t in taps],
+            "widths": [t.width for t in taps],
+            "seq_len": calib.seq_len,
+            "batch_size": calib.batch_size,
+            "sources": [str(s) for s in stream.sources],
+            "token_budget": stream.budget,
+            "max_memory": opts.max_memory,
+        }
+        if opts.resume is not None:
+            st._load(opts.resume)
+        return st
+
+    def _load(self, path: Path) -> None:
+        accs, meta = load_accumulators(path)
+        ident = meta.get("identity", {})
+        for key, value in self.identity.items():
+            if ident.get(key) != value:
+                raise SuiError(
+                    f"--resume {path}: checkpoint was made with a different {key.replace('_', ' ')} "
+                    f"({ident.get(key)!r} vs {value!r})"
+                )
+        self.group = int(meta["group"])
+        self.batches_done = int(meta["batches_done"])
+        self.tokens_done = int(meta["tokens_done"])
+        self.bad = {int(k): v for k, v in meta.get("bad", {}).items()}
+        by_name = {a.name: a for a in accs}
+        for i, name in enumerate(self.identity["taps"]):
+            key = f"{i}:{name}"
+            if key in by_name:
+                self.accs[i] = by_name[key]
+        self.finished = {}
+        for i_str, item in meta.get("finished", {}).items():
+            i = int(i_str)
+            ev = None if item["eigenvalues"] is None else np.asarray(item["eigenvalues"], dtype=np.float64)
+            self.finished[i] = (item["n"], ev, item["flags"], item.get("message", ""))
+
+    def accumulators_for(self, group, taps, xp) -> list[CovarianceAccumulator]:
+        out = []
+        for i in group:
+            acc = CovarianceAccumulator(taps[i].width, f"{i}:{taps[i].tensor}", xp)
+            if i in self.accs:
+                acc.merge(self.accs.pop(i))
+            out.append(acc)
+        return out
+
+    def save(self, path, group, members, accs, batches_done, tokens_done, bad, results, complete=False, final_accs=None):
+        finished = {}
+        for i, res in enumerate(results):
+            if res is not None:
+                n, ev, flags, message = res
+                finished[str(i)] = {"n": int(n), "eigenvalues": None if ev is None else ev.tolist(),
+                                    "flags": list(flags), "message": message}
+        meta = {
+            "identity": self.identity,
+            "group": group,
+            "batches_done": batches_done,
+            "tokens_done": tokens_done,
+            "bad": {str(k): v for k, v in bad.items()},
+            "finished": finished,
+            "complete": complete,
+        }
+        to_save = list(accs)
+        if final_accs is not None and complete and len(final_accs[0]) == len(self.identity["taps"]):
+            to_save = list(final_accs[1])  # one-pass run: keep the full statistics for merging
+            meta["mergeable"] = True
+        save_accumulators(path, to_save, meta)
+
+
+def _load_stats(path: Path, sha: str, names, widths):
+    accs, meta = load_accumulators(path)
+    ident = meta.get("identity", {})
+    if ident.get("model_sha256") not in (None, sha):
+        raise SuiError(f"--stats {path}: statistics belong to another model (sha256 differs)")
+    if [a.width for a in accs] != list(widths) or ident.get("taps", names) != list(names):
+        raise SuiError(f"--stats {path}: statistics are for other taps than this model's {len(names)} FFN blocks")
+    if not meta.get("complete", False) and not meta.get("merged", False):
+        raise SuiError(f"--stats {path}: the run that wrote it did not finish; continue it with --resume")
+    return accs, meta
+
+
+class _signals_as_interrupts:
+    """SIGTERM behaves like Ctrl-C while a run is in progress, so both leave a checkpoint."""
+
+    def __enter__(self):
+        self._old = None
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._raise)
+        except ValueError:  # not the main thread
+            pass
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+        return False

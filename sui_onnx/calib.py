@@ -1,0 +1,244 @@
+"""Calibration sources -> token-id batches, streamed (nothing holds the whole corpus in tokens).
+
+Sources: .txt files, folders of .txt, .jsonl (a "text" field per line), .npy token ids of shape
+[n_sequences, seq_len] (each row one sequence, every position a real token), and the bundled default
+corpus. Text is tokenized with the model's tokenizer.json through the `tokenizers` library. Windows
+are packed from the token stream in source order (deterministic), so there is never any padding:
+every token fed is a real token and counts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .errors import CalibrationError
+
+DEFAULT_SEQ_LEN = 256
+DEFAULT_BATCH_SIZE = 8
+MIN_DEFAULT_TOKENS = 16_384
+MAX_DEFAULT_TOKENS = 1 << 20
+_TEXT_CHUNK_CHARS = 64_000  # text is tokenized in pieces of about this size
+
+
+def bundled_corpus() -> Path:
+    """The public-domain English text shipped inside the package (see sui_onnx/data/README.md)."""
+    return Path(str(resources.files("sui_onnx") / "data" / "calib.txt"))
+
+
+def default_token_budget(widths: Sequence[int]) -> int:
+    """At least 10 x the widest tap (metrics.md recommends N >= 10 D), at least 16k, capped at 1M."""
+    return int(min(MAX_DEFAULT_TOKENS, max(MIN_DEFAULT_TOKENS, 10 * max(widths, default=0))))
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch of equal-length windows of real tokens, ready to feed."""
+
+    input_ids: np.ndarray  # int64 [B, L]
+
+    @property
+    def tokens(self) -> int:
+        return int(self.input_ids.size)
+
+
+@dataclass
+class CalibrationSpec:
+    """What to feed: sources, packing and the token budget (None: the whole source / the default)."""
+
+    sources: list[Path] = field(default_factory=list)  # empty: the bundled corpus
+    seq_len: int = DEFAULT_SEQ_LEN
+    batch_size: int = DEFAULT_BATCH_SIZE
+    tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        self.sources = [Path(s) for s in self.sources]
+        if self.seq_len < 1:
+            raise CalibrationError(f"--seq-len must be at least 1, got {self.seq_len}")
+        if self.batch_size < 1:
+            raise CalibrationError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.tokens is not None and self.tokens < 2:
+            raise CalibrationError(f"--tokens must be at least 2 (a covariance needs two tokens), got {self.tokens}")
+
+
+def _text_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise CalibrationError(f"{path}: folder holds no .txt files")
+        return files
+    return [path]
+
+
+def _read_text(path: Path) -> Iterator[str]:
+    """Yield pieces of a UTF-8 text file; binary or non-UTF-8 content is a clear error."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CalibrationError(f"{path}: cannot read ({exc.strerror})") from None
+    if b"\x00" in raw[:65536]:
+        raise CalibrationError(f"{path}: looks binary (NUL bytes), expected UTF-8 text")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CalibrationError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
+    if not text.strip():
+        raise CalibrationError(f"{path}: empty calibration text")
+    start = 0
+    while start < len(text):
+        end = start + _TEXT_CHUNK_CHARS
+        if end < len(text):  # cut after a newline, so words are not split across pieces
+            cut = text.rfind("\n", start, end)
+            end = cut + 1 if cut > start else end
+        yield text[start:end]
+        start = end
+
+
+def _read_jsonl(path: Path) -> Iterator[str]:
+    try:
+        fh = path.open("r", encoding="utf-8")
+    except OSError as exc:
+        raise CalibrationError(f"{path}: cannot read ({exc.strerror})") from None
+    with fh:
+        try:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    raise CalibrationError(f"{path}:{lineno}: not a JSON object") from None
+                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                    raise CalibrationError(f"{path}:{lineno}: expected an object with a string \"text\" field")
+                yield record["text"] + "\n"
+        except UnicodeDecodeError:
+            raise CalibrationError(f"{path}: not UTF-8 text") from None
+
+
+def load_tokenizer(folder: Path):
+    """Load tokenizer.json from the model's folder with `tokenizers` (no transformers import)."""
+    from tokenizers import Tokenizer
+
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise CalibrationError(
+            f"text calibration needs a tokenizer: no tokenizer.json beside the model in {folder} "
+            "(copy the model's tokenizer.json there, or pass token ids as a .npy file)"
+        )
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises plain Exception subclasses for bad files
+        raise CalibrationError(f"{path}: not a valid tokenizer.json ({str(exc).splitlines()[0][:120]})") from None
+
+
+class CalibrationStream:
+    """Iterates Batches from a CalibrationSpec; `total_tokens` is known before the first batch
+    for .npy sources and is the budget (an upper bound) for text."""
+
+    def __init__(self, spec: CalibrationSpec, tokenizer_folder: Path | None, widths: Sequence[int]):
+        self.spec = spec
+        self.sources = spec.sources or [bundled_corpus()]
+        self.tokenizer_folder = tokenizer_folder
+        for s in self.sources:
+            if not s.exists():
+                raise CalibrationError(f"{s}: no such calibration file or folder")
+            if s.is_file() and s.suffix.lower() not in (".txt", ".jsonl", ".npy"):
+                raise CalibrationError(f"{s}: unsupported calibration file (use .txt, .jsonl, .npy or a folder of .txt)")
+        self.token_ids = [self._open_npy(s) for s in self.sources if s.suffix.lower() == ".npy"]
+        self.has_text = any(s.suffix.lower() != ".npy" for s in self.sources)
+        self.tokenizer = load_tokenizer(tokenizer_folder) if self.has_text and tokenizer_folder else None
+        if self.has_text and self.tokenizer is None:
+            raise CalibrationError("text calibration needs the model's tokenizer.json")
+        npy_tokens = sum(int(a.size) for a in self.token_ids)
+        if spec.tokens is not None:
+            self.budget = spec.tokens
+        elif self.has_text:
+            self.budget = npy_tokens + default_token_budget(widths)
+        else:
+            self.budget = npy_tokens  # token ids are used whole unless --tokens is given
+        self.tokens_fed = 0
+
+    @staticmethod
+    def _open_npy(path: Path) -> np.ndarray:
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise CalibrationError(f"{path}: not a readable .npy array ({exc.__class__.__name__})") from None
+        if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+            raise CalibrationError(f"{path}: token ids must have shape [n_sequences, seq_len], got {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise CalibrationError(f"{path}: token ids must be integers, got {arr.dtype}")
+        if arr.size and int(arr.min()) < 0:
+            raise CalibrationError(f"{path}: token ids must be non-negative")
+        return arr
+
+    def describe(self) -> list[dict]:
+        """Provenance of each source for the report."""
+        out = []
+        for s in self.sources:
+            kind = "npy" if s.suffix.lower() == ".npy" else ("jsonl" if s.suffix.lower() == ".jsonl" else "text")
+            entry = {"path": str(s), "kind": kind}
+            if s == bundled_corpus():
+                entry = {"path": "<bundled>/calib.txt", "kind": "text", "bundled": True}
+            out.append(entry)
+        return out
+
+    # -- iteration -------------------------------------------------------------------------
+    def _npy_windows(self, arr: np.ndarray) -> Iterator[np.ndarray]:
+        for row in arr:
+            yield np.asarray(row, dtype=np.int64)
+
+    def _text_windows(self, source: Path, carry: list[int]) -> Iterator[np.ndarray]:
+        L = self.spec.seq_len
+        pieces = _read_jsonl(source) if source.suffix.lower() == ".jsonl" else (
+            piece for f in _text_files(source) for piece in _read_text(f)
+        )
+        for piece in pieces:
+            carry.extend(self.tokenizer.encode(piece, add_special_tokens=False).ids)
+            while len(carry) >= L:
+                yield np.asarray(carry[:L], dtype=np.int64)
+                del carry[:L]
+
+    def _windows(self) -> Iterator[np.ndarray]:
+        carry: list[int] = []
+        npy = iter(self.token_ids)
+        for s in self.sources:
+            if s.suffix.lower() == ".npy":
+                yield from self._npy_windows(next(npy))
+            else:
+                yield from self._text_windows(s, carry)
+        if len(carry) >= 2:  # the text tail shorter than one window still counts
+            yield np.asarray(carry, dtype=np.int64)
+
+    def __iter__(self) -> Iterator[Batch]:
+        """Group windows of equal length into batches; stop exactly at the token budget."""
+        budget = self.budget
+        self.tokens_fed = 0
+        pending: list[np.ndarray] = []
+        for window in self._windows():
+            left = budget - self.tokens_fed - sum(w.size for w in pending)
+            if left <= 0:
+                break
+            if window.size > left:
+                window = window[:left]
+            if pending and (pending[0].size != window.size or len(pending) == self.spec.batch_size):
+                yield self._emit(pending)
+                pending = []
+            pending.append(window)
+        if pending:
+            yield self._emit(pending)
+        if self.tokens_fed < 2:
+            raise CalibrationError(
+                "calibration produced fewer than 2 tokens "
+                f"(sources: {', '.join(str(s) for s in self.sources)}); need more text"
+            )
+
+    def _emit(self, windows: list[np.ndarray]) -> Batch:
+        batch = Batch(np.stack(windows))
+        self.tokens_fed += batch.tokens
+        return batch

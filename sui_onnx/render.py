@@ -1,0 +1,151 @@
+"""Renderings of a Report: rich terminal renderables and markdown. The report object knows nothing
+of the terminal; these small functions read it and nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from .report import Report
+
+_STATUS_STYLE = {"ok": "green", "low_tokens": "yellow", "rank_capped": "yellow", "degenerate": "red", "non_finite": "red"}
+_BAR_CELLS = 8
+_BLOCKS = " ▏▎▍▌▋▊▉█"
+
+
+def bar(fraction: float | None, cells: int = _BAR_CELLS) -> str:
+    """A unicode bar of `cells` characters filled to `fraction` (eighth-cell resolution)."""
+    if fraction is None:
+        return " " * cells
+    eighths = round(max(0.0, min(1.0, fraction)) * cells * 8)
+    full, part = divmod(eighths, 8)
+    return ("█" * full + (_BLOCKS[part] if part else "")).ljust(cells)
+
+
+def _fmt(value: Any, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def header(report: Report) -> Panel:
+    m, c, r = report.model, report.calibration, report.runtime
+    lines = [
+        f"[bold]model[/]  {m.get('path')}  [dim]sha256 {str(m.get('sha256', ''))[:12]} · opset {m.get('opset')}[/]",
+        f"[bold]calib[/]  {c.get('tokens', 0):,} tokens · seq {c.get('seq_len', '-')} · "
+        + ", ".join(s.get("path", "?") for s in c.get("sources", [])),
+        f"[bold]run[/]    {r.get('device', '-')} ({', '.join(r.get('providers', [])) or '-'}) · "
+        f"{r.get('elapsed_s', 0):.1f} s · {r.get('tokens_per_s', 0) or 0:,.0f} tok/s · site {report.settings.get('site')}",
+    ]
+    if m.get("dequantized_from"):
+        lines.append(f"[yellow]weights dequantized from {m['dequantized_from']}[/]")
+    return Panel("\n".join(lines), title="sui-onnx report", title_align="left", box=box.ROUNDED)
+
+
+def layer_table(report: Report) -> Table:
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
+    t.add_column("layer", justify="right")
+    t.add_column("D", justify="right")
+    t.add_column("hard", justify="right")
+    t.add_column("soft", justify="right")
+    t.add_column("SC", justify="right")
+    t.add_column("SUI", justify="right")
+    t.add_column("", no_wrap=True)
+    t.add_column("k95", justify="right")
+    t.add_column("status", no_wrap=True)
+    for layer in report.layers:
+        style = _STATUS_STYLE.get(layer.status, "")
+        t.add_row(
+            str(layer.layer),
+            str(layer.width),
+            _fmt(layer.hard_rank),
+            _fmt(layer.soft_rank),
+            _fmt(layer.concentration, ".2f"),
+            _fmt(layer.sui, ".3f"),
+            Text(bar(layer.sui), style="cyan"),
+            _fmt(layer.energy_widths.get("k95"), "d"),
+            Text(layer.status, style=style),
+        )
+    s = report.summary
+    if s.get("sui"):
+        t.add_section()
+        t.add_row(
+            "median", "", _fmt(s["hard_rank"]["median"]), _fmt(s["soft_rank"]["median"]),
+            _fmt(s["concentration"]["median"], ".2f"), _fmt(s["sui"]["median"], ".3f"),
+            Text(bar(s["sui"]["median"]), style="bold cyan"), "", "",
+        )
+    return t
+
+
+def advice_panel(report: Report) -> Panel:
+    a = report.advice
+    if not a or a.get("recommended_width") is None:
+        return Panel("no usable layer: no width advice", title="width advice", title_align="left")
+    lines = [
+        f"recommended FFN width [bold]{a['recommended_width']}[/] of {a['current_width']} "
+        f"(ratio {a['width_ratio']:.2f}): saves {a['ffn_param_saving']:.0%} of FFN parameters and FLOPs",
+        f"keeps >= {a['q']:.0%} of hidden variance in every layer counted; worst layer loses "
+        f"{a['max_variance_lost']:.2%}",
+        "[dim]advisory: " + "; ".join(a.get("assumptions", [])[1:3]) + "[/]",
+    ]
+    return Panel("\n".join(lines), title="width advice", title_align="left", box=box.ROUNDED)
+
+
+def flags_note(report: Report) -> Text | None:
+    notes = [f"layer {x.layer}: {x.message}" for x in report.layers if x.message]
+    if not notes:
+        return None
+    if len(notes) > 4:
+        notes = notes[:3] + [f"... and {len(notes) - 3} more layers flagged"]
+    return Text("\n".join(notes), style="yellow")
+
+
+def report_renderable(report: Report) -> Group:
+    parts: list[Any] = [header(report), layer_table(report)]
+    note = flags_note(report)
+    if note is not None:
+        parts.append(note)
+    parts.append(advice_panel(report))
+    return Group(*parts)
+
+
+def to_markdown(report: Report) -> str:
+    """A compact markdown summary for PR comments."""
+    m, c, s, a = report.model, report.calibration, report.summary, report.advice
+    out = [
+        "## sui-onnx report",
+        "",
+        f"Model `{m.get('path')}` (sha256 `{str(m.get('sha256', ''))[:12]}`), "
+        f"{c.get('tokens', 0):,} calibration tokens, site `{report.settings.get('site')}`.",
+        "",
+    ]
+    if s.get("sui"):
+        out += [
+            f"**Median SUI {s['sui']['median']:.3f}** · hard rank {s['hard_rank']['median']:.1f} · "
+            f"soft rank {s['soft_rank']['median']:.1f} · concentration {s['concentration']['median']:.2f}",
+            "",
+        ]
+    out += [
+        "| layer | D | tokens | hard rank | soft rank | hard util | soft util | SC | SUI | k90 | k95 | k99 | status |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:--|",
+    ]
+    for x in report.layers:
+        e = x.energy_widths
+        out.append(
+            f"| {x.layer} | {x.width} | {x.tokens} | {_fmt(x.hard_rank, '.2f')} | {_fmt(x.soft_rank, '.2f')} | "
+            f"{_fmt(x.hard_util, '.3f')} | {_fmt(x.soft_util, '.3f')} | {_fmt(x.concentration, '.3f')} | "
+            f"{_fmt(x.sui, '.3f')} | {_fmt(e.get('k90'), 'd')} | {_fmt(e.get('k95'), 'd')} | "
+            f"{_fmt(e.get('k99'), 'd')} | {x.status} |"
+        )
+    if a and a.get("recommended_width") is not None:
+        out += [
+            "",
+            f"**Width advice** (advisory): {a['recommended_width']} of {a['current_width']} "
+            f"(saves {a['ffn_param_saving']:.0%} of FFN parameters and FLOPs; worst layer loses "
+            f"{a['max_variance_lost']:.2%} of variance). Assumptions: " + "; ".join(a.get("assumptions", [])) + ".",
+        ]
+    out.append("")
+    return "\n".join(out)

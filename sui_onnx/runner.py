@@ -1,0 +1,253 @@
+"""onnxruntime sessions over a tapped model: feeds every declared input, returns tap tensors.
+
+Knows sessions, not metrics. On CUDA the tap outputs are bound to device buffers (IOBinding) and
+handed over as CuPy arrays, so they never visit the host; on CPU they are bound to reused NumPy
+buffers, so a batch of the same shape allocates nothing new.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import CalibrationError, ModelError, SuiError
+
+_ORT_TO_NUMPY = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(bfloat16)": np.float32,  # fed as float32 is not possible; rejected below
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(bool)": np.bool_,
+}
+_PAST = re.compile(r"(past|cache)", re.IGNORECASE)
+
+
+def import_onnxruntime():
+    """Import onnxruntime, or explain which extra to install."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise SuiError(
+            "onnxruntime is not installed: pip install 'sui-onnx[cpu]' (or 'sui-onnx[gpu]' for CUDA)"
+        ) from None
+    return ort
+
+
+def physical_cores() -> int:
+    """Cores this process may use (affinity-aware)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    requested: str  # auto | cpu | cuda
+    providers: tuple[str, ...]  # what the session actually uses (session.get_providers())
+
+    @property
+    def cuda(self) -> bool:
+        return self.providers[:1] == ("CUDAExecutionProvider",)
+
+
+def session_options(ort: Any, threads: int | None = None) -> Any:
+    """CPU-friendly options: all cores for intra-op, no spinning (idle ORT threads would steal the
+    cores from the BLAS reduction that runs between batches), basic graph optimizations, which keep
+    every tapped tensor intact (measured: docs/performance.md)."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or physical_cores()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return so
+
+
+def create_session(model_path: Path, device: str = "auto", threads: int | None = None) -> tuple[Any, DeviceChoice]:
+    """Create the session and confirm the provider actually in use (never trust availability)."""
+    ort = import_onnxruntime()
+    if device not in ("auto", "cpu", "cuda"):
+        raise SuiError(f"--device must be auto, cpu or cuda, got {device!r}")
+    want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers()
+    if device == "cuda" and not want_cuda:
+        raise SuiError(
+            "--device cuda: this onnxruntime has no CUDAExecutionProvider "
+            f"(installed: {ort.__version__}, providers {ort.get_available_providers()}); "
+            "pip install 'sui-onnx[gpu]' and uninstall onnxruntime"
+        )
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
+    try:
+        sess = ort.InferenceSession(str(model_path), sess_options=session_options(ort, threads), providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise ModelError(f"onnxruntime cannot load the model: {first[:300]}") from None
+    used = tuple(sess.get_providers())
+    choice = DeviceChoice(device, used)
+    if device == "cuda" and not choice.cuda:
+        raise SuiError(
+            "--device cuda: onnxruntime fell back to CPU (CUDA driver, CUDA 13 runtime or cuDNN 9 "
+            "not usable on this machine); run with --device cpu"
+        )
+    if choice.cuda:
+        from .xp import cuda_namespace
+
+        try:
+            cuda_namespace()
+        except RuntimeError as exc:
+            if device == "cuda":
+                raise SuiError(f"--device cuda: {exc}") from None
+            sess = ort.InferenceSession(str(model_path), sess_options=session_options(ort, threads), providers=["CPUExecutionProvider"])
+            choice = DeviceChoice(device, tuple(sess.get_providers()))
+    return sess, choice
+
+
+class FeedBuilder:
+    """Builds a feed for every input the graph declares, from a [B, L] batch of token ids."""
+
+    def __init__(self, inputs: Sequence[Any]):
+        self.inputs = list(inputs)
+        self.vocab_limit: int | None = None
+        for inp in self.inputs:
+            if inp.type not in _ORT_TO_NUMPY or inp.type == "tensor(bfloat16)":
+                raise CalibrationError(f"cannot feed model input {inp.name!r} of type {inp.type}")
+            if not self._role(inp):
+                raise CalibrationError(
+                    f"cannot feed model input {inp.name!r} (shape {inp.shape}): sui-onnx feeds "
+                    "input_ids, attention_mask, position_ids, token_type_ids, past key/values and "
+                    "use_cache_branch"
+                )
+
+    @staticmethod
+    def _role(inp: Any) -> str | None:
+        name = inp.name.lower()
+        if name in ("input_ids", "input", "tokens", "idx", "ids") or name.endswith("input_ids"):
+            return "ids"
+        if "attention_mask" in name or name == "mask":
+            return "mask"
+        if "position_ids" in name or name == "positions":
+            return "positions"
+        if "token_type_ids" in name or "segment_ids" in name:
+            return "types"
+        if "use_cache_branch" in name:
+            return "branch"
+        if _PAST.search(name) and len(inp.shape) >= 3:
+            return "past"
+        return None
+
+    def __call__(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        b, seq = ids.shape
+        feeds: dict[str, np.ndarray] = {}
+        for inp in self.inputs:
+            dtype = _ORT_TO_NUMPY[inp.type]
+            role = self._role(inp)
+            if role == "ids":
+                feeds[inp.name] = ids.astype(dtype, copy=False)
+            elif role == "mask":
+                total = seq  # length-0 past: the mask covers the new tokens only
+                feeds[inp.name] = np.ones((b, total), dtype=dtype)
+            elif role == "positions":
+                feeds[inp.name] = np.broadcast_to(np.arange(seq, dtype=dtype), (b, seq)).copy()
+            elif role == "types":
+                feeds[inp.name] = np.zeros((b, seq), dtype=dtype)
+            elif role == "branch":
+                feeds[inp.name] = np.zeros((1,) if len(inp.shape) else (), dtype=dtype)
+            elif role == "past":
+                feeds[inp.name] = np.zeros(self._past_shape(inp, b), dtype=dtype)
+        return feeds
+
+    @staticmethod
+    def _past_shape(inp: Any, batch: int) -> tuple[int, ...]:
+        """Length-0 past: fixed dims as declared, the first symbolic dim is the batch, the others 0."""
+        shape, seen_batch = [], False
+        for dim in inp.shape:
+            if isinstance(dim, int) and dim > 0:
+                shape.append(dim)
+            elif not seen_batch:
+                shape.append(batch)
+                seen_batch = True
+            else:
+                shape.append(0)
+        return tuple(shape)
+
+
+class TapRunner:
+    """Runs batches through a tapped model and returns the tap tensors ([B, L, D] each).
+
+    Outputs are bound to buffers reused across batches of the same shape: NumPy on CPU, CuPy on
+    CUDA (the arrays then never leave the device)."""
+
+    def __init__(self, model_path: Path, tap_names: Sequence[str], device: str = "auto", threads: int | None = None):
+        self.session, self.device = create_session(model_path, device, threads)
+        self.tap_names = list(tap_names)
+        outputs = {o.name for o in self.session.get_outputs()}
+        missing = [t for t in self.tap_names if t not in outputs]
+        if missing:
+            raise ModelError(f"tapped model lacks outputs {missing[:3]}")
+        self.feed = FeedBuilder(self.session.get_inputs())
+        self.xp = np
+        if self.device.cuda:
+            from .xp import cuda_namespace
+
+            self.xp = cuda_namespace()
+        self._binding = self.session.io_binding()
+        self._buffers: dict[tuple[int, int], list[Any]] = {}
+        self._out_types = {o.name: o.type for o in self.session.get_outputs()}
+        self._bind_outputs = True  # falls back to plain run() if a tap's shape is not [B, L, D]
+
+    def _out_buffers(self, ids: np.ndarray, widths: Sequence[int]) -> list[Any]:
+        key = ids.shape
+        if key not in self._buffers:
+            self._buffers.clear()  # keep only one shape's buffers: memory stays bounded
+            self._buffers[key] = [
+                self.xp.empty((*key, w), dtype=_ORT_TO_NUMPY.get(self._out_types[n], np.float32))
+                for n, w in zip(self.tap_names, widths)
+            ]
+        return self._buffers[key]
+
+    def run(self, ids: np.ndarray, widths: Sequence[int]) -> list[Any]:
+        """Feed one [B, L] batch; returns one [..., D] array per tap (valid until the next run)."""
+        feeds = self.feed(ids)
+        if self._bind_outputs:
+            try:
+                return self._run_bound(ids, feeds, widths)
+            except CalibrationError:
+                if self.device.cuda:
+                    raise
+                self._bind_outputs = False  # e.g. a tap laid out as [B*L, D]
+                self._buffers.clear()
+        try:
+            return self.session.run(self.tap_names, feeds)
+        except Exception as exc:
+            raise _run_error(exc, ids.shape) from None
+
+    def _run_bound(self, ids: np.ndarray, feeds: dict[str, np.ndarray], widths: Sequence[int]) -> list[Any]:
+        binding = self._binding
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        bufs = self._out_buffers(ids, widths)
+        dev = "cuda" if self.device.cuda else "cpu"
+        for name, buf in zip(self.tap_names, bufs):
+            ptr = buf.data.ptr if self.device.cuda else buf.ctypes.data
+            binding.bind_output(name, dev, 0, buf.dtype, list(buf.shape), ptr)
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as exc:
+            raise _run_error(exc, ids.shape) from None
+        return bufs
+
+
+def _run_error(exc: Exception, shape: tuple[int, ...]) -> CalibrationError:
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    return CalibrationError(f"onnxruntime failed on a batch of shape {tuple(shape)}: {msg[:300]}")

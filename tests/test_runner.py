@@ -1,0 +1,71 @@
+"""onnxruntime feeds and tap outputs (no graph detection involved: the taps are plain outputs)."""
+
+import numpy as np
+import pytest
+
+from sui_onnx.errors import CalibrationError, SuiError
+from sui_onnx.runner import FeedBuilder, TapRunner, create_session
+from tests.onnx_builders import tiny_lm
+
+pytest.importorskip("onnxruntime")
+
+
+class _Input:
+    def __init__(self, name, type_, shape):
+        self.name, self.type, self.shape = name, type_, shape
+
+
+def test_runner_returns_tap_tensors_equal_to_reference(tmp_path):
+    lm = tiny_lm(tap_outputs=True)
+    path = lm.save(tmp_path)
+    taps = [o.name for o in lm.model.graph.output[1:]]
+    runner = TapRunner(path, taps, device="cpu")
+    assert runner.device.providers[0] == "CPUExecutionProvider"
+    ids = np.random.default_rng(0).integers(0, 64, (3, 11))
+    for _ in range(2):  # second run reuses the bound buffers
+        outs = runner.run(ids, [48, 48])
+        ref = lm.post_activations(ids)
+        for got, want in zip(outs, ref):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    outs = runner.run(ids[:, :5], [48, 48])  # another shape: new buffers
+    np.testing.assert_allclose(outs[0], lm.post_activations(ids[:, :5])[0], rtol=1e-4, atol=1e-5)
+
+
+def test_feeds_cover_every_declared_input():
+    fb = FeedBuilder([
+        _Input("input_ids", "tensor(int64)", ["b", "s"]),
+        _Input("attention_mask", "tensor(int64)", ["b", "t"]),
+        _Input("position_ids", "tensor(int32)", ["b", "s"]),
+        _Input("token_type_ids", "tensor(int64)", ["b", "s"]),
+        _Input("past_key_values.0.key", "tensor(float16)", ["b", 4, "past", 8]),
+        _Input("use_cache_branch", "tensor(bool)", [1]),
+    ])
+    feeds = fb(np.arange(6).reshape(2, 3))
+    assert feeds["input_ids"].dtype == np.int64 and feeds["input_ids"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert feeds["attention_mask"].tolist() == [[1, 1, 1]] * 2
+    assert feeds["position_ids"].dtype == np.int32 and feeds["position_ids"].tolist() == [[0, 1, 2]] * 2
+    assert feeds["token_type_ids"].sum() == 0
+    assert feeds["past_key_values.0.key"].shape == (2, 4, 0, 8) and feeds["past_key_values.0.key"].dtype == np.float16
+    assert feeds["use_cache_branch"].tolist() == [False]
+
+
+def test_unfeedable_inputs_are_named():
+    with pytest.raises(CalibrationError, match="pixel_values"):
+        FeedBuilder([_Input("pixel_values", "tensor(float)", ["b", 3, 224, 224])])
+
+
+def test_cuda_request_without_cuda_is_a_clear_error(tmp_path):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    path = tiny_lm(tap_outputs=True).save(tmp_path)
+    with pytest.raises(SuiError, match="--device cuda"):
+        create_session(path, "cuda")
+
+
+def test_out_of_vocabulary_ids_are_a_clear_error(tmp_path):
+    lm = tiny_lm(tap_outputs=True)
+    runner = TapRunner(lm.save(tmp_path), [lm.model.graph.output[1].name], device="cpu")
+    with pytest.raises(CalibrationError, match="onnxruntime failed"):
+        runner.run(np.full((1, 4), 10_000), [48])
