@@ -48,6 +48,8 @@ class LayerResult:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(d.pop("energy_widths"))
+        for key in ("k90", "k95", "k99"):
+            d.setdefault(key, None)
         return d
 
     @classmethod
