@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import signal
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ class AnalysisOptions:
     exclude: str | None = None
     explicit: Sequence[str] = ()
     device: str = "auto"
+    precision: str = "fp32"  # fp32: float32 GEMM per batch into float64 sums; fp64: float64 GEMM
     threads: int | None = None
     top_fraction: float = DEFAULT_TOP_FRACTION
     energy_levels: Sequence[float] = DEFAULT_ENERGY_LEVELS
@@ -133,26 +133,29 @@ def analyze(model: str | Path, calib: CalibrationSpec | None = None, options: An
 
 # -- the calibration run -------------------------------------------------------------------
 def _run(src, taps, stream: CalibrationStream, calib: CalibrationSpec, opts: AnalysisOptions):
-    from .graph import write_tapped
+    from .graph import tapped_model
     from .runner import TapRunner
 
     widths = [t.width for t in taps]
     groups = plan_groups(widths, opts.max_memory)
     results: list[Any] = [None] * len(taps)
     state = _RunState.start(opts, src.sha256, taps, calib, stream)
-    runtime: dict[str, Any] = {"device": None, "providers": [], "passes": len(groups)}
-    with _signals_as_interrupts(), tempfile.TemporaryDirectory(prefix="sui-onnx-") as tmp:
+    if opts.precision not in ("fp32", "fp64"):
+        raise SuiError(f"--precision must be fp32 or fp64, got {opts.precision!r}")
+    runtime: dict[str, Any] = {"device": None, "providers": [], "passes": len(groups), "precision": opts.precision}
+    with _signals_as_interrupts():
         for g, group in enumerate(groups):
             if g < state.group:  # finished before a resume
                 for i in group:
                     results[i] = state.finished[i]
                 continue
             group_taps = [taps[i] for i in group]
-            tapped = write_tapped(src, group_taps, Path(tmp) / f"tapped_{g}.onnx")
-            runner = TapRunner(tapped, [t.tensor for t in group_taps], opts.device, opts.threads)
+            tapped = tapped_model(src, group_taps).SerializeToString()  # in memory: nothing written
+            runner = TapRunner(tapped, [t.tensor for t in group_taps], opts.device, opts.threads,
+                               external_folder=src.folder if src.has_external_data else None)
             runtime["device"] = "cuda" if runner.device.cuda else "cpu"
             runtime["providers"] = list(runner.device.providers)
-            accs = state.accumulators_for(group, taps, runner.xp)
+            accs = state.accumulators_for(group, taps, runner.xp, opts.precision == "fp64")
             bad: dict[int, str] = dict(state.bad)
             tokens_done = state.tokens_done if g == state.group else 0
             batches_done = state.batches_done if g == state.group else 0
@@ -166,7 +169,7 @@ def _run(src, taps, stream: CalibrationStream, calib: CalibrationSpec, opts: Ana
                         if i in bad:
                             continue
                         try:
-                            accs[j].update(out)
+                            accs[j].update(out, overwrite=True)
                         except NumericalError as exc:
                             bad[i] = str(exc)
                     tokens_done += batch.tokens
@@ -304,10 +307,10 @@ class _RunState:
             ev = None if item["eigenvalues"] is None else np.asarray(item["eigenvalues"], dtype=np.float64)
             self.finished[i] = (item["n"], ev, item["flags"], item.get("message", ""))
 
-    def accumulators_for(self, group, taps, xp) -> list[CovarianceAccumulator]:
+    def accumulators_for(self, group, taps, xp, exact: bool) -> list[CovarianceAccumulator]:
         out = []
         for i in group:
-            acc = CovarianceAccumulator(taps[i].width, f"{i}:{taps[i].tensor}", xp)
+            acc = CovarianceAccumulator(taps[i].width, f"{i}:{taps[i].tensor}", xp, exact)
             if i in self.accs:
                 acc.merge(self.accs.pop(i))
             out.append(acc)

@@ -73,9 +73,22 @@ def session_options(ort: Any, threads: int | None = None) -> Any:
     return so
 
 
-def create_session(model_path: Path, device: str = "auto", threads: int | None = None) -> tuple[Any, DeviceChoice]:
-    """Create the session and confirm the provider actually in use (never trust availability)."""
+def create_session(
+    model: Path | bytes, device: str = "auto", threads: int | None = None, external_folder: Path | None = None
+) -> tuple[Any, DeviceChoice]:
+    """Create the session and confirm the provider actually in use (never trust availability).
+
+    ``model`` is a path or serialized bytes; for bytes, ``external_folder`` is where the
+    model's external-data files live (so a tapped copy never has to be written beside them)."""
     ort = import_onnxruntime()
+    model_arg = model if isinstance(model, bytes) else str(model)
+
+    def options() -> Any:
+        so = session_options(ort, threads)
+        if external_folder is not None:
+            so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_folder))
+        return so
+
     if device not in ("auto", "cpu", "cuda"):
         raise SuiError(f"--device must be auto, cpu or cuda, got {device!r}")
     want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers()
@@ -87,7 +100,7 @@ def create_session(model_path: Path, device: str = "auto", threads: int | None =
         )
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
     try:
-        sess = ort.InferenceSession(str(model_path), sess_options=session_options(ort, threads), providers=providers)
+        sess = ort.InferenceSession(model_arg, sess_options=options(), providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise ModelError(f"onnxruntime cannot load the model: {first[:300]}") from None
@@ -106,7 +119,7 @@ def create_session(model_path: Path, device: str = "auto", threads: int | None =
         except RuntimeError as exc:
             if device == "cuda":
                 raise SuiError(f"--device cuda: {exc}") from None
-            sess = ort.InferenceSession(str(model_path), sess_options=session_options(ort, threads), providers=["CPUExecutionProvider"])
+            sess = ort.InferenceSession(model_arg, sess_options=options(), providers=["CPUExecutionProvider"])
             choice = DeviceChoice(device, tuple(sess.get_providers()))
     return sess, choice
 
@@ -186,8 +199,9 @@ class TapRunner:
     Outputs are bound to buffers reused across batches of the same shape: NumPy on CPU, CuPy on
     CUDA (the arrays then never leave the device)."""
 
-    def __init__(self, model_path: Path, tap_names: Sequence[str], device: str = "auto", threads: int | None = None):
-        self.session, self.device = create_session(model_path, device, threads)
+    def __init__(self, model: Path | bytes, tap_names: Sequence[str], device: str = "auto", threads: int | None = None,
+                 external_folder: Path | None = None):
+        self.session, self.device = create_session(model, device, threads, external_folder)
         self.tap_names = list(tap_names)
         outputs = {o.name for o in self.session.get_outputs()}
         missing = [t for t in self.tap_names if t not in outputs]

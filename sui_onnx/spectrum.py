@@ -45,12 +45,15 @@ class Spectrum:
 class CovarianceAccumulator:
     """Mergeable float64 sufficient statistics of the rows of [*, D] activation batches."""
 
-    def __init__(self, width: int, name: str = "", xp: Any = np) -> None:
+    def __init__(self, width: int, name: str = "", xp: Any = np, exact: bool = False) -> None:
+        """``exact=True`` multiplies every batch in float64 (slower); by default float32 batches
+        are multiplied in float32 and only the sums are float64 (docs/performance.md)."""
         if width < 1:
             raise ValueError("width must be positive")
         self.width = int(width)
         self.name = name
         self.xp = xp
+        self.exact = exact
         self.n = 0
         self.shift: Any = None  # (D,) float64, fixed after the first non-empty batch
         self.sum = xp.zeros(self.width, dtype=xp.float64)  # sum of (x - shift)
@@ -69,12 +72,17 @@ class CovarianceAccumulator:
             if m.shape[0] != x.shape[0]:
                 raise SuiError(f"tap {self.name!r}: mask has {m.shape[0]} positions, batch has {x.shape[0]} rows")
             x = x[m]
-        if x.dtype not in (xp.float32, xp.float64):
+        if self.exact and x.dtype != xp.float64:
+            x = x.astype(xp.float64)
+        elif x.dtype not in (xp.float32, xp.float64):
             x = x.astype(xp.float32)
         return x
 
-    def update(self, batch: Any, mask: Any = None) -> None:
-        """Add the rows of ``batch`` ([..., D]); ``mask`` ([...], nonzero = real token) drops padding."""
+    def update(self, batch: Any, mask: Any = None, overwrite: bool = False) -> None:
+        """Add the rows of ``batch`` ([..., D]); ``mask`` ([...], nonzero = real token) drops padding.
+
+        ``overwrite=True`` lets the centring happen in place in ``batch`` (the runner's reused
+        output buffers), saving one pass over memory per batch."""
         xp = self.xp
         x = self._rows(batch, mask)
         if x.shape[0] == 0:
@@ -87,7 +95,12 @@ class CovarianceAccumulator:
         if self.shift is None:
             # rounded to float32 so the shift subtracted from float32 rows is exactly the stored one
             self.shift = x.mean(axis=0, dtype=xp.float64).astype(xp.float32).astype(xp.float64)
-        centred = x - self.shift.astype(x.dtype)
+        shift = self.shift.astype(x.dtype)
+        if overwrite:
+            centred = x
+            centred -= shift
+        else:
+            centred = x - shift
         self.n += int(x.shape[0])
         self.sum += centred.sum(axis=0, dtype=xp.float64)
         self.gram += (centred.T @ centred).astype(xp.float64, copy=False)

@@ -175,3 +175,13 @@ def test_loading_garbage_is_a_clear_error(tmp_path):
 def test_merge_rejects_width_mismatch():
     with pytest.raises(SuiError, match="width"):
         CovarianceAccumulator(3, "a").merge(CovarianceAccumulator(4, "b"))
+
+
+def test_overwrite_centres_in_place_with_the_same_result():
+    rng = np.random.default_rng(9)
+    x = correlated(rng, 600, 10, mean=5.0).astype(np.float32)
+    a, b = CovarianceAccumulator(10), CovarianceAccumulator(10)
+    for chunk in np.array_split(x, 3):
+        a.update(chunk)
+        b.update(chunk.copy(), overwrite=True)
+    np.testing.assert_array_equal(a.finalize().eigenvalues, b.finalize().eigenvalues)

@@ -83,6 +83,8 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: CUDA when onnxruntime-gpu and a GPU are usable, else CPU")
     g.add_argument("--threads", type=_positive_int, metavar="N", help="onnxruntime intra-op threads (default: all cores)")
+    g.add_argument("--precision", choices=("fp32", "fp64"), default="fp32",
+                   help="per-batch X^T X in float32 (default, fast; sums are always float64) or float64 (exact)")
 
 
 def add_metric_args(p: argparse.ArgumentParser) -> None:
@@ -117,7 +119,7 @@ def analysis_options(args: argparse.Namespace, progress: Any = None):
 
     return AnalysisOptions(
         site=args.site, include=args.include, exclude=args.exclude, explicit=tuple(args.tap),
-        device=args.device, threads=args.threads, top_fraction=args.top_fraction,
+        device=args.device, threads=args.threads, precision=args.precision, top_fraction=args.top_fraction,
         advice_q=args.advice_q, advice_quantile=args.advice_quantile, align=args.align,
         max_memory=args.max_memory, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
         resume=args.resume, stats=args.stats, progress=progress,

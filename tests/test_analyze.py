@@ -1,0 +1,177 @@
+"""analyze() end to end on committed exported fixtures: exact spectra against a two-pass NumPy
+reference over raw onnxruntime outputs, text vs token ids, KV-cache inputs, resume, merge, passes."""
+
+import json
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from sui_onnx.analyze import AnalysisOptions, Interrupted, analyze, plan_groups
+from sui_onnx.calib import CalibrationSpec
+from sui_onnx.graph import find_taps, load_model, write_tapped
+from sui_onnx.runner import FeedBuilder
+from sui_onnx.spectrum import load_accumulators
+
+FIXTURES = Path(__file__).parent / "fixtures"
+pytestmark = pytest.mark.skipif(not (FIXTURES / "gpt2_w128").is_dir(), reason="fixtures not built")
+
+
+def token_ids(path: Path, n_seq=12, seq=24, vocab=512, seed=0) -> Path:
+    ids = np.random.default_rng(seed).integers(0, vocab, (n_seq, seq))
+    np.save(path, ids)
+    return path
+
+
+def raw_tap_outputs(model_dir: Path, ids: np.ndarray, tmp: Path, site="post"):
+    """Independent path: tapped copy -> plain InferenceSession.run -> float64 rows per tap."""
+    src = load_model(model_dir)
+    taps = find_taps(src.model, site=site)
+    tapped = write_tapped(src, taps, tmp / "ref_tapped.onnx")
+    sess = ort.InferenceSession(str(tapped), providers=["CPUExecutionProvider"])
+    feeds = FeedBuilder(sess.get_inputs())(ids)
+    outs = sess.run([t.tensor for t in taps], feeds)
+    return [np.asarray(o, dtype=np.float64).reshape(-1, t.width) for o, t in zip(outs, taps)]
+
+
+def two_pass_eigs(rows: np.ndarray) -> np.ndarray:
+    c = rows - rows.mean(axis=0)
+    return np.clip(np.linalg.eigvalsh(c.T @ c / (len(rows) - 1))[::-1], 0, None)
+
+
+@pytest.mark.parametrize("name", ["gpt2_w128", "llama_w128", "ngpt_w128"])
+def test_token_id_spectra_equal_two_pass_reference(name, tmp_path):
+    ids_path = token_ids(tmp_path / "ids.npy")
+    ids = np.load(ids_path)
+    ref = [two_pass_eigs(r) for r in raw_tap_outputs(FIXTURES / name, ids, tmp_path)]
+    exact = analyze(FIXTURES / name, CalibrationSpec([ids_path], batch_size=5), AnalysisOptions(device="cpu", precision="fp64"))
+    fast = analyze(FIXTURES / name, CalibrationSpec([ids_path], batch_size=5), AnalysisOptions(device="cpu"))
+    assert [x.tokens for x in exact.layers] == [ids.size] * len(ref)
+    for ev_exact, ev_fast, want in zip(exact.eigenvalues, fast.eigenvalues, ref):
+        np.testing.assert_allclose(ev_exact, want, rtol=1e-6, atol=1e-9 * want[0])
+        np.testing.assert_allclose(ev_fast, want, rtol=0, atol=2e-6 * want[0])
+    for a, b in zip(exact.layers, fast.layers):
+        assert b.sui == pytest.approx(a.sui, rel=1e-4) and b.hard_rank == pytest.approx(a.hard_rank, rel=1e-4)
+
+
+def test_text_calibration_equals_the_same_tokens_as_ids(tmp_path):
+    from tokenizers import Tokenizer
+
+    text = (Path(__file__).parent.parent / "sui_onnx" / "data" / "calib.txt").read_text(encoding="utf-8")[:20000]
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    tok = Tokenizer.from_file(str(FIXTURES / "gpt2_w128" / "tokenizer.json"))
+    ids = tok.encode(text, add_special_tokens=False).ids
+    n = (len(ids) // 32) * 32
+    np.save(tmp_path / "ids.npy", np.asarray(ids[:n]).reshape(-1, 32))
+    opts = AnalysisOptions(device="cpu", precision="fp64")
+    by_text = analyze(FIXTURES / "gpt2_w128", CalibrationSpec([tmp_path / "t.txt"], seq_len=32, batch_size=4, tokens=n), opts)
+    by_ids = analyze(FIXTURES / "gpt2_w128", CalibrationSpec([tmp_path / "ids.npy"], batch_size=4), opts)
+    assert by_text.calibration["tokens"] == by_ids.calibration["tokens"] == n
+    for a, b in zip(by_text.eigenvalues, by_ids.eigenvalues):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14 * b[0])
+
+
+def test_kv_cache_model_with_empty_past_matches_the_plain_export(tmp_path):
+    ids_path = token_ids(tmp_path / "ids.npy", n_seq=6, seq=16)
+    opts = AnalysisOptions(device="cpu", precision="fp64")
+    past = analyze(FIXTURES / "llama_past", CalibrationSpec([ids_path]), opts)
+    plain = analyze(FIXTURES / "llama_w128", CalibrationSpec([ids_path]), opts)
+    for a, b in zip(past.eigenvalues, plain.eigenvalues):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9 * b[0])
+
+
+def test_external_data_model_is_analyzed_in_place(tmp_path):
+    ids_path = token_ids(tmp_path / "ids.npy", n_seq=4, seq=16)
+    before = {p.name: p.read_bytes() for p in (FIXTURES / "llama_extdata").iterdir()}
+    rep = analyze(FIXTURES / "llama_extdata", CalibrationSpec([ids_path]), AnalysisOptions(device="cpu"))
+    assert rep.model["external_data"] is True and len(rep.layers) == 2
+    after = {p.name: p.read_bytes() for p in (FIXTURES / "llama_extdata").iterdir()}
+    assert after == before  # nothing written into or left in the model's folder
+
+
+def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path):
+    ids_path = token_ids(tmp_path / "ids.npy", n_seq=20, seq=16)
+    spec = CalibrationSpec([ids_path], batch_size=2)
+    whole = analyze(FIXTURES / "gpt2_w128", spec, AnalysisOptions(device="cpu"))
+    ckpt = tmp_path / "ck.npz"
+
+    def stop_after_four(done, total, desc):
+        if done >= 4 * 32:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted, match="--resume"):
+        analyze(FIXTURES / "gpt2_w128", spec, AnalysisOptions(device="cpu", checkpoint=ckpt, checkpoint_every=3, progress=stop_after_four))
+    _, meta = load_accumulators(ckpt)
+    assert meta["batches_done"] == 4 and not meta["complete"]
+    resumed = analyze(FIXTURES / "gpt2_w128", spec, AnalysisOptions(device="cpu", resume=ckpt))
+    for a, b in zip(resumed.eigenvalues, whole.eigenvalues):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15 * b[0])
+    assert [x.tokens for x in resumed.layers] == [x.tokens for x in whole.layers]
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
+    ids_path = token_ids(tmp_path / "ids.npy", n_seq=4, seq=16)
+    ckpt = tmp_path / "ck.npz"
+    analyze(FIXTURES / "gpt2_w128", CalibrationSpec([ids_path]), AnalysisOptions(device="cpu", checkpoint=ckpt))
+    with pytest.raises(Exception, match="different batch size"):
+        analyze(FIXTURES / "gpt2_w128", CalibrationSpec([ids_path], batch_size=3), AnalysisOptions(device="cpu", resume=ckpt))
+    with pytest.raises(Exception, match="different model sha256"):
+        analyze(FIXTURES / "gpt2_w256", CalibrationSpec([ids_path]), AnalysisOptions(device="cpu", resume=ckpt))
+
+
+def test_merged_halves_equal_the_whole(tmp_path):
+    from sui_onnx.cli import main
+
+    ids = np.random.default_rng(3).integers(0, 512, (16, 16))
+    np.save(tmp_path / "a.npy", ids[:8])
+    np.save(tmp_path / "b.npy", ids[8:])
+    np.save(tmp_path / "all.npy", ids)
+    model = str(FIXTURES / "gpt2_w128")
+    for part in ("a", "b"):
+        assert main(["report", model, "--calib", str(tmp_path / f"{part}.npy"), "--checkpoint", str(tmp_path / f"{part}.npz"), "-q", "--device", "cpu", "--precision", "fp64"]) == 0
+    assert main(["merge", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "-o", str(tmp_path / "m.npz")]) == 0
+    assert main(["report", model, "--stats", str(tmp_path / "m.npz"), "--json", str(tmp_path / "m.json"), "-q"]) == 0
+    assert main(["report", model, "--calib", str(tmp_path / "all.npy"), "--json", str(tmp_path / "w.json"), "-q", "--device", "cpu", "--precision", "fp64"]) == 0
+    merged, whole = (json.loads((tmp_path / f).read_text()) for f in ("m.json", "w.json"))
+    for a, b in zip(merged["layers"], whole["layers"]):
+        assert a["tokens"] == b["tokens"] == ids.size
+        for key in ("hard_rank", "soft_rank", "concentration", "sui"):
+            assert a[key] == pytest.approx(b[key], rel=1e-9)
+
+
+def test_layer_groups_in_several_passes_equal_one_pass(tmp_path):
+    ids_path = token_ids(tmp_path / "ids.npy", n_seq=6, seq=16)
+    one = analyze(FIXTURES / "llama_w128", CalibrationSpec([ids_path]), AnalysisOptions(device="cpu"))
+    per_layer = 8 * (128 * 128 + 128)
+    assert plan_groups([128, 128], per_layer) == [[0], [1]]
+    two = analyze(FIXTURES / "llama_w128", CalibrationSpec([ids_path]), AnalysisOptions(device="cpu", max_memory=per_layer))
+    assert two.runtime["passes"] == 2
+    for a, b in zip(one.eigenvalues, two.eigenvalues):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15 * b[0])
+
+
+def test_low_token_counts_are_flagged(tmp_path):
+    ids_path = token_ids(tmp_path / "ids.npy", n_seq=2, seq=40)
+    rep = analyze(FIXTURES / "gpt2_w128", CalibrationSpec([ids_path]), AnalysisOptions(device="cpu"))
+    assert all(x.status == "rank_capped" and "low_tokens" in x.flags for x in rep.layers)
+    assert "rank capped" in rep.layers[0].message
+
+
+def test_pre_site_taps_the_up_projection(tmp_path):
+    ids_path = token_ids(tmp_path / "ids.npy", n_seq=4, seq=16)
+    rep = analyze(FIXTURES / "llama_w128", CalibrationSpec([ids_path]), AnalysisOptions(device="cpu", site="pre"))
+    assert [x.site for x in rep.layers] == ["pre", "pre"]
+    assert "gate_proj" in rep.layers[0].tensor
+
+
+def test_accumulation_memory_does_not_grow_with_tokens(tmp_path):
+    peaks = []
+    for n_seq in (8, 64):
+        ids_path = token_ids(tmp_path / f"ids{n_seq}.npy", n_seq=n_seq, seq=64)
+        tracemalloc.start()
+        analyze(FIXTURES / "gpt2_w128", CalibrationSpec([ids_path], batch_size=4), AnalysisOptions(device="cpu"))
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < 1.15 * peaks[0], peaks
