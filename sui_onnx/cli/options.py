@@ -133,7 +133,13 @@ def model_argument(args: argparse.Namespace) -> Path:
 def guard_outputs(inputs: Iterable[Path | None], outputs: Iterable[Path | None]) -> None:
     """Refuse to write over an input file (the model, calibration data, a checkpoint being read),
     and check output folders exist before any work starts."""
-    ins = {p.resolve() for p in inputs if p is not None and p.exists()}
+    ins: set[Path] = set()
+    for p in inputs:
+        if p is None or not p.exists():
+            continue
+        ins.add(p.resolve())
+        if p.is_dir():  # a model folder (model.onnx, external data, tokenizer) or a folder of text
+            ins.update(f.resolve() for f in p.rglob("*") if f.is_file())
     for out in outputs:
         if out is None or str(out) == "-":
             continue
