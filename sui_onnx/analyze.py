@@ -143,7 +143,7 @@ def _run(src, taps, stream: CalibrationStream, calib: CalibrationSpec, opts: Ana
     if opts.precision not in ("fp32", "fp64"):
         raise SuiError(f"--precision must be fp32 or fp64, got {opts.precision!r}")
     runtime: dict[str, Any] = {"device": None, "providers": [], "passes": len(groups), "precision": opts.precision}
-    with _signals_as_interrupts():
+    with _StopOnSignal() as stop:
         for g, group in enumerate(groups):
             if g < state.group:  # finished before a resume
                 for i in group:
@@ -160,10 +160,13 @@ def _run(src, taps, stream: CalibrationStream, calib: CalibrationSpec, opts: Ana
             tokens_done = state.tokens_done if g == state.group else 0
             batches_done = state.batches_done if g == state.group else 0
             desc = f"pass {g + 1}/{len(groups)}" if len(groups) > 1 else "calibrating"
+            consistent = True  # False while a batch is half-added: an interrupt then saves nothing
             try:
                 for b, batch in enumerate(stream):
                     if b < batches_done:
                         continue  # already in the resumed statistics
+                    stop.check()
+                    consistent = False
                     outs = runner.run(batch.input_ids, [t.width for t in group_taps])
                     for j, (i, out) in enumerate(zip(group, outs)):
                         if i in bad:
@@ -174,12 +177,19 @@ def _run(src, taps, stream: CalibrationStream, calib: CalibrationSpec, opts: Ana
                             bad[i] = str(exc)
                     tokens_done += batch.tokens
                     batches_done = b + 1
+                    consistent = True
+                    stop.check()
                     if opts.progress:
                         opts.progress(tokens_done, stream.budget, desc)
                     if opts.checkpoint and batches_done % opts.checkpoint_every == 0:
                         state.save(opts.checkpoint, g, group, accs, batches_done, tokens_done, bad, results)
             except KeyboardInterrupt:
                 path = opts.checkpoint or Path(f"{Path(src.path).stem}.sui-checkpoint.npz")
+                if not consistent:  # a second Ctrl-C in the middle of a batch
+                    raise Interrupted(
+                        f"aborted in the middle of a batch; no new checkpoint written"
+                        + (f" (the last one, if any, is {path})" if opts.checkpoint else "")
+                    ) from None
                 state.save(path, g, group, accs, batches_done, tokens_done, bad, results)
                 raise Interrupted(
                     f"interrupted after {tokens_done} tokens; checkpoint saved to {path} "
@@ -351,22 +361,32 @@ def _load_stats(path: Path, sha: str, names, widths):
     return accs, meta
 
 
-class _signals_as_interrupts:
-    """SIGTERM behaves like Ctrl-C while a run is in progress, so both leave a checkpoint."""
+class _StopOnSignal:
+    """SIGINT and SIGTERM request a stop at the next batch boundary, so the statistics saved in
+    the checkpoint are always whole batches; a second signal aborts at once."""
 
-    def __enter__(self):
-        self._old = None
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._raise)
-        except ValueError:  # not the main thread
-            pass
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> "_StopOnSignal":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay as they are
+                pass
         return self
 
-    @staticmethod
-    def _raise(signum, frame):
-        raise KeyboardInterrupt
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+    def __exit__(self, *exc) -> bool:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
         return False

@@ -1,7 +1,8 @@
 """Command-line interface: the only module that parses arguments, prints, and picks exit codes.
 
 Exit codes (every command, every output format): 0 success; 1 a gate threshold was breached;
-2 usage, input or configuration error (one line on stderr; --debug shows the traceback).
+2 usage, input or configuration error (one line on stderr; --debug shows the traceback);
+130 interrupted by SIGINT/SIGTERM (a checkpoint was saved; --resume continues).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from .._version import __version__
 from ..errors import SuiError
 
 EXIT_OK, EXIT_BREACH, EXIT_ERROR = 0, 1, 2
+EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM during a run: a checkpoint was saved, nothing half-written
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,8 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_ERROR
     debug = args.debug or getattr(args, "sub_debug", False)
+    from ..analyze import Interrupted
+
     try:
         return int(args.run(args) or EXIT_OK)
+    except Interrupted as exc:
+        print(f"sui-onnx: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except SuiError as exc:
         if debug:
             raise
@@ -65,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("sui-onnx: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - last line of defence: one line, never a traceback
         if debug:
             raise
