@@ -53,6 +53,8 @@ class AnalysisOptions:
     resume: Path | None = None
     stats: Path | None = None  # build the report from saved statistics, no calibration run
     progress: ProgressFn | None = None
+    ray: str | None = None  # None: run here; "" : ray.init() default (RAY_ADDRESS or a local cluster); else an address
+    ray_shards: int | None = None  # calibration shards (default: 2 per worker CPU)
     extra_provenance: dict[str, Any] = field(default_factory=dict)
 
 
@@ -99,6 +101,10 @@ def analyze(model: str | Path, calib: CalibrationSpec | None = None, options: An
         runtime = {"device": "none", "providers": [], "source": str(opts.stats)}
         calibration = {**meta.get("calibration", {}), "tokens": accs[0].n if accs else 0, "from_stats": str(opts.stats)}
         spectra_parts = [_finalize(acc) for acc in accs]
+    elif opts.ray is not None:
+        from .distributed import run_on_ray
+
+        spectra_parts, runtime, calibration = run_on_ray(src, taps, calib, opts)
     else:
         stream = CalibrationStream(calib, src.folder, widths)
         spectra_parts, runtime, calibration = _run(src, taps, stream, calib, opts)

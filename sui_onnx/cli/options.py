@@ -106,6 +106,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", type=Path, metavar="FILE", help="continue an interrupted run from its checkpoint")
     g.add_argument("--stats", type=Path, metavar="FILE",
                    help="report from finished or merged statistics (sui-onnx merge) without running calibration")
+    g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="shard the calibration across Ray workers (needs the `ray` extra); without ADDRESS: "
+                        "RAY_ADDRESS or a local cluster")
+    g.add_argument("--ray-shards", type=_positive_int, metavar="N", help="calibration shards for --ray (default: 2 per worker CPU)")
     g.add_argument("--max-memory", type=_memory, metavar="SIZE",
                    help="cap on the D x D statistics held at once (e.g. 2G); above it the layers are analyzed in several passes")
 
@@ -122,7 +126,7 @@ def analysis_options(args: argparse.Namespace, progress: Any = None):
         device=args.device, threads=args.threads, precision=args.precision, top_fraction=args.top_fraction,
         advice_q=args.advice_q, advice_quantile=args.advice_quantile, align=args.align,
         max_memory=args.max_memory, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
-        resume=args.resume, stats=args.stats, progress=progress,
+        resume=args.resume, stats=args.stats, progress=progress, ray=args.ray, ray_shards=args.ray_shards,
     )
 
 
