@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from . import merge, report, taps
+from . import check, merge, report, scaling, taps
 
-REGISTRY = [report.register, taps.register, merge.register]
+REGISTRY = [report.register, check.register, taps.register, merge.register, scaling.register]

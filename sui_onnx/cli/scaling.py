@@ -1,0 +1,199 @@
+"""`sui-onnx scaling INPUT...`: the asymmetric spectral scaling law over one model family at several
+FFN widths (docs/scaling.md). INPUT is a report JSON (`sui-onnx report --json`) or a model (.onnx
+file or folder holding model.onnx), analyzed here with the shared tap / calibration / device /
+metric options."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+from ..errors import SuiError
+from .options import (TokenProgress, add_calib_args, add_device_args, add_metric_args, add_run_args, add_tap_args,
+                      analysis_options, calibration_spec, guard_outputs, make_console, write_text_atomic)
+
+PAPER_REFERENCE = ("paper reference (GPT-2 160M, AdamW, D = 768..6144, post): "
+                   "beta_soft 0.661 (R^2 0.971), beta_hard 0.289 (R^2 0.338)")
+
+
+def _tau(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..scaling import DEFAULT_TAU
+
+    p = sub.add_parser(
+        "scaling",
+        help="fit the spectral scaling law (rank = A * D^beta) across FFN widths of one family",
+        description="Fit soft and hard rank against FFN width D (rank = A * D^beta, least squares in "
+                    "log-log space) over models of one family at >= 3 widths, per layer and for the "
+                    "median over layers; report R^2, 95% t-intervals, the asymmetry "
+                    "beta_soft - beta_hard, SUI against width, the hard-rank saturation width and the "
+                    "SUI peak (docs/scaling.md).",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="report JSON (sui-onnx report --json), .onnx file or folder holding model.onnx; "
+                        "models are analyzed here with the options below")
+    add_tap_args(p)
+    add_calib_args(p)
+    add_device_args(p)
+    add_metric_args(p)
+    g = p.add_argument_group("scaling")
+    g.add_argument("--tau", type=_tau, default=DEFAULT_TAU, metavar="T",
+                   help=f"saturation threshold: width where d hard / d D falls below T (default {DEFAULT_TAU})")
+    g = p.add_argument_group("outputs")
+    g.add_argument("--json", type=Path, metavar="OUT", help="write the scaling JSON (schema sui-onnx/scaling); '-' for stdout")
+    g.add_argument("--plot", type=Path, metavar="DIR", help="write scaling_ranks.png and scaling_sui.png (needs the `plot` extra)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no terminal table or progress bar")
+    p.set_defaults(run=run)
+
+
+def _fill_run_defaults(args: argparse.Namespace) -> None:
+    """analysis_options() also reads the long-run options (checkpoints, --stats, memory cap, ...),
+    which this command does not offer; give them their defaults from their one definition."""
+    probe = argparse.ArgumentParser(add_help=False)
+    add_run_args(probe)
+    for key, value in vars(probe.parse_args([])).items():
+        if not hasattr(args, key):
+            setattr(args, key, value)
+
+
+def classify(path: Path) -> str:
+    """'report' or 'model' for one INPUT; SuiError when it is neither."""
+    if path.is_dir():
+        if (path / "model.onnx").is_file():
+            return "model"
+        raise SuiError(f"{path}: folder without model.onnx (give a report JSON, an .onnx file or a model folder)")
+    if not path.exists():
+        raise SuiError(f"{path}: no such file or folder")
+    if path.suffix.lower() == ".onnx":
+        return "model"
+    return "report"
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..report import load_report
+    from ..scaling import MIN_WIDTHS, scaling_analysis
+
+    paths = [Path(x) for x in args.inputs]
+    if len(paths) < MIN_WIDTHS:
+        raise SuiError(f"scaling needs at least {MIN_WIDTHS} inputs of distinct FFN widths; got {len(paths)}")
+    kinds = [classify(p) for p in paths]
+    guard_outputs([*paths, *args.calib], [args.json])
+    if args.plot is not None:
+        from ..plots import require_matplotlib
+
+        require_matplotlib()
+        if args.plot.exists() and not args.plot.is_dir():
+            raise SuiError(f"--plot {args.plot}: exists and is not a folder")
+    quiet = args.quiet or (args.json is not None and str(args.json) == "-")
+
+    reports: list[Any] = [load_report(p) if kind == "report" else None for p, kind in zip(paths, kinds)]
+    if "model" in kinds:
+        from ..analyze import analyze
+
+        _fill_run_defaults(args)
+        spec = calibration_spec(args)
+        for i, (p, kind) in enumerate(zip(paths, kinds)):
+            if kind == "model":
+                with TokenProgress(enabled=not quiet) as progress:
+                    reports[i] = analyze(p, spec, analysis_options(args, progress))
+
+    result = scaling_analysis(reports, labels=[str(p) for p in paths], tau=args.tau)
+    if args.json is not None:
+        write_text_atomic(args.json, result.to_json())
+    if args.plot is not None:
+        from ..plots_scaling import write_scaling_plots
+
+        write_scaling_plots(result, args.plot)
+    if not quiet:
+        console = make_console()
+        for renderable in scaling_renderables(result):
+            console.print(renderable)
+    return 0
+
+
+def _num(value: float | None, fmt: str = ".3f") -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return format(value, fmt)
+
+
+def _ci(ci) -> str:
+    lo, hi = ci
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "n/a"
+    return f"[{lo:.3f}, {hi:.3f}]"
+
+
+def _pm(fit) -> str:
+    lo, hi = fit.beta_ci95
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return _num(fit.beta)
+    return f"{fit.beta:.3f} ± {(hi - lo) / 2:.3f}"
+
+
+def scaling_renderables(result) -> list[Any]:
+    from rich.table import Table
+    from rich.text import Text
+
+    family = ", ".join(f"{k} {v if isinstance(v, str) else '/'.join(v)}" for k, v in result.family.items())
+    head = Text(f"Spectral scaling over {len(result.models)} widths, {result.n_layers} FFN layers"
+                f"{', site ' + result.site if result.site else ''}{' (' + family + ')' if family else ''}",
+                style="bold")
+
+    widths = Table(title="Per width (median over usable layers)", title_justify="left")
+    for col in ("D", "layers", "tokens", "hard rank", "soft rank", "hard/D", "soft/D", "SUI"):
+        widths.add_column(col, justify="right")
+    for m in result.models:
+        peak = " *" if m.width == result.sui_peak["width"] else ""
+        widths.add_row(str(m.width), f"{m.usable_layers}/{m.n_layers}", f"{m.min_tokens:,}",
+                       _num(m.median_hard, ".2f"), _num(m.median_soft, ".2f"),
+                       _num(m.median_hard / m.width), _num(m.median_soft / m.width),
+                       _num(m.median_sui) + peak)
+
+    fits = Table(title="Power-law fits: rank = A * D^beta (median over layers)", title_justify="left")
+    for col in ("quantity", "beta", "95% CI", "A", "R^2", "resid sd", "n"):
+        fits.add_column(col, justify="right" if col != "quantity" else "left")
+    for name, fit in (("soft rank", result.soft), ("hard rank", result.hard)):
+        fits.add_row(name, _num(fit.beta), _ci(fit.beta_ci95), _num(fit.A, ".4g"), _num(fit.r2),
+                     _num(fit.residual_sd, ".3g"), str(fit.n))
+    a = result.asymmetry
+    fits.add_row("soft - hard", _num(a.beta), _ci(a.beta_ci95), "", "", "", str(a.n))
+
+    layers = Table(title="Per layer (beta with its 95% half-width)", title_justify="left")
+    for col in ("layer", "beta soft", "R^2", "beta hard", "R^2 ", "soft - hard"):
+        layers.add_column(col, justify="right")
+    for x in result.layers:
+        if x.soft is None:
+            layers.add_row(str(x.layer), f"no fit ({len(set(x.widths))} widths)", "", "", "", "")
+            continue
+        layers.add_row(str(x.layer), _pm(x.soft), _num(x.soft.r2), _pm(x.hard), _num(x.hard.r2), _pm(x.asymmetry))
+
+    sat = result.saturation
+    if sat.status == "reached":
+        where = {"below": "below the measured widths", "within": "within the measured widths",
+                 "above": "above the measured widths (extrapolated)"}[sat.position]
+        sat_line = f"D* = {sat.width:,.0f} ({where})"
+    elif sat.status == "no_growth":
+        sat_line = "not defined: the fitted hard rank does not grow with width (beta_hard <= 0)"
+    else:
+        sat_line = "not reached: beta_hard >= 1, the slope never falls"
+    lines = Text()
+    lines.append(f"hard-rank saturation (d hard / d D = beta_hard * hard / D < {sat.tau:g}): {sat_line}; "
+                 f"slope at D = {max(result.widths):,}: {_num(sat.slope_at_max_width, '.4g')}\n")
+    peak = result.sui_peak
+    edge = {"smallest": " (the smallest measured width: the peak may lie below)",
+            "largest": " (the largest measured width: the peak may lie above)", "interior": ""}[peak["position"]]
+    lines.append(f"SUI peak: D = {peak['width']:,}, median SUI {_num(peak['median_sui'])}{edge}\n")
+    lines.append(PAPER_REFERENCE, style="dim")
+    return [head, widths, fits, layers, lines]

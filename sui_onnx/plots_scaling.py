@@ -1,0 +1,88 @@
+"""PNG plots of a scaling analysis (optional `plot` extra): rank against width on log-log axes with
+the fitted power laws, and SUI against width (docs/scaling.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SuiError
+from .plots import require_matplotlib
+from .scaling import ScalingResult
+
+
+def _save(fig, path: Path) -> Path:
+    from .spectrum import atomic_write_bytes
+
+    atomic_write_bytes(path, lambda fh: fig.savefig(fh, format="png", dpi=120, bbox_inches="tight"))
+    return path
+
+
+def write_scaling_plots(result: ScalingResult, folder: Path) -> list[Path]:
+    """Write scaling_ranks.png and scaling_sui.png into `folder` (created if needed)."""
+    plt = require_matplotlib()
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise SuiError(f"--plot {folder}: exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    widths = np.asarray(result.widths, dtype=np.float64)
+    grid = np.geomspace(widths.min(), widths.max(), 200)
+    written = []
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for key, fit, color, label in (("soft", result.soft, "tab:blue", "soft rank"),
+                                   ("hard", result.hard, "tab:red", "hard rank")):
+        for i in range(result.n_layers):
+            ys = [getattr(m, f"layer_{key}")[i] for m in result.models]
+            xs = [m.layer_widths[i] for m, y in zip(result.models, ys) if y is not None]
+            ys = [y for y in ys if y is not None]
+            ax.scatter(xs, ys, s=10, color=color, alpha=0.25, lw=0)
+        med = [getattr(m, f"median_{key}") for m in result.models]
+        ax.plot(widths, med, "o", color=color, label=f"{label} (median over layers)")
+        ax.plot(grid, fit.predict(grid), "-", color=color, lw=1.2,
+                label=f"fit: beta={fit.beta:.3f}, R^2={_fmt(fit.r2)}")
+    sat = result.saturation
+    if sat.width is not None and sat.position == "within":
+        ax.axvline(sat.width, color="grey", ls="--", lw=0.8, label=f"hard-rank saturation (tau={sat.tau:g})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _width_ticks(ax, widths)
+    ax.set_xlabel("FFN width D")
+    ax.set_ylabel("effective rank")
+    ax.set_title("Spectral scaling: rank = A * D^beta (faint: single layers)")
+    ax.legend(fontsize=7)
+    written.append(_save(fig, folder / "scaling_ranks.png"))
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for i in range(result.n_layers):
+        ys = [m.layer_sui[i] for m in result.models]
+        xs = [m.layer_widths[i] for m, y in zip(result.models, ys) if y is not None]
+        ys = [y for y in ys if y is not None]
+        ax.plot(xs, ys, "-", color="tab:green", alpha=0.25, lw=0.8)
+    ax.plot(widths, [m.median_sui for m in result.models], "o-", color="tab:green", label="SUI (median over layers)")
+    peak = result.sui_peak
+    ax.plot([peak["width"]], [peak["median_sui"]], "k*", ms=12, label=f"peak at D={peak['width']}")
+    ax.set_xscale("log")
+    _width_ticks(ax, widths)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("FFN width D")
+    ax.set_ylabel("SUI")
+    ax.set_title("Spectral Utilization Index against width (faint: single layers)")
+    ax.legend(fontsize=8)
+    written.append(_save(fig, folder / "scaling_sui.png"))
+    plt.close(fig)
+    return written
+
+
+def _width_ticks(ax, widths: np.ndarray) -> None:
+    from matplotlib.ticker import NullLocator
+
+    ax.set_xticks(widths)
+    ax.set_xticklabels([f"{int(w)}" for w in widths], fontsize=8)
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if not np.isfinite(value) else f"{value:.3f}"
