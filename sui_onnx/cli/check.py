@@ -1,0 +1,226 @@
+"""`sui-onnx check MODEL|REPORT.json`: the inference-efficiency gate for CI (docs/gate.md).
+
+Exit 0 when every threshold holds, 1 when one is breached, 2 on a usage, input or config error;
+the same with or without --junit / --sarif / --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from .. import gate
+from ..errors import ConfigError, SuiError
+from .options import (TokenProgress, add_calib_args, add_device_args, add_metric_args, add_run_args,
+                      add_tap_args, analysis_options, calibration_spec, guard_outputs, make_console,
+                      write_text_atomic)
+
+# flag dest -> config key; values are validated by gate.validate_value (one definition)
+THRESHOLD_FLAGS = {
+    "min_sui": ("--min-sui", "X", "fail when SUI is below X (model median and each usable layer)"),
+    "min_hard_util": ("--min-hard-util", "X", "fail when hard rank / width is below X"),
+    "min_soft_util": ("--min-soft-util", "X", "fail when soft rank / width is below X"),
+    "max_concentration": ("--max-concentration", "X", "fail when spectral concentration is above X"),
+    "max_width_ratio": ("--max-width-ratio", "X",
+                        "fail when the recommended / current FFN width is above X (model level only)"),
+    "baseline": ("--baseline", "REPORT.json", "compare with this earlier report (same layers and widths)"),
+    "max_drop": ("--max-drop", "D", f"absolute drop allowed against --baseline (default {gate.DEFAULT_MAX_DROP} "
+                                    "when neither --max-drop nor --max-drop-rel is given)"),
+    "max_drop_rel": ("--max-drop-rel", "R", "relative drop allowed against --baseline, e.g. 0.05 = 5%%"),
+    "drop_metrics": ("--drop-metrics", "LIST", "metrics compared with the baseline, comma-separated "
+                                               f"(default {','.join(gate.DEFAULT_DROP_METRICS)}; also concentration, "
+                                               "whose rise counts as a drop)"),
+}
+
+
+def _flag_type(key: str):
+    def parse(text: str):
+        value: object = text
+        if key not in ("baseline", "drop_metrics", "scope"):
+            try:
+                value = float(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        try:
+            return gate.validate_value(key, value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = key  # argparse names the type in some messages
+    return parse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check",
+        help="CI gate: exit 1 when FFN utilization is below thresholds or regressed against a baseline",
+        description="Check a model (analyzed as `report` does, same options) or an existing report JSON "
+                    "against utilization thresholds, model level (medians over usable layers) and per layer, "
+                    "and against a baseline report. Thresholds come from flags, --config FILE ([check] table) "
+                    "or [tool.sui-onnx.check] of the nearest pyproject.toml; flags win. "
+                    "A value equal to its limit passes. Writes JUnit XML and SARIF 2.1.0 for CI and prints "
+                    "GitHub Actions annotations when GITHUB_ACTIONS=true.",
+        epilog="Exit codes: 0 every check passed, 1 a threshold was breached, 2 usage/input/config error.",
+    )
+    p.add_argument("target", metavar="MODEL|REPORT.json",
+                   help=".onnx file or folder (analyzed now) or a report JSON from `sui-onnx report --json` (suffix .json)")
+    g = p.add_argument_group("thresholds")
+    for key, (flag, metavar, text) in THRESHOLD_FLAGS.items():
+        g.add_argument(flag, dest=key, metavar=metavar, type=_flag_type(key), default=None, help=text)
+    g.add_argument("--scope", choices=gate.SCOPES, default=None,
+                   help="apply thresholds to model medians, each layer, or both (default both)")
+    g.add_argument("--fail-on-status", action=argparse.BooleanOptionalAction, default=None,
+                   help="degenerate / non_finite layers fail the gate (default: they warn)")
+    g.add_argument("--config", type=Path, metavar="FILE",
+                   help="TOML file with a [check] table (default: [tool.sui-onnx.check] of the nearest pyproject.toml)")
+    g.add_argument("--no-config", action="store_true", help="ignore pyproject.toml; use the flags only")
+    add_tap_args(p)
+    add_calib_args(p)
+    add_device_args(p)
+    add_metric_args(p)
+    add_run_args(p)
+    o = p.add_argument_group("outputs")
+    o.add_argument("--junit", type=Path, metavar="OUT.xml", help="write JUnit XML (one testcase per rule and scope)")
+    o.add_argument("--sarif", type=Path, metavar="OUT.sarif", help="write SARIF 2.1.0 (GitHub code scanning)")
+    o.add_argument("--json", type=Path, metavar="OUT", help="write the gate result as JSON; '-' for stdout")
+    o.add_argument("--save-report", type=Path, metavar="OUT.json",
+                   help="also write the analysis report JSON (e.g. to keep as the next --baseline)")
+    o.add_argument("-q", "--quiet", action="store_true", help="no table or progress bar (annotations still print)")
+    p.set_defaults(run=run)
+
+
+def resolve_thresholds(args: argparse.Namespace, cwd: Path) -> tuple[gate.Thresholds, Path | None]:
+    if args.config is not None and args.no_config:
+        raise ConfigError("--config and --no-config contradict each other")
+    table, source = ({}, None) if args.no_config else gate.load_config(args.config, cwd)
+    thresholds = gate.thresholds_from_config(table, source)
+    flags = {key: getattr(args, key) for key in THRESHOLD_FLAGS}
+    flags["scope"] = args.scope
+    flags["fail_on_status"] = args.fail_on_status
+    thresholds = thresholds.override(**flags)
+    thresholds.validate()
+    return thresholds, source
+
+
+def run(args: argparse.Namespace) -> int:
+    from .._version import __version__
+    from ..report import load_report
+
+    cwd = Path.cwd()
+    thresholds, config_path = resolve_thresholds(args, cwd)
+    target = Path(args.target)
+    is_report = target.suffix.lower() == ".json"
+    if not target.exists():
+        raise SuiError(f"{target}: no such {'report' if is_report else 'model file or folder'}")
+    outputs = [args.junit, args.sarif, args.json, args.save_report, args.checkpoint]
+    if sum(1 for o in outputs if o is not None and str(o) == "-") > 1:
+        raise SuiError("only one output can go to stdout ('-')")
+    named = [o.resolve() for o in outputs if o is not None and str(o) != "-"]
+    if len(named) != len(set(named)):
+        raise SuiError("two outputs name the same file")
+    guard_outputs([target, thresholds.baseline, config_path, *args.calib, args.resume, args.stats], outputs)
+    if is_report and args.save_report is not None:
+        raise SuiError("--save-report needs a model to analyze; the target is already a report")
+
+    baseline = load_report(thresholds.baseline) if thresholds.baseline is not None else None
+    to_stdout = any(o is not None and str(o) == "-" for o in outputs)
+    quiet = args.quiet or to_stdout
+    if is_report:
+        report = load_report(target)
+    else:
+        from ..analyze import analyze
+
+        with TokenProgress(enabled=not quiet) as progress:
+            report = analyze(target, calibration_spec(args), analysis_options(args, progress))
+        if args.save_report is not None:
+            write_text_atomic(args.save_report, report.to_json())
+
+    result = gate.evaluate(report, thresholds, baseline, target=str(target),
+                           baseline_label=None if thresholds.baseline is None else str(thresholds.baseline))
+    located = target / "model.onnx" if target.is_dir() and (target / "model.onnx").is_file() else target
+    uri = gate.artifact_uri(located, cwd)
+    lines = gate.report_json_lines(target.read_text(encoding="utf-8")) if is_report else {}
+    if args.junit is not None:
+        write_text_atomic(args.junit, gate.to_junit(result))
+    if args.sarif is not None:
+        sarif = gate.to_sarif(result, uri, tool_version=__version__, layer_lines=lines)
+        write_text_atomic(args.sarif, json.dumps(sarif, indent=2) + "\n")
+    if args.json is not None:
+        write_text_atomic(args.json, json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
+    if not quiet:
+        make_console().print(render(result))
+    if os.environ.get("GITHUB_ACTIONS") == "true" and not to_stdout:
+        for line in gate.github_annotations(result, file=uri if not uri.startswith("file:") else None,
+                                            layer_lines=lines):
+            print(line, flush=True)
+    return result.exit_code
+
+
+def _value(v, relative: bool = False) -> str:
+    if relative and v is not None and v == v and abs(v) != float("inf"):
+        return f"{v:.2%}"
+    return gate._fmt(v)
+
+
+def _detail(c: gate.Check) -> str:
+    """What the value and limit columns do not already say, briefly."""
+    if c.baseline is not None or c.current is not None:
+        return f"{_value(c.baseline)} -> {_value(c.current)}"
+    return ""
+
+
+def render(result: gate.GateResult):
+    """The pass/fail table: every model-level check, every failing or warning layer check, and one
+    row per rule for the layers that passed (with the one closest to its limit); then the notes of
+    layers with a bad status. Rule ids are shown without their "sui-onnx/" prefix; the verdict line
+    names the breached ones in full."""
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"sui-onnx check: {result.target}", title_justify="left", box=box.SIMPLE_HEAD,
+                  show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
+    table.add_column("", no_wrap=True)
+    table.add_column("rule", no_wrap=True)
+    table.add_column("scope", no_wrap=True)
+    table.add_column("value", justify="right", no_wrap=True)
+    table.add_column("limit", justify="right", no_wrap=True)
+    table.add_column("detail", overflow="fold", min_width=13)
+    marks = {"error": Text("FAIL", style="bold red"), "warning": Text("WARN", style="yellow"),
+             "none": Text("pass", style="green")}
+    notes = []
+    for rule_id, checks in gate.summarize_checks(result.checks):
+        name = rule_id.removeprefix("sui-onnx/")
+        rel = "-rel-" in rule_id
+        layer_pass = [c for c in checks if c.layer is not None and c.level == "none"]
+        for c in checks:
+            if c.layer is None or c.level != "none":
+                if c.rule_id == "sui-onnx/layer-status":
+                    value, limit, detail = "", "", c.message.split("status ", 1)[-1].split(" ")[0]
+                    notes.append(c.message)
+                else:
+                    value, limit = _value(c.value, rel), f"{c.comparator} {_value(c.limit, rel)}"
+                    detail = _detail(c)
+                    if c.value is None:
+                        notes.append(c.message)
+                table.add_row(marks[c.level], name, c.scope_label, value, limit, detail)
+        if layer_pass:
+            w = gate.worst(layer_pass)
+            others = len(layer_pass) < sum(1 for c in checks if c.layer is not None)
+            scope = f"{len(layer_pass)} {'other ' if others else ''}layers"
+            if w is None:
+                table.add_row(marks["none"], name, scope, "", "", "ok")
+            else:
+                table.add_row(marks["none"], name, scope, _value(w.value, rel),
+                              f"{w.comparator} {_value(w.limit, rel)}", f"worst {w.scope_label}")
+    n, nf, nw = len(result.checks), len(result.failures), len(result.warnings)
+    warn = f", {nw} warning{'s' if nw != 1 else ''}" if nw else ""
+    if result.passed:
+        verdict = Text(f"PASS: {n} check{'s' if n != 1 else ''} passed{warn}", style="bold green")
+    else:
+        breached = ", ".join(dict.fromkeys(c.rule_id for c in result.failures))
+        verdict = Text(f"FAIL: {nf} of {n} checks breached ({breached}){warn}", style="bold red")
+    return Group(table, *[Text(f"note: {m}", style="yellow") for m in notes], verdict)
