@@ -60,13 +60,13 @@ class DeviceChoice:
 
 def session_options(ort: Any, threads: int | None = None) -> Any:
     """CPU-friendly options: all cores for intra-op, no spinning (idle ORT threads would steal the
-    cores from the BLAS reduction that runs between batches), basic graph optimizations, which keep
+    cores from the BLAS reduction that runs between batches), extended graph optimizations, which keep
     every tapped tensor intact (measured: docs/performance.md)."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or physical_cores()
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.log_severity_level = 3

@@ -1,0 +1,297 @@
+"""``Tap`` and ``find_taps``: which tensors of a model carry the FFN activations.
+
+``site="post"`` taps the input of each down projection (the activation output, or the gated
+product act(x W_g) * (x W_u)) in its natural [batch, seq, D] layout: when a Reshape/Cast/
+quantisation op sits between the activation and the down-projection MatMul/Gemm, the tensor
+*before* it is chosen (for GPT-2's Gemm export that is ``.../act/Mul_3_output_0``, not the
+flattened [tokens, D] Reshape output).  Models that flatten tokens themselves (OPT) give a
+[tokens, D] tensor; every post tap has last dimension D.
+
+``site="pre"`` taps the input of the nonlinearity: the up projection output including its bias
+(for gated FFNs the gate projection output x W_g + b_g; for nGPT the gate after its learned
+scale and sqrt(d_model); for fused gate_up projections the gate half after Split/Slice).
+Known gap: when the bias is folded into a fused activation op (com.microsoft BiasGelu, or
+FastGelu with a bias input, as written by onnxruntime's transformer optimizer), no tensor holds
+``x W + b`` and the pre tap is ``x W`` (without the constant bias).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import asdict, dataclass
+from typing import Callable, ParamSpec, Sequence, TypeVar
+
+import onnx
+
+from ..errors import ModelError, SuiError
+from .detect import PROJECTION_OPS, FFNBlock, find_ffn_blocks, trace_post_tensor
+from .index import GraphIndex, attr, uses_external_data
+
+P = ParamSpec("P")
+R = TypeVar("R")
+SITES = ("post", "pre")
+_UNEXPECTED = (ValueError, TypeError, KeyError, IndexError, AttributeError, UnicodeDecodeError,
+               OverflowError, RecursionError, ZeroDivisionError, MemoryError)
+
+
+def corrupt_model_guard(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn an unexpected failure on a malformed graph into a one-line ModelError (the cause
+    stays chained for debugging); ModelError and friends pass through unchanged."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except SuiError:
+            raise
+        except _UNEXPECTED as e:
+            detail = " ".join(str(e).split())[:160]
+            raise ModelError(
+                f"cannot analyze the model graph ({type(e).__name__}: {detail}); the model may be corrupt or unsupported"
+            ) from e
+
+    return wrapper
+
+
+_SKELETON_KEEP = 1 << 12  # bytes: initializers larger than this become typed inputs for inference
+
+
+@dataclass(frozen=True)
+class Tap:
+    """One tensor to expose: the FFN activations of one layer at one site."""
+
+    layer: int          # 0-based, structural graph order
+    tensor: str         # ONNX tensor name to expose
+    width: int          # D (d_ff) for site post
+    site: str           # "post" | "pre"
+    op: str             # op_type of the node producing `tensor`
+    activation: str     # "gelu" | "gelu_tanh" | "silu" | "swiglu" | "geglu" | "relu" | ...
+    down_proj: str      # name of the down-projection node (or the explicit tensor's consumer)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Analysis:
+    """A graph prepared for tapping: possibly the inlined no-past branch of a merged decoder."""
+
+    model: onnx.ModelProto
+    index: GraphIndex
+    blocks: list[FFNBlock]
+    inlined: bool = False
+
+
+def inspect_model(model: onnx.ModelProto) -> Analysis:
+    """Index the graph and detect its FFN blocks; inline a merged decoder's no-past branch
+    when the blocks live in If subgraphs.  Raises ModelError when that is impossible."""
+    index = GraphIndex(model.graph, infer_types(model))
+    blocks = find_ffn_blocks(index)
+    if blocks or not _has_subgraph_projections(model.graph):
+        return Analysis(model, index, blocks)
+    flat = inline_no_past_branch(model)
+    if flat is None:
+        raise ModelError(
+            "the FFN blocks sit inside If/Loop subgraphs that cannot be exposed as outputs "
+            "(an optimum merged decoder?); use the decoder without past instead (decoder_model.onnx)"
+        )
+    index = GraphIndex(flat.graph, infer_types(flat))
+    return Analysis(flat, index, find_ffn_blocks(index), inlined=True)
+
+
+@corrupt_model_guard
+def find_taps(model: onnx.ModelProto, site: str = "post", include: str | None = None,
+              exclude: str | None = None, explicit: Sequence[str] = ()) -> list[Tap]:
+    """One Tap per FFN block of ``model`` (sorted by layer), or the ``explicit`` tensors.
+
+    ``include``/``exclude`` are regular expressions searched in the tap tensor names of
+    detected blocks (they do not apply to ``explicit``).  ``explicit`` bypasses detection:
+    each name must exist; layer is its position in ``explicit``; activation/down_proj come
+    from detection when the tensor is a detected tap, else "unknown" / its first consumer.
+    Raises ModelError when nothing can be tapped.
+    """
+    if site not in SITES:
+        raise ModelError(f"unknown tap site {site!r} (expected one of: {', '.join(SITES)})")
+    if explicit:
+        return explicit_taps(model, list(explicit), site)
+    inc, exc = _compile(include, "include"), _compile(exclude, "exclude")
+    analysis = inspect_model(model)
+    if not analysis.blocks:
+        name = f" (graph {model.graph.name!r})" if model.graph.name else ""
+        raise ModelError(
+            f"no FFN block found in the model{name}: looked for an up-projection -> activation -> down-projection chain "
+            f"({'/'.join(PROJECTION_OPS)}); use --tap TENSOR to name tensors explicitly"
+        )
+    taps = [block_tap(analysis.index, layer, b, site) for layer, b in enumerate(analysis.blocks)]
+    kept = [t for t in taps if (inc is None or inc.search(t.tensor)) and (exc is None or not exc.search(t.tensor))]
+    if not kept:
+        raise ModelError(
+            f"all {len(taps)} FFN taps were filtered out by --include/--exclude (first tensor: {taps[0].tensor})"
+        )
+    return kept
+
+
+def block_tap(ix: GraphIndex, layer: int, block: FFNBlock, site: str) -> Tap:
+    tensor = block.post if site == "post" else block.pre
+    node = ix.producer_node(tensor)
+    return Tap(
+        layer=layer, tensor=tensor, width=block.width, site=site,
+        op=node.op_type if node is not None else "input",
+        activation=block.activation, down_proj=block.down.name,
+    )
+
+
+def explicit_taps(model: onnx.ModelProto, names: list[str], site: str) -> list[Tap]:
+    """Taps for user-named tensors: widths from shape inference or a consuming projection."""
+    if len(set(names)) != len(names):
+        raise ModelError("the same tensor is named twice with --tap")
+    index = GraphIndex(model.graph, infer_types(model))
+    if not all(index.exists(n) for n in names) and _has_subgraph_projections(model.graph):
+        flat = inline_no_past_branch(model)
+        if flat is not None:
+            index = GraphIndex(flat.graph, infer_types(flat))
+    try:
+        known = {b.post: b for b in find_ffn_blocks(index)} if names else {}
+        known.update({b.pre: b for b in known.values()} if site == "pre" else {})
+    except Exception:  # detection is only a courtesy here
+        known = {}
+    raw_producers = {o: n.op_type for n in index.nodes for o in n.output if o}
+    taps = []
+    for layer, name in enumerate(names):
+        if not index.exists(name):
+            raise ModelError(f"--tap {name}: no tensor of that name in the model")
+        block = known.get(index.canon(name))
+        width = index.last_dim(name) or (block.width if block else None) or _consumer_width(index, name)
+        if not width:
+            raise ModelError(f"--tap {name}: cannot tell its width (last dimension) from shapes or a consuming projection")
+        op = raw_producers.get(name) or ("initializer" if name in index.initializers else "input")
+        taps.append(Tap(
+            layer=layer, tensor=name, width=int(width), site=site, op=op,
+            activation=block.activation if block else "unknown",
+            down_proj=block.down.name if block else _consumer_name(index, name),
+        ))
+    return taps
+
+
+def _consumer_width(ix: GraphIndex, name: str) -> int | None:
+    """Input width of a projection reading ``name`` (directly or through layout ops)."""
+    from .detect import find_projections
+
+    c = ix.canon(name)
+    for p in find_projections(ix).values():
+        if p.data == c or trace_post_tensor(ix, p.data, p.k) == c:
+            return p.k
+    return None
+
+
+def _consumer_name(ix: GraphIndex, name: str) -> str:
+    cons = ix.consumer_nodes(name)
+    if not cons:
+        return ""
+    node = ix.nodes[cons[0]]
+    return node.name or f"{node.op_type}#{cons[0]}"
+
+
+def _compile(pattern: str | None, what: str) -> re.Pattern | None:
+    if pattern is None or pattern == "":
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ModelError(f"invalid --{what} regular expression {pattern!r}: {e}") from None
+
+
+# ---------------------------------------------------------------------------- shape inference
+def infer_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """Tensor types from ONNX shape inference, run on a weight-free skeleton of the model.
+
+    Large initializers are replaced by typed graph inputs so that inference neither copies
+    weights nor needs external data; small ones (shape vectors, scalars) stay for data
+    propagation.  Failures give an empty result (detection then relies on weight dims).
+    """
+    skeleton = onnx.ModelProto()
+    for f in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
+        setattr(skeleton, f, getattr(model, f))
+    skeleton.ir_version = max(model.ir_version, 4)
+    skeleton.opset_import.extend(model.opset_import)
+    skeleton.functions.extend(model.functions)
+    g, sg = model.graph, skeleton.graph
+    sg.name = g.name
+    sg.node.extend(g.node)
+    sg.output.extend(g.output)
+    sg.value_info.extend(g.value_info)
+    declared = {i.name for i in g.input}
+    sg.input.extend(g.input)
+    for t in g.initializer:
+        if uses_external_data(t) or t.ByteSize() > _SKELETON_KEEP:
+            if t.name not in declared:
+                sg.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            sg.initializer.append(t)
+    sg.sparse_initializer.extend(g.sparse_initializer)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:
+        return {}
+    types: dict[str, onnx.TypeProto] = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type
+    return types
+
+
+# ---------------------------------------------------------------------------- merged decoders
+def _has_subgraph_projections(graph: onnx.GraphProto) -> bool:
+    from .index import subgraphs
+
+    for node in graph.node:
+        for sub in subgraphs(node):
+            if any(n.op_type in PROJECTION_OPS for n in sub.node) or _has_subgraph_projections(sub):
+                return True
+    return False
+
+
+def inline_no_past_branch(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """Replace an optimum merged decoder's If(use_cache_branch) by its no-past (else) branch.
+
+    The branch's nodes and initializers join the main graph and Identity nodes rebind the If
+    outputs, so every tensor of the no-past path becomes a main-graph tensor that can be an
+    output.  Returns None when there is no such If node.  The declared inputs do not change.
+    """
+    g = model.graph
+    candidates = []
+    for n, node in enumerate(g.node):
+        if node.op_type != "If" or not node.input:
+            continue
+        cond = node.input[0]
+        cond_names = {cond}
+        for other in g.node:  # follow a Cast/Identity/Not-free chain back to the input name
+            if cond in other.output and other.op_type in ("Identity", "Cast"):
+                cond_names.add(other.input[0])
+        if any("use_cache" in c or "past" in c for c in cond_names):
+            candidates.append(n)
+    if len(candidates) != 1:
+        return None
+    n = candidates[0]
+    node = g.node[n]
+    branch = attr(node, "else_branch")
+    if branch is None or len(branch.output) != len(node.output):
+        return None
+    flat = onnx.ModelProto()
+    flat.CopyFrom(model)
+    fg = flat.graph
+    del fg.node[:]
+    for k, other in enumerate(g.node):
+        if k == n:
+            fg.node.extend(branch.node)
+            for src, dst in zip(branch.output, node.output):
+                if dst:
+                    fg.node.append(onnx.helper.make_node("Identity", [src.name], [dst], name=f"sui_inline_{dst}"))
+        else:
+            fg.node.append(other)
+    fg.initializer.extend(branch.initializer)
+    fg.sparse_initializer.extend(branch.sparse_initializer)
+    fg.value_info.extend(branch.value_info)
+    return flat
+
