@@ -108,7 +108,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="report from finished or merged statistics (sui-onnx merge) without running calibration")
     g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="shard the calibration across Ray workers (needs the `ray` extra); without ADDRESS: "
-                        "RAY_ADDRESS or a local cluster")
+                        "RAY_ADDRESS or a local cluster. Put MODEL before --ray, or write --ray=ADDRESS")
     g.add_argument("--ray-shards", type=_positive_int, metavar="N", help="calibration shards for --ray (default: 2 per worker CPU)")
     g.add_argument("--max-memory", type=_memory, metavar="SIZE",
                    help="cap on the D x D statistics held at once (e.g. 2G); above it the layers are analyzed in several passes")
