@@ -224,7 +224,12 @@ def _finalize(acc: CovarianceAccumulator) -> tuple[int, np.ndarray | None, list[
     """(n, eigenvalues or None, flags, message) for one accumulator."""
     if acc.n < 2:
         return (acc.n, None, ["degenerate"], f"only {acc.n} token(s): no covariance")
-    spec = acc.finalize()
+    if not (bool(acc.xp.isfinite(acc.gram).all()) and bool(acc.xp.isfinite(acc.sum).all())):
+        return (acc.n, None, ["non_finite"], "statistics overflowed (activations too large)")
+    try:
+        spec = acc.finalize()
+    except np.linalg.LinAlgError:
+        return (acc.n, None, ["degenerate"], "the eigenvalue solver did not converge on this covariance")
     ev = spec.eigenvalues
     flags = token_flags(spec.n, spec.width)
     if not np.isfinite(ev).all():

@@ -101,9 +101,19 @@ class CovarianceAccumulator:
             centred -= shift
         else:
             centred = x - shift
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked just below
+            gram = centred.T @ centred
+            if not bool(xp.isfinite(gram).all()):  # finite but huge rows can overflow float32
+                wide = centred.astype(xp.float64)
+                gram = wide.T @ wide
+            if not bool(xp.isfinite(gram).all()):
+                raise NumericalError(
+                    f"tap {self.name!r}: activations are too large to square (overflow, |x| ~ "
+                    f"{float(xp.abs(x).max()):.3g}); the batch was rejected"
+                )
         self.n += int(x.shape[0])
         self.sum += centred.sum(axis=0, dtype=xp.float64)
-        self.gram += (centred.T @ centred).astype(xp.float64, copy=False)
+        self.gram += gram.astype(xp.float64, copy=False)
 
     def update_gram(self, n: int, row_sum: Any, gram: Any) -> None:
         """Add statistics already reduced elsewhere (e.g. inside the ONNX graph) around shift 0."""

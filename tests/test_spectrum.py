@@ -185,3 +185,15 @@ def test_overwrite_centres_in_place_with_the_same_result():
         a.update(chunk)
         b.update(chunk.copy(), overwrite=True)
     np.testing.assert_array_equal(a.finalize().eigenvalues, b.finalize().eigenvalues)
+
+
+def test_finite_but_huge_rows_fall_back_to_float64_then_reject():
+    acc = CovarianceAccumulator(3, "big")
+    x = np.array([[1e20, 0, 1], [-1e20, 1, 0], [3e19, 2, 2]], dtype=np.float32)
+    acc.update(x)  # the float32 product overflows; the float64 one does not
+    assert np.isfinite(acc.gram).all() and acc.n == 3
+    huge = CovarianceAccumulator(2, "huge")
+    huge.update(np.array([[1.0, 2.0], [3.0, 4.0]]))
+    with pytest.raises(NumericalError, match="too large"):
+        huge.update(np.array([[1e200, 0.0], [-1e200, 1.0]]))
+    assert huge.n == 2

@@ -163,8 +163,10 @@ def test_calibration_shorter_than_one_window_is_flagged_not_fatal(work):
 def test_non_finite_activations_mark_the_layer_and_the_rest_goes_on(work):
     lm = tiny_lm(vocab=64)
     for t in lm.model.graph.initializer:
-        if t.name == "/h.1/mlp/w1":  # overflow float32 in layer 1 only
-            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(1e38), t.name))
+        if t.name == "/h.1/mlp/b1":  # an overflowed unit in layer 1 only (as an fp16 overflow leaves)
+            bias = numpy_helper.to_array(t).copy()
+            bias[3] = np.inf
+            t.CopyFrom(numpy_helper.from_array(bias, t.name))
     lm.save(work / "m")
     np.save(work / "ids.npy", np.random.default_rng(0).integers(0, 64, (8, 16)))
     r = cli("report", work / "m", "--calib", work / "ids.npy", "--json", work / "out" / "r.json", cwd=work)
