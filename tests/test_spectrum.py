@@ -197,3 +197,63 @@ def test_finite_but_huge_rows_fall_back_to_float64_then_reject():
     with pytest.raises(NumericalError, match="too large"):
         huge.update(np.array([[1e200, 0.0], [-1e200, 1.0]]))
     assert huge.n == 2
+
+
+def test_exact_mode_and_dtype_handling():
+    rng = np.random.default_rng(10)
+    x = correlated(rng, 400, 6, mean=3.0).astype(np.float32)
+    exact = CovarianceAccumulator(6, exact=True)
+    exact.update(x)
+    assert exact.gram.dtype == np.float64
+    np.testing.assert_allclose(exact.finalize().eigenvalues, two_pass_eigs(x.astype(np.float64)), rtol=1e-10, atol=1e-12)
+    ints = CovarianceAccumulator(2)
+    ints.update(np.array([[1, 2], [3, 5], [4, 4]], dtype=np.int32))  # integer activations become float32
+    assert ints.n == 3
+    empty = CovarianceAccumulator(2)
+    empty.update(np.zeros((0, 2)))
+    empty.update(np.ones((3, 2)), mask=np.zeros(3, dtype=bool))
+    assert empty.n == 0 and empty.shift is None
+
+
+def test_invalid_arguments_are_reported():
+    with pytest.raises(ValueError):
+        CovarianceAccumulator(0)
+    acc = CovarianceAccumulator(2, "m")
+    with pytest.raises(SuiError, match="mask has 2 positions"):
+        acc.update(np.ones((3, 2)), mask=np.ones(2))
+    with pytest.raises(NumericalError, match="statistics"):
+        acc.update_gram(3, np.array([np.nan, 0.0]), np.eye(2))
+
+
+def test_recentre_keeps_the_statistics(tmp_path):
+    rng = np.random.default_rng(11)
+    x = correlated(rng, 300, 4, mean=7.0)
+    acc = CovarianceAccumulator(4)
+    acc.update(x)
+    before = acc.finalize().eigenvalues
+    acc._recentre(np.zeros(4))
+    np.testing.assert_allclose(acc.finalize().eigenvalues, before, rtol=1e-9, atol=1e-12)
+
+
+def test_single_loader_rejects_multi_and_newer_files(tmp_path):
+    a, b = CovarianceAccumulator(2, "a"), CovarianceAccumulator(2, "b")
+    path = save_accumulators(tmp_path / "two.npz", [a, b])
+    with pytest.raises(SuiError, match="holds 2 accumulators"):
+        CovarianceAccumulator.load(path)
+    newer = dict(np.load(path, allow_pickle=False))
+    newer["version"] = np.asarray(99)
+    np.savez(tmp_path / "newer.npz", **newer)
+    with pytest.raises(SuiError, match="newer sui-onnx"):
+        load_accumulators(tmp_path / "newer.npz")
+
+
+def test_failed_atomic_write_leaves_no_temp_file(tmp_path):
+    from sui_onnx.spectrum import atomic_write_bytes
+
+    def boom(fh):
+        fh.write(b"partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write_bytes(tmp_path / "out.bin", boom)
+    assert list(tmp_path.iterdir()) == []
