@@ -1,0 +1,113 @@
+"""`sui-onnx export [MODEL_DIR] OUT_DIR`: export a local model to ONNX and write its tapped copy.
+
+The work is done by :mod:`sui_onnx.export` (which imports torch/transformers/optimum only when
+it runs); this module parses the flags and prints what was written (docs/export.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import SuiError
+from .options import _positive_int, make_console
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a local Hugging Face folder, GGUF file or torch module to ONNX, with a tapped copy",
+        description="Export a local model to OUT_DIR/model.onnx (optimum for Hugging Face folders and "
+                    "GGUF files, torch.onnx for --torch-module), copy its tokenizer, write "
+                    "OUT_DIR/model.tapped.onnx with the FFN activations as outputs and list the taps. "
+                    "Offline: nothing is downloaded. Needs the export extra: pip install 'sui-onnx[export]'.",
+    )
+    p.add_argument("model_dir", nargs="?", type=Path, metavar="MODEL_DIR",
+                   help="local Hugging Face model folder (config.json + weights); optional with --gguf "
+                        "(the folder holding FILE) and --torch-module (weights to load into the module)")
+    p.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="output folder (must not exist or be empty, unless --force)")
+    g = p.add_argument_group("what to export")
+    g.add_argument("--task", metavar="TASK",
+                   help="optimum task (default text-generation; feature-extraction, fill-mask, ... for encoders)")
+    g.add_argument("--with-past", action="store_true",
+                   help="export the KV-cache variant (TASK-with-past: past_key_values inputs and present outputs)")
+    g.add_argument("--gguf", type=Path, metavar="FILE",
+                   help="a GGUF checkpoint (path, or file name inside MODEL_DIR), dequantized to float32 by transformers")
+    g.add_argument("--torch-module", metavar="PKG.MODULE:FACTORY",
+                   help="build the model by calling FACTORY (for architectures optimum does not know); "
+                        "its forward must map input_ids to logits")
+    g.add_argument("--factory-kwargs", metavar="JSON", type=_json_object, default={},
+                   help="keyword arguments for FACTORY, as a JSON object")
+    g.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the model folder's own Python code (passed to transformers; off unless given)")
+    g = p.add_argument_group("how")
+    g.add_argument("--site", choices=("post", "pre", "both"), default="post",
+                   help="taps exposed in model.tapped.onnx: post = down-projection input (default), "
+                        "pre = nonlinearity input, both")
+    g.add_argument("--opset", type=_positive_int, metavar="N", help="ONNX opset (default: optimum's for the model; 18 for --torch-module)")
+    g.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
+                   help="weights/activations dtype (fp16 needs support on this machine, usually a CUDA GPU)")
+    g.add_argument("--force", action="store_true", help="replace OUT_DIR when it exists and is not empty")
+    g.add_argument("--json", action="store_true", help="print a JSON summary (files, taps, metadata) instead of the table")
+    p.set_defaults(run=run)
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"d_model\": 64}'")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export import ExportOptions, export, log_path
+
+    opts = ExportOptions(
+        out_dir=args.out_dir, model_dir=args.model_dir, task=args.task, with_past=args.with_past,
+        site=args.site, opset=args.opset, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+        force=args.force, gguf=args.gguf, torch_module=args.torch_module, factory_kwargs=args.factory_kwargs,
+    )
+    if sys.stderr.isatty() and not args.json:
+        source = args.torch_module or args.gguf or args.model_dir
+        make_console(stderr=True).print(f"exporting {source} -> {args.out_dir} (log: {log_path(args.out_dir)})")
+    result = export(opts)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print_result(result)
+    if result.tap_error:
+        raise SuiError(f"exported {result.model}, but wrote no tapped model: {result.tap_error}")
+    return 0
+
+
+def print_result(result) -> None:
+    from rich import box
+    from rich.table import Table
+
+    console = make_console()
+    if result.taps:
+        table = Table(box=box.SIMPLE_HEAD, title=f"{len(result.taps)} FFN taps in {result.tapped} (site {result.site})",
+                      title_justify="left")
+        cols = ["layer", "site", "width", "activation", "op", "tensor"] if result.site == "both" else \
+            ["layer", "width", "activation", "op", "tensor"]
+        for col in cols:
+            table.add_column(col, justify="right" if col in ("layer", "width") else "left", overflow="fold")
+        for t in result.taps:
+            row = {"layer": str(t.layer), "site": t.site, "width": str(t.width), "activation": t.activation,
+                   "op": t.op, "tensor": t.tensor}
+            table.add_row(*(row[c] for c in cols))
+        console.print(table)
+    files = [result.model.name] + ([result.tapped.name] if result.tapped else [])
+    if result.external_data:
+        files.append("external data (referenced by both)")
+    files.append("tokenizer.json" if result.tokenizer else "no tokenizer.json: calibrate with --calib ids.npy")
+    console.print(f"wrote {result.out_dir}: {', '.join(files)}")
+    if result.metadata.get("sui_onnx.dequantized_from"):
+        console.print(f"[yellow]weights dequantized from {result.metadata['sui_onnx.dequantized_from']} "
+                      f"({result.metadata.get('sui_onnx.source', '')}): results describe the dequantized model[/]")
+    console.print(f"exporter: {result.exporter}; log: {result.log}")
