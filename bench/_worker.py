@@ -74,6 +74,61 @@ def torch_hooks(hf_dir: Path, ids: np.ndarray, batch_size: int) -> None:
             torch.linalg.eigvalsh(cov)
 
 
+def in_graph_reduction(model: Path, ids: np.ndarray, batch_size: int) -> None:
+    """(b_graph) the alternative reduction: MatMul(Xc^T, Xc), ReduceMean and ReduceSum nodes added
+    to the tapped graph so only D x D leaves onnxruntime; batch statistics merged exactly on the
+    host (per-batch centring, Chan's merge). Measured to decide between the two ways."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from sui_onnx.graph import find_taps, load_model, tapped_model
+    from sui_onnx.runner import FeedBuilder, create_session
+    from sui_onnx.spectrum import CovarianceAccumulator
+
+    src = load_model(model)
+    taps = find_taps(src.model)
+    m = tapped_model(src, taps)
+    g = m.graph
+    del g.output[:]
+    g.initializer.append(helper.make_tensor("sui_rows_shape", TensorProto.INT64, [2], [-1, 0]))
+    outs = []
+    for i, t in enumerate(taps):
+        p = f"sui_reduce_{i}"
+        g.initializer.append(helper.make_tensor(f"{p}_shape", TensorProto.INT64, [2], [-1, t.width]))
+        g.node.extend([
+            helper.make_node("Reshape", [t.tensor, f"{p}_shape"], [f"{p}_x"]),
+            helper.make_node("ReduceMean", [f"{p}_x"], [f"{p}_mean"], axes=[0], keepdims=1),
+            helper.make_node("Sub", [f"{p}_x", f"{p}_mean"], [f"{p}_xc"]),
+            helper.make_node("Transpose", [f"{p}_xc"], [f"{p}_xt"], perm=[1, 0]),
+            helper.make_node("MatMul", [f"{p}_xt", f"{p}_xc"], [f"{p}_gram"]),
+            helper.make_node("ReduceSum", [f"{p}_xc", "sui_axes0"], [f"{p}_sum"], keepdims=0),
+        ])
+        outs += [f"{p}_mean", f"{p}_sum", f"{p}_gram"]
+        g.output.extend([helper.make_tensor_value_info(f"{p}_mean", TensorProto.FLOAT, [1, t.width]),
+                         helper.make_tensor_value_info(f"{p}_sum", TensorProto.FLOAT, [t.width]),
+                         helper.make_tensor_value_info(f"{p}_gram", TensorProto.FLOAT, [t.width, t.width])])
+    g.initializer.append(helper.make_tensor("sui_axes0", TensorProto.INT64, [1], [0]))
+    opset = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+    if opset >= 18:  # ReduceMean takes axes as an input from opset 18
+        for node in g.node:
+            if node.op_type == "ReduceMean" and node.output[0].startswith("sui_reduce_"):
+                del node.attribute[:]
+                node.attribute.extend([helper.make_attribute("keepdims", 1)])
+                node.input.append("sui_axes0")
+    sess, _ = create_session(m.SerializeToString(), "cpu")
+    feed = FeedBuilder(sess.get_inputs())
+    accs = [CovarianceAccumulator(t.width) for t in taps]
+    for b in batches(ids, batch_size):
+        res = sess.run(outs, feed(b))
+        for i, acc in enumerate(accs):
+            mean, s, gram = res[3 * i : 3 * i + 3]
+            part = CovarianceAccumulator.from_state({"n": np.asarray(b.size), "shift": mean.reshape(-1).astype(np.float64),
+                                                      "sum": s.astype(np.float64), "gram": gram.astype(np.float64)})
+            acc.merge(part)
+    for acc in accs:
+        acc.finalize()
+
+
 def sui_report(model: Path, ids_path: Path, batch_size: int) -> None:
     """(b) the real CLI, as a user runs it (its own child process; we wait on it)."""
     out = ids_path.with_suffix(".report.json")
@@ -94,6 +149,8 @@ def main() -> None:
         torch_hooks(model, ids, batch_size)
     elif mode == "b":
         sui_report(model, ids_path, batch_size)
+    elif mode == "b_graph":
+        in_graph_reduction(model, ids, batch_size)
     wall = time.perf_counter() - t0
     peak = rss_mib()
     if mode == "b":  # the CLI ran as a child: its peak is the children's
