@@ -69,6 +69,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--tokens", type=int, nargs="+", default=[16384, 65536, 262144])
     ap.add_argument("--torch-at", type=int, nargs="*", default=[65536], help="token counts at which to run (c)")
+    ap.add_argument("--graph-reduction-at", type=int, nargs="*", default=[65536],
+                    help="token counts at which to measure the in-graph reduction alternative (b_graph)")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = ap.parse_args()
 
@@ -82,6 +84,8 @@ def main() -> None:
         row = {"tokens": int(ids.size)}
         for mode, target in (("a", model), ("b", model), ("g", model)):
             row[mode] = measure(mode, target, ids_path, args.batch_size, widths)
+        if n in args.graph_reduction_at:
+            row["b_graph"] = measure("b_graph", model, ids_path, args.batch_size, widths)
         if n in args.torch_at:
             row["c"] = measure("c", hf_dir, ids_path, args.batch_size, widths)
         rows.append(row)
@@ -93,7 +97,7 @@ def main() -> None:
 
 
 def print_row(row: dict) -> None:
-    parts = [f"{m}={row[m]['wall_s']:.2f}s" for m in ("a", "b", "g", "c") if m in row]
+    parts = [f"{m}={row[m]['wall_s']:.2f}s" for m in ("a", "b", "g", "b_graph", "c") if m in row]
     print(f"# {row['tokens']:>7} tokens: " + " ".join(parts), file=sys.stderr, flush=True)
 
 
@@ -122,9 +126,9 @@ def print_table(rows: list[dict], s: dict, args) -> None:
           f"batch {args.batch_size}; {machine()}")
     print(f"{'tokens':>8} {'mode':<26} {'wall s':>8} {'tok/s':>9} {'peak RSS MiB':>13}")
     names = {"a": "(a) plain onnxruntime", "b": "(b) sui-onnx report", "g": "(g) numpy X^T X floor",
-             "c": "(c) PyTorch hooks"}
+             "b_graph": "(b') in-graph reduction", "c": "(c) PyTorch hooks"}
     for r in rows:
-        for m in ("a", "b", "g", "c"):
+        for m in ("a", "b", "g", "b_graph", "c"):
             if m in r:
                 x = r[m]
                 print(f"{r['tokens']:>8} {names[m]:<26} {x['wall_s']:>8.2f} {x['tokens'] / x['wall_s']:>9,.0f} {x['peak_rss_mib']:>13.0f}")

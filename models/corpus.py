@@ -75,8 +75,12 @@ def download_sources(src_dir: Path) -> tuple[Path, Path]:
     src_dir.mkdir(parents=True, exist_ok=True)
     rdb = src_dir / "deb" / "usr/lib/R/site-library/janeaustenr/data/Rdata.rdb"
     if not rdb.exists():
-        subprocess.run(["apt-get", "download", AUSTEN_DEB], cwd=src_dir, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            subprocess.run(["apt-get", "download", AUSTEN_DEB], cwd=src_dir, check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            raise RuntimeError(f"`apt-get download {AUSTEN_DEB}` failed (Debian/Ubuntu only; "
+                               "run `apt-get update` first if the package is unknown)") from exc
         debs = sorted(src_dir.glob(f"{AUSTEN_DEB}_*.deb"))
         if not debs:
             raise RuntimeError(f"apt-get download {AUSTEN_DEB} produced no .deb")

@@ -43,6 +43,7 @@ class Family:
     pre: str               # block-relative path of the up/gate projection ("pre" = its output)
     activation: str        # gelu | swiglu | geglu | relu
     exporter: str          # "optimum" or "torch.onnx"
+    activation_fn: str = ""          # the exact nonlinearity, e.g. "gelu_tanh", "silu"
     pre_fused_halves: bool = False   # pre module emits [gate | up]; keep the gate half
     optimum_task: str = "text-generation"
     causal_lm: bool = True
@@ -130,18 +131,24 @@ def _mixln(d_model: int, n_layers: int, d_ff: int, vocab: int, n_heads: int) -> 
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in [
-    Family("gpt2", _gpt2, "transformer.h", "mlp.c_proj", "mlp.c_fc", "gelu", "optimum"),
-    Family("llama", _llama, "model.layers", "mlp.down_proj", "mlp.gate_proj", "swiglu", "optimum"),
-    Family("gemma", _gemma, "model.layers", "mlp.down_proj", "mlp.gate_proj", "geglu", "optimum"),
-    Family("opt", _opt, "model.decoder.layers", "fc2", "fc1", "relu", "optimum"),
+    Family("gpt2", _gpt2, "transformer.h", "mlp.c_proj", "mlp.c_fc", "gelu", "optimum",
+           activation_fn="gelu_tanh"),
+    Family("llama", _llama, "model.layers", "mlp.down_proj", "mlp.gate_proj", "swiglu", "optimum",
+           activation_fn="silu"),
+    Family("gemma", _gemma, "model.layers", "mlp.down_proj", "mlp.gate_proj", "geglu", "optimum",
+           activation_fn="gelu_tanh"),
+    Family("opt", _opt, "model.decoder.layers", "fc2", "fc1", "relu", "optimum",
+           activation_fn="relu"),
     Family("phi3", _phi3, "model.layers", "mlp.down_proj", "mlp.gate_up_proj", "swiglu",
-           "optimum", pre_fused_halves=True),
+           "optimum", activation_fn="silu", pre_fused_halves=True),
     Family("gpt_neox", _gpt_neox, "gpt_neox.layers", "mlp.dense_4h_to_h", "mlp.dense_h_to_4h",
-           "gelu", "optimum"),
+           "gelu", "optimum", activation_fn="gelu_erf"),
     Family("bert", _bert, "encoder.layer", "output.dense", "intermediate.dense", "gelu",
-           "optimum", optimum_task="feature-extraction", causal_lm=False),
-    Family("ngpt", _ngpt, "blocks", "mlp.w_o", "mlp.w_v", "swiglu", "torch.onnx"),
-    Family("mixln", _mixln, "blocks", "mlp.c_proj", "mlp.c_fc", "gelu", "torch.onnx"),
+           "optimum", activation_fn="gelu_erf", optimum_task="feature-extraction", causal_lm=False),
+    Family("ngpt", _ngpt, "blocks", "mlp.w_o", "mlp.w_v", "swiglu", "torch.onnx",
+           activation_fn="silu"),
+    Family("mixln", _mixln, "blocks", "mlp.c_proj", "mlp.c_fc", "gelu", "torch.onnx",
+           activation_fn="gelu_tanh"),
 ]}
 
 

@@ -246,6 +246,7 @@ def build_fixture(spec: FixtureSpec, out_root: Path, tokenizer: Path | None = No
         "opset": OPSET, "n_layers": N_LAYERS, "d_model": spec.d_model, "d_ff": spec.d_ff,
         "n_heads": spec.n_heads, "vocab": FIXTURE_VOCAB,
         "site_post_widths": [spec.d_ff] * N_LAYERS, "activation": fam.activation,
+        "activation_fn": fam.activation_fn,
         "gated": fam.activation in ("swiglu", "geglu"),
         "inputs": inputs, "outputs": outputs,
         "onnx_taps": live, "reference_keys": sorted(reference),

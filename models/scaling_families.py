@@ -1,7 +1,9 @@
 """Train the GPT-2, LLaMA, nGPT and Mix-LN families over a sweep of FFN widths.
 
-Every run shares depth, d_model, data, seed, steps and optimizer settings; only the family
-and ``d_ff`` change (default widths 1x, 2x, 3x, 4x and 8x ``d_model``). Each run is a
+Every run shares depth, d_model, data, seed, steps and optimizer settings (the peak learning
+rate is per family, ``models.train.DEFAULT_LR``); only the family and ``d_ff`` change.
+Defaults: d_model 64, 4 layers, 400 steps of 16 x 128 tokens, vocab 4096, widths 1x, 2x,
+3x, 4x and 8x ``d_model`` (64 ... 512). Each run is a
 :func:`models.train.train` call writing ``OUT/FAMILY_wD_FF/{model.onnx,tokenizer.json,
 train.json}``; finished runs (``train.json`` present) are skipped unless ``--force``.
 ``OUT/summary.json`` collects the results. The spectral analysis itself is not run here
@@ -10,6 +12,7 @@ train.json}``; finished runs (``train.json`` present) are skipped unless ``--for
 Usage::
 
     nice -n 10 python -m models.scaling_families                 # -> models/work/scaling/
+                                                                  # (about 30 min on 2 cores)
     python -m models.scaling_families --families gpt2 --steps 50  # quick look
 """
 
@@ -61,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--lr", type=float, default=None, help="peak lr; default per family")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; 1 is faster than 2 on a shared 2-core machine")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--force", action="store_true", help="retrain finished runs")
     args = parser.parse_args(argv)

@@ -169,7 +169,7 @@ def train(family: str, d_model: int, n_layers: int, d_ff: int, steps: int, seed:
 
     record = {
         "family": family, "exporter": FAMILIES[family].exporter,
-        "activation": FAMILIES[family].activation,
+        "activation": FAMILIES[family].activation, "activation_fn": FAMILIES[family].activation_fn,
         "d_model": d_model, "n_layers": n_layers, "d_ff": d_ff, "n_heads": n_heads,
         "vocab": vocab, "params": n_params, "seed": seed,
         "steps": steps, "batch": batch, "seq": seq, "lr": lr, "warmup_steps": warmup,
