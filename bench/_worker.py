@@ -55,6 +55,10 @@ def torch_hooks(hf_dir: Path, ids: np.ndarray, batch_size: int) -> None:
 
     torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
     model = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from models.families import ffn_modules
+
+    family = "llama" if model.config.model_type == "llama" else "gpt2"
     stats = {}
 
     def hook(idx):
@@ -64,8 +68,8 @@ def torch_hooks(hf_dir: Path, ids: np.ndarray, batch_size: int) -> None:
             stats[idx] = (n + x.shape[0], s + x.sum(0), g + x.T @ x)
         return fn
 
-    for i, block in enumerate(model.transformer.h):
-        block.mlp.c_proj.register_forward_pre_hook(hook(i))
+    for i, (down, _) in enumerate(ffn_modules(model, family)):
+        down.register_forward_pre_hook(hook(i))
     with torch.inference_mode():
         for b in batches(ids, batch_size):
             model(torch.from_numpy(b))

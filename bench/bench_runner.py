@@ -30,9 +30,9 @@ ROOT = HERE.parent
 WORK = HERE / "work"
 
 
-def build_model(d_model: int, n_layers: int, d_ff: int, vocab: int) -> tuple[Path, Path]:
-    """A seeded random-init GPT-2 saved as an HF folder and exported with optimum (cached)."""
-    name = f"gpt2_d{d_model}_l{n_layers}_f{d_ff}_v{vocab}"
+def build_model(d_model: int, n_layers: int, d_ff: int, vocab: int, family: str = "gpt2") -> tuple[Path, Path]:
+    """A seeded random-init model of `family` saved as an HF folder and exported with optimum (cached)."""
+    name = f"{family}_d{d_model}_l{n_layers}_f{d_ff}_v{vocab}"
     hf_dir, onnx_dir = WORK / name / "hf", WORK / name / "onnx"
     if (onnx_dir / "model.onnx").is_file() and (hf_dir / "config.json").is_file():
         return hf_dir, onnx_dir / "model.onnx"
@@ -44,23 +44,33 @@ def build_model(d_model: int, n_layers: int, d_ff: int, vocab: int) -> tuple[Pat
     from models.families import build_model as build
 
     torch.manual_seed(0)
-    model = build("gpt2", d_model=d_model, n_layers=n_layers, d_ff=d_ff, vocab=vocab, n_heads=max(1, d_model // 64))
+    model = build(family, d_model=d_model, n_layers=n_layers, d_ff=d_ff, vocab=vocab, n_heads=max(1, d_model // 64))
     model.eval()
     hf_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(hf_dir)
-    export_optimum(model, "gpt2", onnx_dir / "model.onnx")
+    export_optimum(model, family, onnx_dir / "model.onnx")
     return hf_dir, onnx_dir / "model.onnx"
 
 
+REPEAT = 3
+
+
 def measure(mode: str, target: Path, ids_path: Path, batch_size: int, widths: list[int]) -> dict:
+    """Best of REPEAT runs (wall time; peak RSS of that run): the least disturbed measurement."""
     cmd = [sys.executable, str(HERE / "_worker.py"), mode, str(target), str(ids_path), str(batch_size), json.dumps(widths)]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    runs = []
+    for _ in range(REPEAT):
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+        runs.append(json.loads(out.strip().splitlines()[-1]))
+    best = min(runs, key=lambda r: r["wall_s"])
+    best["runs_s"] = [round(r["wall_s"], 3) for r in runs]
+    return best
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--family", choices=("gpt2", "llama"), default="gpt2")
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--d-ff", type=int, default=1024)
@@ -71,10 +81,21 @@ def main() -> None:
     ap.add_argument("--torch-at", type=int, nargs="*", default=[65536], help="token counts at which to run (c)")
     ap.add_argument("--graph-reduction-at", type=int, nargs="*", default=[65536],
                     help="token counts at which to measure the in-graph reduction alternative (b_graph)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best wall time counts")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON")
+    ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global REPEAT
+    REPEAT = max(1, args.repeat)
 
-    hf_dir, model = build_model(args.d_model, args.layers, args.d_ff, args.vocab)
+    if args.build_only:
+        build_model(args.d_model, args.layers, args.d_ff, args.vocab, args.family)
+        return
+    # build in a child: importing torch here would raise this process's peak RSS, which the measured
+    # children inherit through fork (ru_maxrss survives exec)
+    subprocess.run([sys.executable, __file__, "--build-only", "--family", args.family, "--d-model", str(args.d_model),
+                    "--layers", str(args.layers), "--d-ff", str(args.d_ff), "--vocab", str(args.vocab)], check=True)
+    hf_dir, model = build_model(args.d_model, args.layers, args.d_ff, args.vocab, args.family)
     widths = [args.d_ff] * args.layers
     rows = []
     for n in args.tokens:
@@ -122,8 +143,8 @@ def machine() -> dict:
 
 
 def print_table(rows: list[dict], s: dict, args) -> None:
-    print(f"\nGPT-2 d_model {args.d_model}, {args.layers} layers, d_ff {args.d_ff}, seq {args.seq_len}, "
-          f"batch {args.batch_size}; {machine()}")
+    print(f"\n{args.family} d_model {args.d_model}, {args.layers} layers, d_ff {args.d_ff}, seq {args.seq_len}, "
+          f"batch {args.batch_size}; best of {REPEAT} runs; {machine()}")
     print(f"{'tokens':>8} {'mode':<26} {'wall s':>8} {'tok/s':>9} {'peak RSS MiB':>13}")
     names = {"a": "(a) plain onnxruntime", "b": "(b) sui-onnx report", "g": "(g) numpy X^T X floor",
              "b_graph": "(b') in-graph reduction", "c": "(c) PyTorch hooks"}

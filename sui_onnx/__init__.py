@@ -7,9 +7,17 @@ Public API (stable):
         -- streaming, mergeable covariance per tap
 """
 
-from ._version import __version__
-from .errors import SuiError
-from .metrics import (
+import os as _os
+
+# OpenBLAS worker threads busy-wait after each BLAS call; between our per-batch X^T X and the next
+# onnxruntime run they would steal the cores from onnxruntime (measured: +30% inference time on
+# 2 cores). A short timeout lets them sleep. Only effective when numpy is not imported yet (the
+# CLI); a value the user set is kept.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+from ._version import __version__  # noqa: E402
+from .errors import SuiError  # noqa: E402
+from .metrics import (  # noqa: E402
     SpectralMetrics,
     energy_width,
     hard_rank,
@@ -18,7 +26,7 @@ from .metrics import (
     spectral_metrics,
     sui,
 )
-from .spectrum import CovarianceAccumulator, Spectrum, load_accumulators, save_accumulators
+from .spectrum import CovarianceAccumulator, Spectrum, load_accumulators, save_accumulators  # noqa: E402
 
 __all__ = [
     "__version__",

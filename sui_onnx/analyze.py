@@ -159,6 +159,7 @@ def _run(src, taps, stream: CalibrationStream, calib: CalibrationSpec, opts: Ana
             tapped = tapped_model(src, group_taps).SerializeToString()  # in memory: nothing written
             runner = TapRunner(tapped, [t.tensor for t in group_taps], opts.device, opts.threads,
                                external_folder=src.folder if src.has_external_data else None)
+            del tapped  # onnxruntime holds its own copy of the weights now
             runtime["device"] = "cuda" if runner.device.cuda else "cpu"
             runtime["providers"] = list(runner.device.providers)
             accs = state.accumulators_for(group, taps, runner.xp, opts.precision == "fp64")

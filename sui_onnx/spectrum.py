@@ -85,35 +85,52 @@ class CovarianceAccumulator:
         output buffers), saving one pass over memory per batch."""
         xp = self.xp
         x = self._rows(batch, mask)
-        if x.shape[0] == 0:
+        rows = int(x.shape[0])
+        if rows == 0:
             return
-        if not bool(xp.isfinite(x).all()):
-            raise NumericalError(
-                f"tap {self.name!r}: activations contain NaN or Inf (fp16 overflow?); "
-                "the batch was rejected"
-            )
         if self.shift is None:
+            mean = x.mean(axis=0, dtype=xp.float64)
+            if not bool(xp.isfinite(mean).all()):
+                raise self._non_finite()
             # rounded to float32 so the shift subtracted from float32 rows is exactly the stored one
-            self.shift = x.mean(axis=0, dtype=xp.float64).astype(xp.float32).astype(xp.float64)
+            self.shift = mean.astype(xp.float32).astype(xp.float64)
         shift = self.shift.astype(x.dtype)
         if overwrite:
             centred = x
             centred -= shift
         else:
             centred = x - shift
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked just below
+        # BLAS does both reductions (multi-threaded); NaN/Inf in the rows always reach them, so
+        # checking the D x D result replaces a pass over the [rows, D] batch
+        with np.errstate(over="ignore", invalid="ignore"):
             gram = centred.T @ centred
-            if not bool(xp.isfinite(gram).all()):  # finite but huge rows can overflow float32
-                wide = centred.astype(xp.float64)
+            row_sum = self._ones(rows, centred.dtype) @ centred
+            if not (bool(xp.isfinite(gram).all()) and bool(xp.isfinite(row_sum).all())):
+                if not bool(xp.isfinite(centred).all()):
+                    raise self._non_finite()
+                wide = centred.astype(xp.float64)  # finite but huge rows overflow a float32 product
                 gram = wide.T @ wide
-            if not bool(xp.isfinite(gram).all()):
-                raise NumericalError(
-                    f"tap {self.name!r}: activations are too large to square (overflow, |x| ~ "
-                    f"{float(xp.abs(x).max()):.3g}); the batch was rejected"
-                )
-        self.n += int(x.shape[0])
-        self.sum += centred.sum(axis=0, dtype=xp.float64)
-        self.gram += gram.astype(xp.float64, copy=False)
+                row_sum = wide.sum(axis=0)
+                if not bool(xp.isfinite(gram).all()):
+                    raise NumericalError(
+                        f"tap {self.name!r}: activations are too large to square (overflow, |x| ~ "
+                        f"{float(xp.abs(wide).max()):.3g}); the batch was rejected"
+                    )
+        self.n += rows
+        xp.add(self.sum, row_sum, out=self.sum)
+        xp.add(self.gram, gram, out=self.gram)
+
+    def _ones(self, rows: int, dtype: Any) -> Any:
+        """A cached ones vector: the row sum as one BLAS matrix-vector product."""
+        key = (rows, str(dtype))
+        if getattr(self, "_ones_key", None) != key:
+            self._ones_key, self._ones_vec = key, self.xp.ones(rows, dtype=dtype)
+        return self._ones_vec
+
+    def _non_finite(self) -> NumericalError:
+        return NumericalError(
+            f"tap {self.name!r}: activations contain NaN or Inf (fp16 overflow?); the batch was rejected"
+        )
 
     def update_gram(self, n: int, row_sum: Any, gram: Any) -> None:
         """Add statistics already reduced elsewhere (e.g. inside the ONNX graph) around shift 0."""
@@ -159,13 +176,24 @@ class CovarianceAccumulator:
         if self.n < 2:
             raise SuiError(f"tap {self.name!r}: need at least 2 tokens for a covariance, have {self.n}")
         xp = self.xp
-        c = (self.gram - xp.outer(self.sum, self.sum) / self.n) / (self.n - 1)
+        c = self._covariance_unsymmetrized()
         return (c + c.T) * 0.5
+
+    def _covariance_unsymmetrized(self) -> Any:
+        """(G - s s^T / n) / (n - 1) with one D x D temporary (eigvalsh reads one triangle)."""
+        xp = self.xp
+        cov = xp.outer(self.sum, self.sum)
+        cov *= -1.0 / self.n
+        cov += self.gram
+        cov *= 1.0 / (self.n - 1)
+        return cov
 
     def finalize(self) -> Spectrum:
         """Eigenvalues of the covariance (eigvalsh only, no eigenvectors), on the host."""
         xp = self.xp
-        cov = self.covariance()
+        if self.n < 2:
+            raise SuiError(f"tap {self.name!r}: need at least 2 tokens for a covariance, have {self.n}")
+        cov = self._covariance_unsymmetrized()
         eig = xp.linalg.eigvalsh(cov)
         eig = xp.clip(eig[::-1], 0.0, None)
         mean = self.shift + self.sum / self.n

@@ -257,3 +257,13 @@ def test_failed_atomic_write_leaves_no_temp_file(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_write_bytes(tmp_path / "out.bin", boom)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_non_finite_rows_after_the_first_batch_are_rejected():
+    acc = CovarianceAccumulator(3, "later")
+    acc.update(np.ones((4, 3)) + np.eye(4, 3))
+    bad = np.ones((2, 3))
+    bad[1, 2] = np.nan
+    with pytest.raises(NumericalError, match="NaN or Inf"):
+        acc.update(bad)
+    assert acc.n == 4
