@@ -22,20 +22,27 @@ def require_matplotlib():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_png(fig, path: Path) -> Path:
+    """Write a figure as PNG atomically."""
     from .spectrum import atomic_write_bytes
 
     atomic_write_bytes(path, lambda fh: fig.savefig(fh, format="png", dpi=120, bbox_inches="tight"))
     return path
 
 
-def write_plots(report: Report, folder: Path) -> list[Path]:
-    """Write spectra.png, utilization.png and energy.png into `folder` (created if needed)."""
-    plt = require_matplotlib()
+def plot_folder(folder: Path) -> Path:
+    """The --plot folder, created if needed; a file in its place is a clear error."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise SuiError(f"--plot {folder}: exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def write_plots(report: Report, folder: Path) -> list[Path]:
+    """Write spectra.png, utilization.png and energy.png into `folder` (created if needed)."""
+    plt = require_matplotlib()
+    folder = plot_folder(folder)
     written = []
     eigs = report.eigenvalues or [None] * len(report.layers)
     cmap = plt.get_cmap("viridis")
@@ -53,7 +60,7 @@ def write_plots(report: Report, folder: Path) -> list[Path]:
     ax.set_title("FFN activation covariance spectra")
     if len(report.layers) <= 12:
         ax.legend(fontsize=7)
-    written.append(_save(fig, folder / "spectra.png"))
+    written.append(save_png(fig, folder / "spectra.png"))
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -65,7 +72,7 @@ def write_plots(report: Report, folder: Path) -> list[Path]:
     ax.set_ylim(0, 1.02)
     ax.set_title("Utilization by layer")
     ax.legend(fontsize=8)
-    written.append(_save(fig, folder / "utilization.png"))
+    written.append(save_png(fig, folder / "utilization.png"))
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -86,6 +93,6 @@ def write_plots(report: Report, folder: Path) -> list[Path]:
     ax.set_title("Cumulative energy (| = k95)")
     if len(report.layers) <= 12:
         ax.legend(fontsize=7)
-    written.append(_save(fig, folder / "energy.png"))
+    written.append(save_png(fig, folder / "energy.png"))
     plt.close(fig)
     return written

@@ -7,25 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SuiError
-from .plots import require_matplotlib
+from .plots import plot_folder, require_matplotlib, save_png
 from .scaling import ScalingResult
-
-
-def _save(fig, path: Path) -> Path:
-    from .spectrum import atomic_write_bytes
-
-    atomic_write_bytes(path, lambda fh: fig.savefig(fh, format="png", dpi=120, bbox_inches="tight"))
-    return path
 
 
 def write_scaling_plots(result: ScalingResult, folder: Path) -> list[Path]:
     """Write scaling_ranks.png and scaling_sui.png into `folder` (created if needed)."""
     plt = require_matplotlib()
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise SuiError(f"--plot {folder}: exists and is not a folder")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = plot_folder(folder)
     widths = np.asarray(result.widths, dtype=np.float64)
     grid = np.geomspace(widths.min(), widths.max(), 200)
     written = []
@@ -52,7 +41,7 @@ def write_scaling_plots(result: ScalingResult, folder: Path) -> list[Path]:
     ax.set_ylabel("effective rank")
     ax.set_title("Spectral scaling: rank = A * D^beta (faint: single layers)")
     ax.legend(fontsize=7)
-    written.append(_save(fig, folder / "scaling_ranks.png"))
+    written.append(save_png(fig, folder / "scaling_ranks.png"))
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -71,7 +60,7 @@ def write_scaling_plots(result: ScalingResult, folder: Path) -> list[Path]:
     ax.set_ylabel("SUI")
     ax.set_title("Spectral Utilization Index against width (faint: single layers)")
     ax.legend(fontsize=8)
-    written.append(_save(fig, folder / "scaling_sui.png"))
+    written.append(save_png(fig, folder / "scaling_sui.png"))
     plt.close(fig)
     return written
 

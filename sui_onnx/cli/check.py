@@ -13,9 +13,7 @@ from pathlib import Path
 
 from .. import gate
 from ..errors import ConfigError, SuiError
-from .options import (TokenProgress, add_calib_args, add_device_args, add_metric_args, add_run_args,
-                      add_tap_args, analysis_options, calibration_spec, guard_outputs, make_console,
-                      write_text_atomic)
+from .options import (TokenProgress, add_analysis_args, analysis_options, calibration_spec, guard_outputs, make_console, write_text_atomic)
 
 # flag dest -> config key; values are validated by gate.validate_value (one definition)
 THRESHOLD_FLAGS = {
@@ -76,11 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--config", type=Path, metavar="FILE",
                    help="TOML file with a [check] table (default: [tool.sui-onnx.check] of the nearest pyproject.toml)")
     g.add_argument("--no-config", action="store_true", help="ignore pyproject.toml; use the flags only")
-    add_tap_args(p)
-    add_calib_args(p)
-    add_device_args(p)
-    add_metric_args(p)
-    add_run_args(p)
+    add_analysis_args(p)
     o = p.add_argument_group("outputs")
     o.add_argument("--junit", type=Path, metavar="OUT.xml", help="write JUnit XML (one testcase per rule and scope)")
     o.add_argument("--sarif", type=Path, metavar="OUT.sarif", help="write SARIF 2.1.0 (GitHub code scanning)")

@@ -114,6 +114,17 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="cap on the D x D statistics held at once (e.g. 2G); above it the layers are analyzed in several passes")
 
 
+def add_analysis_args(p: argparse.ArgumentParser, long_runs: bool = True) -> None:
+    """Every option that shapes an analysis (taps, calibration, device, metrics[, long runs]):
+    `report`, `check` and `scaling` take the same flags in the same way."""
+    add_tap_args(p)
+    add_calib_args(p)
+    add_device_args(p)
+    add_metric_args(p)
+    if long_runs:
+        add_run_args(p)
+
+
 def calibration_spec(args: argparse.Namespace) -> CalibrationSpec:
     return CalibrationSpec(sources=list(args.calib), seq_len=args.seq_len, batch_size=args.batch_size, tokens=args.tokens)
 

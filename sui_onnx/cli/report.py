@@ -8,9 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .options import (TokenProgress, add_calib_args, add_device_args, add_metric_args, add_run_args,
-                      add_tap_args, analysis_options, calibration_spec, guard_outputs, make_console,
-                      model_argument, write_text_atomic)
+from .options import (TokenProgress, add_analysis_args, analysis_options, calibration_spec, guard_outputs, make_console, model_argument, write_text_atomic)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,11 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "suite (docs/metrics.md). Without MODEL: the bundled demo model and text.",
     )
     p.add_argument("model", nargs="?", metavar="MODEL", help=".onnx file or folder holding model.onnx (default: bundled demo)")
-    add_tap_args(p)
-    add_calib_args(p)
-    add_device_args(p)
-    add_metric_args(p)
-    add_run_args(p)
+    add_analysis_args(p)
     g = p.add_argument_group("outputs")
     g.add_argument("--json", type=Path, metavar="OUT", help="write the report JSON (schema sui-onnx/report); '-' for stdout")
     g.add_argument("--spectra", type=Path, metavar="OUT.npz", help="write the eigenvalues of every layer")

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SuiError
-from .options import (TokenProgress, add_calib_args, add_device_args, add_metric_args, add_run_args, add_tap_args,
-                      analysis_options, calibration_spec, guard_outputs, make_console, write_text_atomic)
+from .options import (TokenProgress, add_analysis_args, add_run_args, analysis_options, calibration_spec, guard_outputs, make_console, write_text_atomic)
 
 PAPER_REFERENCE = ("paper reference (GPT-2 160M, AdamW, D = 768..6144, post): "
                    "beta_soft 0.661 (R^2 0.971), beta_hard 0.289 (R^2 0.338)")
@@ -43,10 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="report JSON (sui-onnx report --json), .onnx file or folder holding model.onnx; "
                         "models are analyzed here with the options below")
-    add_tap_args(p)
-    add_calib_args(p)
-    add_device_args(p)
-    add_metric_args(p)
+    add_analysis_args(p, long_runs=False)
     g = p.add_argument_group("scaling")
     g.add_argument("--tau", type=_tau, default=DEFAULT_TAU, metavar="T",
                    help=f"saturation threshold: width where d hard / d D falls below T (default {DEFAULT_TAU})")
