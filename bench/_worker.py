@@ -82,7 +82,6 @@ def in_graph_reduction(model: Path, ids: np.ndarray, batch_size: int) -> None:
     """(b_graph) the alternative reduction: MatMul(Xc^T, Xc), ReduceMean and ReduceSum nodes added
     to the tapped graph so only D x D leaves onnxruntime; batch statistics merged exactly on the
     host (per-batch centring, Chan's merge). Measured to decide between the two ways."""
-    import onnx
     from onnx import TensorProto, helper
 
     from sui_onnx.graph import find_taps, load_model, tapped_model

@@ -100,15 +100,14 @@ def width_advice(
         "variance kept is what a rank-k projection of the activation keeps; accuracy after "
         "pruning or retraining must be measured, this is a capacity estimate from calibration data",
     ]
-    usable = [(layer, ev) for layer, ev in zip(layers, eigenvalues) if layer.usable and ev is not None]
+    usable = [(layer, _probabilities(ev)) for layer, ev in zip(layers, eigenvalues) if layer.usable and ev is not None]
     current = max((layer.width for layer in layers), default=0)
     if not usable:
         return {"q": q, "quantile": quantile, "align": align, "current_width": current,
                 "recommended_width": None, "assumptions": assumptions, "per_layer": []}
     per_layer = []
     kq = []
-    for layer, ev in usable:
-        p = _probabilities(ev)
+    for layer, p in usable:
         k = int(np.argmax(np.cumsum(p) >= q - 1e-12)) + 1
         kq.append(k)
         per_layer.append({
@@ -123,8 +122,7 @@ def width_advice(
         })
     needed = int(np.quantile(np.array(kq), quantile, method="higher"))
     recommended = min(current, int(math.ceil(needed / align) * align))
-    for entry, (layer, ev) in zip(per_layer, usable):
-        p = _probabilities(ev)
+    for entry, (_, p) in zip(per_layer, usable):
         keep = min(recommended, p.size)
         entry["variance_lost"] = float(max(0.0, p[keep:].sum()))
     saving = 1.0 - recommended / current if current else 0.0

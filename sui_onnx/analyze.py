@@ -194,7 +194,7 @@ def _run(src, taps, stream: CalibrationStream, calib: CalibrationSpec, opts: Ana
                 path = opts.checkpoint or Path(f"{Path(src.path).stem}.sui-checkpoint.npz")
                 if not consistent:  # a second Ctrl-C in the middle of a batch
                     raise Interrupted(
-                        f"aborted in the middle of a batch; no new checkpoint written"
+                        "aborted in the middle of a batch; no new checkpoint written"
                         + (f" (the last one, if any, is {path})" if opts.checkpoint else "")
                     ) from None
                 state.save(path, g, group, accs, batches_done, tokens_done, bad, results)

@@ -175,7 +175,6 @@ class CovarianceAccumulator:
         """Unbiased covariance (G - s s^T / n) / (n - 1) around the mean, symmetrized."""
         if self.n < 2:
             raise SuiError(f"tap {self.name!r}: need at least 2 tokens for a covariance, have {self.n}")
-        xp = self.xp
         c = self._covariance_unsymmetrized()
         return (c + c.T) * 0.5
 

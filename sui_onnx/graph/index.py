@@ -161,7 +161,7 @@ class GraphIndex:
                     made_by[out] = n
         indeg = [0] * len(self.nodes)
         users: dict[int, list[int]] = {}
-        for n, node in enumerate(self.nodes):
+        for n in range(len(self.nodes)):
             for p in {made_by[i] for i in self.inputs_of[n] if i in made_by and made_by[i] != n}:
                 indeg[n] += 1
                 users.setdefault(p, []).append(n)

@@ -2,7 +2,6 @@
 afterwards, no partial output file."""
 
 import hashlib
-import math
 import os
 import shutil
 import subprocess
