@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 import pytest
 
+from sui_onnx.runner import FeedBuilder
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 FIXTURE_DIRS = sorted(p for p in FIXTURES.iterdir() if (p / "meta.json").exists()) if FIXTURES.exists() else []
@@ -25,25 +27,6 @@ META_KEYS = {"arch", "exporter", "n_layers", "d_model", "d_ff", "site_post_width
 
 def _ids(paths: list[Path]) -> list[str]:
     return [p.name for p in paths]
-
-
-def _feeds(session, input_ids: np.ndarray) -> dict[str, np.ndarray]:
-    b, t = input_ids.shape
-    feeds = {}
-    for inp in session.get_inputs():
-        if inp.name == "input_ids":
-            feeds[inp.name] = input_ids.astype(np.int64)
-        elif inp.name == "attention_mask":
-            feeds[inp.name] = np.ones((b, t), dtype=np.int64)
-        elif inp.name == "position_ids":
-            feeds[inp.name] = np.tile(np.arange(t, dtype=np.int64), (b, 1))
-        elif inp.name == "token_type_ids":
-            feeds[inp.name] = np.zeros((b, t), dtype=np.int64)
-        elif inp.name.startswith("past_key_values"):
-            feeds[inp.name] = np.zeros((b, inp.shape[1], 0, inp.shape[3]), dtype=np.float32)
-        else:
-            raise AssertionError(f"unexpected input {inp.name}")
-    return feeds
 
 
 def test_fixture_set_is_present():
@@ -92,7 +75,7 @@ def test_fixture_taps_match_reference(folder: Path):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     with np.load(folder / "reference.npz") as ref:
-        outs = sess.run([meta["onnx_taps"][k] for k in keys], _feeds(sess, ref["input_ids"]))
+        outs = sess.run([meta["onnx_taps"][k] for k in keys], FeedBuilder(sess.get_inputs())(ref["input_ids"]))
         tol = TOLERANCE if meta["check"]["strict"] else 0.05
         for key, got in zip(keys, outs):
             diff = np.abs(got.reshape(ref[key].shape) - ref[key]).max()
