@@ -23,7 +23,7 @@ from .advice import status_message, summarize, token_flags, width_advice, worst_
 from .calib import CalibrationSpec, CalibrationStream
 from .errors import NumericalError, SuiError
 from .metrics import DEFAULT_ENERGY_LEVELS, DEFAULT_TOP_FRACTION, spectral_metrics
-from .report import LayerResult, Report
+from .report import METRIC_KEYS, LayerResult, Report
 from .spectrum import CovarianceAccumulator, load_accumulators, save_accumulators
 
 ProgressFn = Callable[[int, int, str], None]  # (tokens done, tokens total, description)
@@ -189,7 +189,7 @@ def _run(src, taps, stream: CalibrationStream, calib: CalibrationSpec, opts: Ana
                     if opts.progress:
                         opts.progress(tokens_done, stream.budget, desc)
                     if opts.checkpoint and batches_done % opts.checkpoint_every == 0:
-                        state.save(opts.checkpoint, g, group, accs, batches_done, tokens_done, bad, results)
+                        state.save(opts.checkpoint, g, accs, batches_done, tokens_done, bad, results)
             except KeyboardInterrupt:
                 path = opts.checkpoint or Path(f"{Path(src.path).stem}.sui-checkpoint.npz")
                 if not consistent:  # a second Ctrl-C in the middle of a batch
@@ -197,7 +197,7 @@ def _run(src, taps, stream: CalibrationStream, calib: CalibrationSpec, opts: Ana
                         "aborted in the middle of a batch; no new checkpoint written"
                         + (f" (the last one, if any, is {path})" if opts.checkpoint else "")
                     ) from None
-                state.save(path, g, group, accs, batches_done, tokens_done, bad, results)
+                state.save(path, g, accs, batches_done, tokens_done, bad, results)
                 raise Interrupted(
                     f"interrupted after {tokens_done} tokens; checkpoint saved to {path} "
                     f"(continue with --resume {path})"
@@ -206,7 +206,7 @@ def _run(src, taps, stream: CalibrationStream, calib: CalibrationSpec, opts: Ana
             for j, i in enumerate(group):
                 results[i] = (accs[j].n, None, ["non_finite"], bad[i]) if i in bad else _finalize(accs[j])
             if opts.checkpoint:
-                state.save(opts.checkpoint, g + 1, [], [], 0, 0, state.bad, results, complete=g + 1 == len(groups),
+                state.save(opts.checkpoint, g + 1, [], 0, 0, state.bad, results, complete=g + 1 == len(groups),
                            final_accs=(group, accs))
             del accs, runner
     calibration = {
@@ -247,7 +247,7 @@ def _layer_result(tap, n, ev, flags, message, opts: AnalysisOptions) -> LayerRes
     )
     if ev is not None:
         m = spectral_metrics(ev, opts.top_fraction, opts.energy_levels)
-        for key in ("hard_rank", "soft_rank", "hard_util", "soft_util", "concentration", "sui", "asymmetry"):
+        for key in METRIC_KEYS:
             setattr(layer, key, getattr(m, key))
         layer.energy_widths = dict(m.energy_widths)
     layer.flags = list(dict.fromkeys(flags))
@@ -338,7 +338,7 @@ class _RunState:
             out.append(acc)
         return out
 
-    def save(self, path, group, members, accs, batches_done, tokens_done, bad, results, complete=False, final_accs=None):
+    def save(self, path, group, accs, batches_done, tokens_done, bad, results, complete=False, final_accs=None):
         finished = {}
         for i, res in enumerate(results):
             if res is not None:

@@ -29,7 +29,6 @@ def run(args: argparse.Namespace) -> int:
     if len(args.inputs) < 2:
         raise SuiError("merge needs at least two statistics files")
     merged, meta0 = None, None
-    tokens = 0
     for path in args.inputs:
         accs, meta = load_accumulators(path)
         if not meta.get("mergeable"):
@@ -44,7 +43,6 @@ def run(args: argparse.Namespace) -> int:
                     raise SuiError(f"{path}: different {key.replace('_', ' ')} than {args.inputs[0]}; cannot merge")
             for a, b in zip(merged, accs):
                 a.merge(b)
-        tokens += int(meta.get("tokens_done_total", meta.get("tokens_total", 0)) or 0)
     meta_out = {
         "identity": {k: meta0["identity"][k] for k in ("model_sha256", "taps", "widths")},
         "merged": True,
