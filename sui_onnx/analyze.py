@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -55,6 +55,7 @@ class AnalysisOptions:
     progress: ProgressFn | None = None
     ray: str | None = None  # None: run here; "" : ray.init() default (RAY_ADDRESS or a local cluster); else an address
     ray_shards: int | None = None  # calibration shards (default: 2 per worker CPU)
+    encoder: Path | None = None  # a seq2seq decoder's encoder (default: encoder_model.onnx beside it)
     extra_provenance: dict[str, Any] = field(default_factory=dict)
 
 
@@ -84,6 +85,33 @@ def plan_groups(widths: Sequence[int], max_memory: int | None) -> list[list[int]
     return groups
 
 
+def resolve_encoder(src, requested: Path | None) -> Path | None:
+    """The encoder a seq2seq decoder needs (``requested``, else optimum's ``encoder_model.onnx``
+    beside it); None for every other model. Errors say what to pass."""
+    from .graph.source import resolve_model_path
+    from .runner import ENCODER_FILE, is_encoder_states_input
+
+    inits = {i.name for i in src.model.graph.initializer}
+    needs = next((i.name for i in src.model.graph.input if i.name not in inits and is_encoder_states_input(i.name)), None)
+    if needs is None:
+        if requested is not None:
+            raise SuiError(f"--encoder {requested}: the model has no encoder_hidden_states input (not a seq2seq decoder)")
+        return None
+    if requested is not None:
+        try:
+            path = resolve_model_path(requested)
+        except SuiError as exc:
+            raise SuiError(f"--encoder: {exc}") from None
+    else:
+        path = Path(src.folder) / ENCODER_FILE
+        if not path.is_file():
+            raise SuiError(f"model input {needs!r} takes a seq2seq encoder's output and there is no {ENCODER_FILE} "
+                           "beside the model: pass --encoder ENCODER.onnx")
+    if path.resolve() == Path(src.path).resolve():
+        raise SuiError(f"--encoder {path}: that is the model itself; pass its encoder")
+    return path
+
+
 def analyze(model: str | Path, calib: CalibrationSpec | None = None, options: AnalysisOptions | None = None) -> Report:
     """Analyze one ONNX model on calibration data and return the report (with eigenvalues)."""
     from .graph import find_taps, load_model
@@ -95,6 +123,12 @@ def analyze(model: str | Path, calib: CalibrationSpec | None = None, options: An
     taps = find_taps(src.model, site=opts.site, include=opts.include, exclude=opts.exclude, explicit=opts.explicit)
     widths = [t.width for t in taps]
     names = [t.tensor for t in taps]
+    encoder = resolve_encoder(src, opts.encoder) if opts.stats is None else None
+    if encoder is not None:
+        from .graph.source import file_sha256
+
+        opts = replace(opts, encoder=encoder, extra_provenance={
+            **opts.extra_provenance, "encoder": {"path": str(encoder), "sha256": file_sha256(encoder)}})
 
     if opts.stats is not None:
         accs, meta = _load_stats(opts.stats, src.sha256, names, widths)
@@ -158,7 +192,7 @@ def _run(src, taps, stream: CalibrationStream, calib: CalibrationSpec, opts: Ana
             group_taps = [taps[i] for i in group]
             tapped = tapped_model(src, group_taps).SerializeToString()  # in memory: nothing written
             runner = TapRunner(tapped, [t.tensor for t in group_taps], opts.device, opts.threads,
-                               external_folder=src.folder if src.has_external_data else None)
+                               external_folder=src.folder if src.has_external_data else None, encoder=opts.encoder)
             del tapped  # onnxruntime holds its own copy of the weights now
             runtime["device"] = "cuda" if runner.device.cuda else "cpu"
             runtime["providers"] = list(runner.device.providers)
@@ -301,6 +335,8 @@ class _RunState:
             "token_budget": stream.budget,
             "max_memory": opts.max_memory,
         }
+        if opts.encoder is not None:  # absent for other models, so their checkpoints stay as they were
+            st.identity["encoder_sha256"] = opts.extra_provenance.get("encoder", {}).get("sha256")
         if opts.resume is not None:
             st._load(opts.resume)
         return st

@@ -125,6 +125,7 @@ def run_on_ray(src, taps, calib: CalibrationSpec, opts, max_retries: int = MAX_R
             "tokens": spec.tokens, "device": task_device, "threads": threads, "exact": opts.precision == "fp64",
             "model_key": models[g][1],
             "external_folder": str(Path(src.folder).resolve()) if src.has_external_data else None,
+            "encoder": str(Path(opts.encoder).resolve()) if opts.encoder is not None else None,
             "crash_marker": crash_marker if s.index == crash_shard else None,
         }
 
@@ -478,7 +479,7 @@ def _runner(job: dict, model: bytes, names: list[str]):
     """A TapRunner, reused by the next task of the same model in this worker process."""
     from .runner import TapRunner
 
-    key = f"{job['model_key']}|{job['device']}|{job['threads']}|{job['external_folder']}"
+    key = f"{job['model_key']}|{job['device']}|{job['threads']}|{job['external_folder']}|{job.get('encoder')}"
     cached = _RUNNER_CACHE.get("key")
     if cached != key:
         _RUNNER_CACHE.clear()  # at most one model per worker process
@@ -488,7 +489,14 @@ def _runner(job: dict, model: bytes, names: list[str]):
                 f"--ray: the model's external data folder {folder} does not exist on {socket.gethostname()}; "
                 "every node must see the model folder at the same path"
             )
-        _RUNNER_CACHE["runner"] = TapRunner(model, names, job["device"], job["threads"], external_folder=folder)
+        encoder = Path(job["encoder"]) if job.get("encoder") else None
+        if encoder is not None and not encoder.is_file():
+            raise SuiError(
+                f"--ray: the encoder {encoder} does not exist on {socket.gethostname()}; "
+                "every node must see the model folder at the same path"
+            )
+        _RUNNER_CACHE["runner"] = TapRunner(model, names, job["device"], job["threads"], external_folder=folder,
+                                            encoder=encoder)
         _RUNNER_CACHE["key"] = key
     return _RUNNER_CACHE["runner"]
 

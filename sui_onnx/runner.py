@@ -26,6 +26,13 @@ _ORT_TO_NUMPY = {
     "tensor(bool)": np.bool_,
 }
 _PAST = re.compile(r"(past|cache)", re.IGNORECASE)
+_ENCODER_STATES = re.compile(r"^encoder_(hidden_states|outputs?)$", re.IGNORECASE)
+ENCODER_FILE = "encoder_model.onnx"  # optimum's name for a seq2seq model's encoder
+
+
+def is_encoder_states_input(name: str) -> bool:
+    """True for the input of a seq2seq decoder (T5, BART, ...) that takes the encoder's output."""
+    return bool(_ENCODER_STATES.match(name))
 
 
 def import_onnxruntime():
@@ -135,12 +142,19 @@ class FeedBuilder:
             if not self._role(inp):
                 raise CalibrationError(
                     f"cannot feed model input {inp.name!r} (shape {inp.shape}): sui-onnx feeds "
-                    "input_ids, attention_mask, position_ids, token_type_ids, past key/values and "
-                    "use_cache_branch"
+                    "input_ids, attention_mask, position_ids, token_type_ids, past key/values, "
+                    "use_cache_branch and a seq2seq decoder's encoder_hidden_states"
                 )
+
+    @property
+    def needs_encoder(self) -> str | None:
+        """The name of the encoder-states input (a seq2seq decoder), or None."""
+        return next((i.name for i in self.inputs if self._role(i) == "encoder"), None)
 
     @staticmethod
     def _role(inp: Any) -> str | None:
+        if is_encoder_states_input(inp.name):
+            return "encoder"
         name = inp.name.lower()
         if name in ("input_ids", "input", "tokens", "idx", "ids") or name.endswith("input_ids"):
             return "ids"
@@ -156,7 +170,9 @@ class FeedBuilder:
             return "past"
         return None
 
-    def __call__(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+    def __call__(self, ids: np.ndarray, encoder_states: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Feeds for one [B, L] batch; a seq2seq decoder also needs ``encoder_states`` [B, L, H]
+        (its encoder run on the same ids: the decoder reads the text the encoder read)."""
         b, seq = ids.shape
         feeds: dict[str, np.ndarray] = {}
         for inp in self.inputs:
@@ -175,6 +191,10 @@ class FeedBuilder:
                 feeds[inp.name] = np.zeros((1,) if len(inp.shape) else (), dtype=dtype)
             elif role == "past":
                 feeds[inp.name] = np.zeros(self._past_shape(inp, b), dtype=dtype)
+            elif role == "encoder":
+                if encoder_states is None:
+                    raise CalibrationError(f"model input {inp.name!r} needs the encoder's output (pass --encoder)")
+                feeds[inp.name] = np.asarray(encoder_states, dtype=dtype)
         return feeds
 
     @staticmethod
@@ -192,6 +212,37 @@ class FeedBuilder:
         return tuple(shape)
 
 
+class EncoderFeed:
+    """A seq2seq model's encoder, run on each batch to give its decoder ``encoder_hidden_states``."""
+
+    def __init__(self, model: Path, device: str = "auto", threads: int | None = None):
+        try:
+            self.session, self.device = create_session(Path(model), device, threads)
+        except ModelError as exc:
+            raise ModelError(f"--encoder {model}: {exc}") from None
+        self.feed = FeedBuilder(self.session.get_inputs())
+        if self.feed.needs_encoder:
+            raise ModelError(f"--encoder {model}: this model takes {self.feed.needs_encoder!r} itself; "
+                             "pass the encoder (encoder_model.onnx), not a decoder")
+        names = [o.name for o in self.session.get_outputs()]
+        self.output = "last_hidden_state" if "last_hidden_state" in names else names[0]
+        self.width = next(o.shape[-1] for o in self.session.get_outputs() if o.name == self.output)
+
+    def check_width(self, decoder_input: Any, model: Path) -> None:
+        """A fixed hidden width must agree between the encoder output and the decoder input."""
+        want = decoder_input.shape[-1] if decoder_input.shape else None
+        if isinstance(want, int) and isinstance(self.width, int) and want != self.width:
+            raise ModelError(f"--encoder {model}: its output {self.output!r} has width {self.width}, the model's "
+                             f"{decoder_input.name!r} expects {want}: not this model's encoder")
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        try:
+            return self.session.run([self.output], self.feed(ids))[0]
+        except Exception as exc:
+            err = _run_error(exc, ids.shape)
+            raise CalibrationError(f"encoder: {err}") from None
+
+
 class TapRunner:
     """Runs batches through a tapped model and returns the tap tensors ([B, L, D] each).
 
@@ -199,7 +250,7 @@ class TapRunner:
     CUDA (the arrays then never leave the device)."""
 
     def __init__(self, model: Path | bytes, tap_names: Sequence[str], device: str = "auto", threads: int | None = None,
-                 external_folder: Path | None = None):
+                 external_folder: Path | None = None, encoder: Path | None = None):
         self.session, self.device = create_session(model, device, threads, external_folder)
         self.tap_names = list(tap_names)
         outputs = {o.name for o in self.session.get_outputs()}
@@ -207,6 +258,15 @@ class TapRunner:
         if missing:
             raise ModelError(f"tapped model lacks outputs {missing[:3]}")
         self.feed = FeedBuilder(self.session.get_inputs())
+        self.encoder: EncoderFeed | None = None
+        if self.feed.needs_encoder:
+            if encoder is None:
+                raise CalibrationError(
+                    f"model input {self.feed.needs_encoder!r} takes a seq2seq encoder's output: pass "
+                    f"--encoder ENCODER.onnx (optimum writes {ENCODER_FILE} beside decoder_model.onnx)"
+                )
+            self.encoder = EncoderFeed(encoder, device, threads)
+            self.encoder.check_width(next(i for i in self.feed.inputs if i.name == self.feed.needs_encoder), encoder)
         self.xp = np
         if self.device.cuda:
             from .xp import cuda_namespace
@@ -229,7 +289,7 @@ class TapRunner:
 
     def run(self, ids: np.ndarray, widths: Sequence[int]) -> list[Any]:
         """Feed one [B, L] batch; returns one [..., D] array per tap (valid until the next run)."""
-        feeds = self.feed(ids)
+        feeds = self.feed(ids, self.encoder(ids) if self.encoder is not None else None)
         if self._bind_outputs:
             try:
                 return self._run_bound(ids, feeds, widths)

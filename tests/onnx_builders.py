@@ -22,9 +22,12 @@ class TinyLM:
     emb: np.ndarray
     layers: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
 
-    def post_activations(self, ids: np.ndarray) -> list[np.ndarray]:
-        """Reference values of every FFN's down-projection input, float64, [B, L, D]."""
+    def post_activations(self, ids: np.ndarray, offset: np.ndarray | None = None) -> list[np.ndarray]:
+        """Reference values of every FFN's down-projection input, float64, [B, L, D]; ``offset``
+        is added to the embeddings (a seq2seq decoder's encoder states)."""
         x = self.emb[ids].astype(np.float64)
+        if offset is not None:
+            x = x + offset
         outs = []
         for w1, b1, w2, b2 in self.layers:
             u = x @ w1 + b1
@@ -92,3 +95,51 @@ def tiny_lm(vocab: int = 64, d_model: int = 16, d_ff: int = 48, n_layers: int = 
     model.ir_version = 8
     onnx.checker.check_model(model)
     return TinyLM(model, emb, layers)
+
+
+@dataclass
+class TinySeq2Seq:
+    """A seq2seq pair shaped like optimum's export: the encoder maps ids to last_hidden_state =
+    tanh(E_enc[ids]); the decoder is a tiny_lm whose embeddings get encoder_hidden_states added
+    and which declares encoder_attention_mask, as T5 / BART decoders do."""
+
+    encoder: onnx.ModelProto
+    decoder: TinyLM
+    enc_emb: np.ndarray
+
+    def post_activations(self, ids: np.ndarray) -> list[np.ndarray]:
+        """The decoder's FFN activations when the encoder reads the same ids."""
+        return self.decoder.post_activations(ids, offset=np.tanh(self.enc_emb[ids].astype(np.float64)))
+
+    def save(self, folder: Path) -> tuple[Path, Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        onnx.save(self.encoder, str(folder / "encoder_model.onnx"))
+        return folder / "encoder_model.onnx", self.decoder.save(folder, "decoder_model.onnx")
+
+
+def tiny_seq2seq(vocab: int = 64, d_model: int = 16, d_ff: int = 48, n_layers: int = 2, seed: int = 0) -> TinySeq2Seq:
+    dec = tiny_lm(vocab, d_model, d_ff, n_layers, seed, extra_inputs=False)
+    g = dec.model.graph
+    embed = next(n for n in g.node if n.name == "embed")
+    embed.output[0] = "x_emb"
+    g.node.insert(1, helper.make_node("Add", ["x_emb", "encoder_hidden_states"], ["x0"], name="cross"))
+    g.input.extend([
+        helper.make_tensor_value_info("encoder_attention_mask", TensorProto.INT64, ["batch", "enc_seq"]),
+        helper.make_tensor_value_info("encoder_hidden_states", TensorProto.FLOAT, ["batch", "enc_seq", d_model]),
+    ])
+    onnx.checker.check_model(dec.model)
+
+    enc_emb = (np.random.default_rng(seed + 1).standard_normal((vocab, d_model))).astype(np.float32)
+    enc_graph = helper.make_graph(
+        [helper.make_node("Gather", ["enc_emb", "input_ids"], ["e"], name="embed"),
+         helper.make_node("Tanh", ["e"], ["last_hidden_state"], name="encode")],
+        "tiny_encoder",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", d_model])],
+        [numpy_helper.from_array(enc_emb, "enc_emb")],
+    )
+    encoder = helper.make_model(enc_graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="sui-onnx-tests")
+    encoder.ir_version = 8
+    onnx.checker.check_model(encoder)
+    return TinySeq2Seq(encoder, dec, enc_emb)

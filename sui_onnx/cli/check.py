@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     named = [o.resolve() for o in outputs if o is not None and str(o) != "-"]
     if len(named) != len(set(named)):
         raise SuiError("two outputs name the same file")
-    guard_outputs([target, thresholds.baseline, config_path, *args.calib, args.resume, args.stats], outputs)
+    guard_outputs([target, thresholds.baseline, config_path, *args.calib, args.encoder, args.resume, args.stats], outputs)
     if is_report and args.save_report is not None:
         raise SuiError("--save-report needs a model to analyze; the target is already a report")
 

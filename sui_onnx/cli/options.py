@@ -64,7 +64,7 @@ def add_tap_args(p: argparse.ArgumentParser) -> None:
                    help="analyze this tensor explicitly (repeatable; bypasses detection)")
 
 
-def add_calib_args(p: argparse.ArgumentParser) -> None:
+def add_calib_args(p: argparse.ArgumentParser, encoder: bool = True) -> None:
     g = p.add_argument_group("calibration")
     g.add_argument("--calib", metavar="SRC", action="append", default=[], type=Path,
                    help=".txt file, folder of .txt, .jsonl with a \"text\" field, or .npy token ids "
@@ -76,6 +76,11 @@ def add_calib_args(p: argparse.ArgumentParser) -> None:
                    help=f"window length for text (default {DEFAULT_SEQ_LEN})")
     g.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, metavar="B",
                    help=f"windows per batch (default {DEFAULT_BATCH_SIZE})")
+    if encoder:  # one model per run (report, check); scaling finds each decoder's encoder beside it
+        g.add_argument("--encoder", type=Path, metavar="ENCODER.onnx",
+                       help="seq2seq decoders (T5, BART): the encoder run on each batch to give the decoder "
+                            "its encoder_hidden_states; the decoder reads the same tokens (default: "
+                            "encoder_model.onnx beside the model)")
 
 
 def add_device_args(p: argparse.ArgumentParser) -> None:
@@ -115,10 +120,11 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_analysis_args(p: argparse.ArgumentParser, long_runs: bool = True) -> None:
-    """Every option that shapes an analysis (taps, calibration, device, metrics[, long runs]):
-    `report`, `check` and `scaling` take the same flags in the same way."""
+    """Every option that shapes an analysis (taps, calibration, device, metrics[, long runs and
+    --encoder, which concern one model]): `report`, `check` and `scaling` take the same flags in
+    the same way."""
     add_tap_args(p)
-    add_calib_args(p)
+    add_calib_args(p, encoder=long_runs)
     add_device_args(p)
     add_metric_args(p)
     if long_runs:
@@ -138,6 +144,7 @@ def analysis_options(args: argparse.Namespace, progress: Any = None):
         advice_q=args.advice_q, advice_quantile=args.advice_quantile, align=args.align,
         max_memory=args.max_memory, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
         resume=args.resume, stats=args.stats, progress=progress, ray=args.ray, ray_shards=args.ray_shards,
+        encoder=getattr(args, "encoder", None),
     )
 
 

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = model_argument(args)
     outputs = [args.json, args.spectra, args.markdown, args.checkpoint]
-    guard_outputs([model, *args.calib, args.resume, args.stats], outputs)
+    guard_outputs([model, *args.calib, args.encoder, args.resume, args.stats], outputs)
     if args.plot is not None:
         from ..plots import require_matplotlib
 

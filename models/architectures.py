@@ -1,0 +1,208 @@
+"""A zoo of Hugging Face architectures beyond the reference families: tiny random-init models
+exported with optimum, their FFN activations tapped by sui-onnx and compared with PyTorch hooks.
+
+    python -m models.architectures                 # every architecture, one line each
+    python -m models.architectures t5 falcon       # some of them
+
+Each model has 2 layers, d_model 64 and d_ff 176 (an odd width no attention dimension shares;
+BLOOM and MPT fix d_ff = 4 d_model = 256). The reference is the input of every linear layer that
+maps d_ff back to d_model (the down-projection), captured with forward pre-hooks in call order;
+seq2seq models (T5, BART) run the encoder on the ids and the decoder on the same ids, so the
+encoder's layers come first. sui-onnx side: graph detection (`find_taps`), the tapped copy and
+`TapRunner` (with `encoder=` for the decoder), as `sui-onnx report` uses them. The export-marked
+tests/test_architectures.py runs this for every entry.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+D_MODEL, D_FF, LAYERS, HEADS, VOCAB = 64, 176, 2, 4, 512
+OPSET = 18
+TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One architecture: its transformers model_type and the config keywords that make it tiny."""
+
+    name: str
+    config: dict
+    kind: str = "causal"  # causal | encoder | seq2seq
+    d_ff: int = D_FF
+    notes: str = ""
+
+
+_LLAMA_LIKE = dict(hidden_size=D_MODEL, intermediate_size=D_FF, num_hidden_layers=LAYERS,
+                   num_attention_heads=HEADS, num_key_value_heads=2, vocab_size=VOCAB)
+_BERT_LIKE = dict(hidden_size=D_MODEL, intermediate_size=D_FF, num_hidden_layers=LAYERS,
+                  num_attention_heads=HEADS, vocab_size=VOCAB)
+
+ARCHS: list[Arch] = [
+    Arch("qwen2", _LLAMA_LIKE, notes="SwiGLU, GQA, QKV bias"),
+    Arch("qwen3", {**_LLAMA_LIKE, "head_dim": 16}, notes="SwiGLU, QK-norm"),
+    Arch("mistral", _LLAMA_LIKE, notes="SwiGLU, GQA"),
+    Arch("gemma2", {**_LLAMA_LIKE, "head_dim": 16}, notes="GeGLU, sandwich norms, logit soft-capping"),
+    Arch("granite", _LLAMA_LIKE, notes="SwiGLU with residual / embedding multipliers"),
+    Arch("olmo", {k: v for k, v in _LLAMA_LIKE.items() if k != "num_key_value_heads"}, notes="SwiGLU, non-parametric LayerNorm"),
+    Arch("stablelm", _LLAMA_LIKE, notes="SwiGLU, partial rotary, LayerNorm"),
+    Arch("phi", _BERT_LIKE, notes="parallel attention + MLP, gelu_new"),
+    Arch("falcon", dict(hidden_size=D_MODEL, num_hidden_layers=LAYERS, num_attention_heads=HEADS, vocab_size=VOCAB,
+                        new_decoder_architecture=False, multi_query=True, ffn_hidden_size=D_FF),
+         notes="parallel attention, multi-query, exact GELU"),
+    Arch("gptj", dict(n_embd=D_MODEL, n_layer=LAYERS, n_head=HEADS, vocab_size=VOCAB, n_inner=D_FF, rotary_dim=8),
+         notes="parallel attention + MLP, gelu_new"),
+    Arch("codegen", dict(n_embd=D_MODEL, n_layer=LAYERS, n_head=HEADS, vocab_size=VOCAB, n_inner=D_FF, rotary_dim=8),
+         notes="GPT-J-like with fused QKV"),
+    Arch("bloom", dict(hidden_size=D_MODEL, n_layer=LAYERS, n_head=HEADS, vocab_size=VOCAB), d_ff=4 * D_MODEL,
+         notes="ALiBi, BLOOM GELU (tanh form written out)"),
+    Arch("gpt_bigcode", dict(n_embd=D_MODEL, n_layer=LAYERS, n_head=HEADS, vocab_size=VOCAB, n_inner=D_FF),
+         notes="StarCoder: multi-query, gelu_pytorch_tanh"),
+    Arch("mpt", dict(d_model=D_MODEL, n_layers=LAYERS, n_heads=HEADS, vocab_size=VOCAB), d_ff=4 * D_MODEL,
+         notes="ALiBi, exact GELU, no biases"),
+    Arch("gpt_neo", dict(hidden_size=D_MODEL, num_layers=LAYERS, num_heads=HEADS, vocab_size=VOCAB, intermediate_size=D_FF,
+                         attention_types=[[["global", "local"], 1]], window_size=16),
+         notes="alternating global / local attention"),
+    Arch("roberta", _BERT_LIKE, kind="encoder"),
+    Arch("xlm-roberta", _BERT_LIKE, kind="encoder"),
+    Arch("electra", {**_BERT_LIKE, "embedding_size": D_MODEL}, kind="encoder"),
+    Arch("deberta-v2", _BERT_LIKE, kind="encoder", notes="disentangled attention"),
+    Arch("distilbert", dict(dim=D_MODEL, hidden_dim=D_FF, n_layers=LAYERS, n_heads=HEADS, vocab_size=VOCAB), kind="encoder"),
+    Arch("t5", dict(d_model=D_MODEL, d_ff=D_FF, num_layers=LAYERS, num_heads=HEADS, d_kv=16, vocab_size=VOCAB,
+                    feed_forward_proj="gated-gelu"), kind="seq2seq", notes="encoder + decoder, gated GELU (T5 v1.1)"),
+    Arch("bart", dict(d_model=D_MODEL, encoder_ffn_dim=D_FF, decoder_ffn_dim=D_FF, encoder_layers=LAYERS,
+                      decoder_layers=LAYERS, encoder_attention_heads=HEADS, decoder_attention_heads=HEADS,
+                      vocab_size=VOCAB), kind="seq2seq", notes="encoder + decoder, exact GELU"),
+]
+BY_NAME = {a.name: a for a in ARCHS}
+
+
+def input_ids() -> np.ndarray:
+    """The [2, 16] ids every check runs on (ids >= 5 avoid special tokens)."""
+    return np.random.default_rng(0).integers(5, VOCAB, (2, 16))
+
+
+def build(arch: Arch) -> torch.nn.Module:
+    """The seeded random-init model, with every bias / norm vector jittered so that a tap that
+    misses an added bias cannot pass by accident."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(arch.name, **arch.config)
+    auto = {"causal": AutoModelForCausalLM, "encoder": AutoModel, "seq2seq": AutoModelForSeq2SeqLM}[arch.kind]
+    model = auto.from_config(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def reference(model: torch.nn.Module, arch: Arch, ids: np.ndarray) -> list[np.ndarray]:
+    """The input of every d_ff -> d_model projection, [tokens, d_ff], in call order."""
+    captured: list[np.ndarray] = []
+
+    def hook(_module, args):
+        captured.append(args[0].detach().reshape(-1, args[0].shape[-1]).numpy().copy())
+
+    handles = []
+    for module in model.modules():
+        linear = isinstance(module, torch.nn.Linear) and module.in_features == arch.d_ff and module.out_features != arch.d_ff
+        conv1d = type(module).__name__ == "Conv1D" and module.weight.shape[0] == arch.d_ff  # GPT-2 style [in, out]
+        if linear or conv1d:
+            handles.append(module.register_forward_pre_hook(hook))
+    t = torch.from_numpy(ids)
+    with torch.no_grad():
+        if arch.kind == "seq2seq":
+            model(input_ids=t, decoder_input_ids=t)
+        else:
+            model(input_ids=t)
+    for h in handles:
+        h.remove()
+    return captured
+
+
+def export(model: torch.nn.Module, arch: Arch, folder: Path) -> dict[str, Path]:
+    """optimum export into ``folder``: {"model": ...} or, for seq2seq, {"encoder": ..., "decoder": ...}."""
+    from optimum.exporters.onnx import main_export
+
+    task = {"causal": "text-generation", "encoder": "feature-extraction", "seq2seq": "text2text-generation"}[arch.kind]
+    model.save_pretrained(folder / "hf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main_export(str(folder / "hf"), output=str(folder / "onnx"), task=task, opset=OPSET, device="cpu",
+                    do_validation=False, library_name="transformers")
+    out = folder / "onnx"
+    if arch.kind == "seq2seq":
+        return {"encoder": out / "encoder_model.onnx", "decoder": out / "decoder_model.onnx"}
+    return {"model": out / "model.onnx"}
+
+
+def tap_activations(path: Path, ids: np.ndarray, encoder: Path | None = None) -> tuple[list[int], list[np.ndarray]]:
+    """sui-onnx's side: detected widths and the tapped tensors for ``ids``, [tokens, D] each."""
+    from sui_onnx.graph import find_taps, load_model, tapped_model
+    from sui_onnx.runner import TapRunner
+
+    src = load_model(path)
+    taps = find_taps(src.model)
+    widths = [t.width for t in taps]
+    runner = TapRunner(tapped_model(src, taps).SerializeToString(), [t.tensor for t in taps], "cpu", encoder=encoder)
+    outs = runner.run(ids, widths)
+    return widths, [np.array(o).reshape(-1, o.shape[-1]) for o in outs]
+
+
+def check(arch: Arch, workdir: Path) -> dict:
+    """Export, tap and compare: {"widths", "expected_widths", "max_abs_diff", "files"}."""
+    model = build(arch)
+    ids = input_ids()
+    ref = reference(model, arch, ids)
+    files = export(model, arch, workdir)
+    if arch.kind == "seq2seq":
+        w_enc, enc = tap_activations(files["encoder"], ids)
+        w_dec, dec = tap_activations(files["decoder"], ids, encoder=files["encoder"])
+        widths, got = w_enc + w_dec, enc + dec
+        expected = [arch.d_ff] * (2 * LAYERS)
+    else:
+        widths, got = tap_activations(files["model"], ids)
+        expected = [arch.d_ff] * LAYERS
+    diff = float("inf")
+    if len(got) == len(ref) and all(g.shape == r.shape for g, r in zip(got, ref)):
+        diff = max(float(np.abs(g - r).max()) for g, r in zip(got, ref))
+    return {"widths": widths, "expected_widths": expected, "max_abs_diff": diff, "files": files}
+
+
+def main(argv: list[str] | None = None) -> int:
+    names = (argv if argv is not None else sys.argv[1:]) or [a.name for a in ARCHS]
+    torch.set_num_threads(2)
+    failed = []
+    print(f"{'architecture':14s} {'kind':8s} {'taps':>4s} {'width':>6s} {'max |diff|':>11s}  verdict")
+    for name in names:
+        arch = BY_NAME[name]
+        with tempfile.TemporaryDirectory(prefix=f"sui_arch_{name}_") as tmp:
+            try:
+                res = check(arch, Path(tmp))
+            except Exception as exc:  # report and go on: this is a survey
+                failed.append(name)
+                print(f"{name:14s} {arch.kind:8s} error: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}")
+                continue
+        ok = res["widths"] == res["expected_widths"] and res["max_abs_diff"] < TOLERANCE
+        failed += [] if ok else [name]
+        width = res["widths"][0] if res["widths"] else 0
+        print(f"{name:14s} {arch.kind:8s} {len(res['widths']):4d} {width:6d} {res['max_abs_diff']:11.2e}  "
+              f"{'ok' if ok else 'FAIL'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""Graph detection and tapping on real optimum exports of 22 more Hugging Face architectures
+(decoders, encoders and the T5 / BART encoder-decoders), each against PyTorch hooks on the
+down-projection input. The recipe is models/architectures.py; needs the export stack."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("optimum.exporters.onnx")
+if str(REPO_ROOT) not in sys.path:  # `models` is a repo-root folder, not an installed package
+    sys.path.insert(0, str(REPO_ROOT))
+
+from models import architectures as zoo  # noqa: E402
+
+pytestmark = pytest.mark.export
+
+
+@pytest.mark.parametrize("arch", zoo.ARCHS, ids=[a.name for a in zoo.ARCHS])
+def test_every_ffn_is_found_and_tapped_exactly(arch, tmp_path):
+    res = zoo.check(arch, tmp_path)
+    assert res["widths"] == res["expected_widths"], f"{arch.name}: detected widths {res['widths']}"
+    assert res["max_abs_diff"] < zoo.TOLERANCE, f"{arch.name}: taps differ from the hooks by {res['max_abs_diff']:.3g}"
+
+
+def test_the_survey_fails_when_a_tap_is_wrong(tmp_path, monkeypatch):
+    """The comparison can fail: shift one tapped tensor and the check must notice."""
+    real = zoo.tap_activations
+
+    def shifted(path, ids, encoder=None):
+        widths, outs = real(path, ids, encoder)
+        outs[-1] = outs[-1] + 1e-3
+        return widths, outs
+
+    monkeypatch.setattr(zoo, "tap_activations", shifted)
+    res = zoo.check(zoo.BY_NAME["qwen2"], tmp_path)
+    assert res["max_abs_diff"] >= zoo.TOLERANCE
