@@ -64,14 +64,21 @@ def accumulator_bytes(widths: Sequence[int]) -> int:
     return sum(8 * (w * w + w) for w in widths)
 
 
-def plan_groups(widths: Sequence[int], max_memory: int | None) -> list[list[int]]:
-    """Split tap indices into consecutive groups whose accumulators fit `max_memory`."""
+def plan_groups(widths: Sequence[int], max_memory: int | None, auto: bool = False) -> list[list[int]]:
+    """Split tap indices into consecutive groups whose accumulators fit `max_memory` (``auto``:
+    the cap was derived from the free memory, not given by the user; only the error differs)."""
     if max_memory is None:
         return [list(range(len(widths)))]
     groups: list[list[int]] = [[]]
     used = 0
     for i, w in enumerate(widths):
         need = accumulator_bytes([w])
+        if need > max_memory and auto:
+            raise SuiError(
+                f"not enough memory for one layer's statistics ({need / 2**30:.2f} GiB for D={w}; "
+                f"{max_memory / 2**30:.2f} GiB may be used once the model is loaded): free memory, "
+                "or pass --max-memory to try anyway"
+            )
         if need > max_memory:
             raise SuiError(
                 f"--max-memory {max_memory / 2**20:.0f} MiB is below one tap's statistics "
@@ -177,12 +184,17 @@ def _run(src, taps, stream: CalibrationStream, calib: CalibrationSpec, opts: Ana
     from .runner import TapRunner
 
     widths = [t.width for t in taps]
-    groups = plan_groups(widths, opts.max_memory)
+    budget, auto = opts.max_memory, opts.max_memory is None
+    if auto:
+        budget = _memory_budget(src, widths, calib, opts.device)
     results: list[Any] = [None] * len(taps)
-    state = _RunState.start(opts, src.sha256, taps, calib, stream)
+    # on --resume without --max-memory the checkpoint's plan is kept (free memory may have changed)
+    state = _RunState.start(opts, src.sha256, taps, calib, stream, groups=plan_groups(widths, budget, auto))
+    groups = state.identity["groups"]
     if opts.precision not in ("fp32", "fp64"):
         raise SuiError(f"--precision must be fp32 or fp64, got {opts.precision!r}")
-    runtime: dict[str, Any] = {"device": None, "providers": [], "passes": len(groups), "precision": opts.precision}
+    runtime: dict[str, Any] = {"device": None, "providers": [], "passes": len(groups), "precision": opts.precision,
+                               "max_memory": budget, "max_memory_source": "auto" if auto else "option"}
     with _StopOnSignal() as stop:
         for g, group in enumerate(groups):
             if g < state.group:  # finished before a resume
@@ -255,6 +267,16 @@ def _run(src, taps, stream: CalibrationStream, calib: CalibrationSpec, opts: Ana
     return results, runtime, calibration
 
 
+def _memory_budget(src, widths: Sequence[int], calib: CalibrationSpec, device: str) -> int | None:
+    """The statistics cap when --max-memory is not given (sui_onnx/memory.py): half of the memory
+    left once the model is loaded, on the GPU for CUDA runs."""
+    from .memory import default_max_memory
+    from .runner import import_onnxruntime
+
+    cuda = device != "cpu" and "CUDAExecutionProvider" in import_onnxruntime().get_available_providers()
+    return default_max_memory(src.model, widths, calib.batch_size * calib.seq_len, cuda)
+
+
 def _finalize(acc: CovarianceAccumulator) -> tuple[int, np.ndarray | None, list[str], str]:
     """(n, eigenvalues or None, flags, message) for one accumulator."""
     if acc.n < 2:
@@ -323,7 +345,8 @@ class _RunState:
         self.identity: dict[str, Any] = {}
 
     @classmethod
-    def start(cls, opts: AnalysisOptions, sha: str, taps, calib: CalibrationSpec, stream) -> "_RunState":
+    def start(cls, opts: AnalysisOptions, sha: str, taps, calib: CalibrationSpec, stream,
+              groups: list[list[int]] | None = None) -> "_RunState":
         st = cls()
         st.identity = {
             "model_sha256": sha,
@@ -334,6 +357,7 @@ class _RunState:
             "sources": [str(s) for s in stream.sources],
             "token_budget": stream.budget,
             "max_memory": opts.max_memory,
+            "groups": groups,
         }
         if opts.encoder is not None:  # absent for other models, so their checkpoints stay as they were
             st.identity["encoder_sha256"] = opts.extra_provenance.get("encoder", {}).get("sha256")
@@ -344,7 +368,12 @@ class _RunState:
     def _load(self, path: Path) -> None:
         accs, meta = load_accumulators(path)
         ident = meta.get("identity", {})
+        planned = ident.get("groups")
+        if self.identity["max_memory"] is None and ident.get("max_memory") is None and _is_plan(planned, self.identity):
+            self.identity["groups"] = planned  # automatic cap: keep the interrupted run's passes
         for key, value in self.identity.items():
+            if key == "groups" and planned is None:
+                continue  # a checkpoint from before plans were recorded: max_memory decides
             if ident.get(key) != value:
                 raise SuiError(
                     f"--resume {path}: checkpoint was made with a different {key.replace('_', ' ')} "
@@ -395,6 +424,15 @@ class _RunState:
             to_save = list(final_accs[1])  # one-pass run: keep the full statistics for merging
             meta["mergeable"] = True
         save_accumulators(path, to_save, meta)
+
+
+def _is_plan(groups: Any, identity: dict) -> bool:
+    """True when ``groups`` splits this run's taps, in order, into non-empty passes."""
+    try:
+        flat = [int(i) for g in groups for i in g]
+        return all(len(g) for g in groups) and flat == list(range(len(identity["taps"])))
+    except TypeError:
+        return False
 
 
 def _load_stats(path: Path, sha: str, names, widths):

@@ -202,7 +202,7 @@ def run_on_ray(src, taps, calib: CalibrationSpec, opts, max_retries: int = MAX_R
         "tokenizer": "tokenizer.json" if stream.tokenizer is not None else None,
     }
     if opts.checkpoint:  # the finished statistics, in the format --stats and `merge` read
-        state = _RunState.start(opts, src.sha256, taps, calib, stream)
+        state = _RunState.start(opts, src.sha256, taps, calib, stream, groups=groups)
         state.save(opts.checkpoint, len(groups), [], 0, 0, all_bad, results, complete=True,
                    final_accs=(groups[-1], last_accs))
     return results, runtime, calibration

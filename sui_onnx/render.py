@@ -31,6 +31,10 @@ def _fmt(value: Any, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def header(report: Report) -> Panel:
     m, c, r = report.model, report.calibration, report.runtime
     lines = [
@@ -40,6 +44,14 @@ def header(report: Report) -> Panel:
         f"[bold]run[/]    {r.get('device', '-')} ({', '.join(r.get('providers', [])) or '-'}) · "
         f"{r.get('elapsed_s', 0):.1f} s · {r.get('tokens_per_s', 0) or 0:,.0f} tok/s · site {report.settings.get('site')}",
     ]
+    if m.get("encoder"):
+        lines.insert(1, f"[bold]enc[/]    {m['encoder'].get('path')}  [dim]sha256 {str(m['encoder'].get('sha256', ''))[:12]}[/]")
+    if (r.get("passes") or 1) > 1:
+        why = ("statistics over half the free memory" if r.get("max_memory_source") == "auto"
+               else "--max-memory")
+        cap = r.get("max_memory")
+        lines.append(f"[yellow]{r['passes']} passes over the calibration data ({why}"
+                     + (f": {_size(cap)} cap" if cap else "") + ")[/]")
     if m.get("dequantized_from"):
         lines.append(f"[yellow]weights dequantized from {m['dequantized_from']}[/]")
     return Panel("\n".join(lines), title="sui-onnx report", title_align="left", box=box.ROUNDED)

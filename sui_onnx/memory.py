@@ -1,0 +1,90 @@
+"""How much memory a run may give to the D x D statistics when --max-memory is not set.
+
+The statistics are 8 (D^2 + D) bytes per tap, whatever the number of tokens; for a large model
+(LLaMA-7B: 32 taps of D = 11008, 31 GiB) that alone can exceed the machine. The default cap is half
+of what is left once the model is loaded: the memory available now (Linux MemAvailable, lowered to
+the cgroup limit of a container), less the weights (onnxruntime's copy plus the serialized graph
+handed to it) and one batch of float32 tap outputs. Above the cap the taps are analyzed in several
+passes (analyze.plan_groups); the numbers do not change, only the run time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+SHARE = 0.5  # of the memory left after the model, for the statistics
+_UNLIMITED = 1 << 60  # cgroup v1 reports "no limit" as a huge number
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def available_host_memory(proc: Path = Path("/proc"), cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Bytes this process can still allocate, or None where that cannot be read (not Linux)."""
+    avail = None
+    try:
+        for line in (proc / "meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        avail = None
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    # a container's limit: cgroup v2 (memory.max / memory.current), else v1
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        limit, usage = _read_int(cgroup / limit_file), _read_int(cgroup / usage_file)
+        if limit is not None and usage is not None and limit < _UNLIMITED:
+            avail = min(avail, max(0, limit - usage))
+            break
+    return avail
+
+
+def available_device_memory() -> int | None:
+    """Free bytes on the current CUDA device (CuPy), or None."""
+    try:
+        from .xp import cuda_namespace
+
+        cp = cuda_namespace()
+        return int(cp.cuda.runtime.memGetInfo()[0])
+    except Exception:  # no usable GPU: the caller falls back to host memory
+        return None
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the model's initializers, embedded or in external data (declared lengths)."""
+    from .graph.source import all_tensors, external_info
+
+    total = 0
+    for t in all_tensors(model.graph):
+        length = external_info(t).get("length")
+        if length and length.isdigit():
+            total += int(length)
+        else:
+            total += len(t.raw_data) or t.ByteSize()
+    return total
+
+
+def default_max_memory(model, widths: Sequence[int], batch_tokens: int, cuda: bool,
+                       available: int | None = None) -> int | None:
+    """The statistics cap to use when none was given; None when available memory is unknown."""
+    if available is None:
+        available = available_device_memory() if cuda else None
+        if available is None:
+            available = available_host_memory()
+    if available is None:
+        return None
+    weights = weight_bytes(model)
+    left = available - (weights if cuda else 2 * weights) - 4 * batch_tokens * sum(widths)
+    return max(0, int(left * SHARE))
