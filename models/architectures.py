@@ -133,11 +133,13 @@ def reference(model: torch.nn.Module, arch: Arch, ids: np.ndarray) -> list[np.nd
     return captured
 
 
-def export(model: torch.nn.Module, arch: Arch, folder: Path) -> dict[str, Path]:
-    """optimum export into ``folder``: {"model": ...} or, for seq2seq, {"encoder": ..., "decoder": ...}."""
+def export(model: torch.nn.Module, arch: Arch, folder: Path, with_past: bool = False) -> dict[str, Path]:
+    """optimum export into ``folder``: {"model": ...} or, for seq2seq, {"encoder": ..., "decoder": ...}
+    (``with_past``: also "decoder_merged" and "decoder_with_past", optimum's KV-cache variants)."""
     from optimum.exporters.onnx import main_export
 
     task = {"causal": "text-generation", "encoder": "feature-extraction", "seq2seq": "text2text-generation"}[arch.kind]
+    task += "-with-past" if with_past else ""
     model.save_pretrained(folder / "hf")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -145,7 +147,10 @@ def export(model: torch.nn.Module, arch: Arch, folder: Path) -> dict[str, Path]:
                     do_validation=False, library_name="transformers")
     out = folder / "onnx"
     if arch.kind == "seq2seq":
-        return {"encoder": out / "encoder_model.onnx", "decoder": out / "decoder_model.onnx"}
+        files = {"encoder": out / "encoder_model.onnx", "decoder": out / "decoder_model.onnx"}
+        if with_past:
+            files.update(decoder_merged=out / "decoder_model_merged.onnx", decoder_with_past=out / "decoder_with_past_model.onnx")
+        return files
     return {"model": out / "model.onnx"}
 
 

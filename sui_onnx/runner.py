@@ -27,6 +27,7 @@ _ORT_TO_NUMPY = {
 }
 _PAST = re.compile(r"(past|cache)", re.IGNORECASE)
 _ENCODER_STATES = re.compile(r"^encoder_(hidden_states|outputs?)$", re.IGNORECASE)
+_CROSS_PAST = re.compile(r"(\.encoder\.|cross)", re.IGNORECASE)  # cached cross-attention keys/values
 ENCODER_FILE = "encoder_model.onnx"  # optimum's name for a seq2seq model's encoder
 
 
@@ -145,6 +146,15 @@ class FeedBuilder:
                     "input_ids, attention_mask, position_ids, token_type_ids, past key/values, "
                     "use_cache_branch and a seq2seq decoder's encoder_hidden_states"
                 )
+
+        cross = next((i.name for i in self.inputs if self._role(i) == "past" and _CROSS_PAST.search(i.name)), None)
+        if cross and not self.needs_encoder:
+            # an empty cache here would leave cross-attention nothing to attend to: wrong numbers
+            raise CalibrationError(
+                f"model input {cross!r}: this decoder reads the encoder's keys/values only from its cache "
+                "(optimum's decoder_with_past_model.onnx); analyze decoder_model.onnx or "
+                "decoder_model_merged.onnx instead"
+            )
 
     @property
     def needs_encoder(self) -> str | None:

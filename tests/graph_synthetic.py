@@ -417,15 +417,21 @@ def default_feeds(model: onnx.ModelProto, ids: np.ndarray) -> dict[str, np.ndarr
     return feeds
 
 
-def merged_decoder(model: onnx.ModelProto, cond: str = "use_cache_branch") -> onnx.ModelProto:
+def merged_decoder(model: onnx.ModelProto, cond: str = "use_cache_branch",
+                   else_keeps_output_names: bool = False) -> onnx.ModelProto:
     """Wrap a decoder like optimum's merged export: If(cond) with two copies of the graph as
-    then ("with_past/") and else ("no_past/") branches reading the outer inputs/weights."""
+    then ("with_past/") and else ("no_past/") branches reading the outer inputs/weights.
+    ``else_keeps_output_names``: the else branch's outputs carry the If's own output names, as
+    in optimum's merged T5 decoder."""
     g = model.graph
     outer = {t.name for t in g.initializer} | {i.name for i in g.input}
+    out_names = {o.name for o in g.output}
 
     def branch(prefix: str) -> onnx.GraphProto:
+        keep = else_keeps_output_names and prefix == "no_past/"
+
         def rename(n: str) -> str:
-            return n if (not n or n in outer) else prefix + n
+            return n if (not n or n in outer or (keep and n in out_names)) else prefix + n
         nodes = []
         for node in g.node:
             copy = onnx.NodeProto()
@@ -440,8 +446,13 @@ def merged_decoder(model: onnx.ModelProto, cond: str = "use_cache_branch") -> on
         for o in g.output:
             vi = onnx.ValueInfoProto()
             vi.CopyFrom(o)
-            vi.name = prefix + o.name
+            vi.name = rename(o.name)
             outs.append(vi)
+        if keep:  # as in optimum's T5 export, compute nodes (not Identity) write the outputs
+            for ident in [n for n in nodes if n.op_type == "Identity" and n.output[0] in out_names]:
+                for other in nodes:
+                    other.output[:] = [ident.output[0] if o == ident.input[0] else o for o in other.output]
+                nodes.remove(ident)
         return helper.make_graph(nodes, prefix.strip("/"), [], outs)
 
     if_node = helper.make_node("If", [cond], [o.name for o in g.output], name="optimum::if",

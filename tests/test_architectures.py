@@ -4,6 +4,7 @@ down-projection input. The recipe is models/architectures.py; needs the export s
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -40,3 +41,24 @@ def test_the_survey_fails_when_a_tap_is_wrong(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "tap_activations", shifted)
     res = zoo.check(zoo.BY_NAME["qwen2"], tmp_path)
     assert res["max_abs_diff"] >= zoo.TOLERANCE
+
+
+def test_t5_kv_cache_exports_merged_decoder_equals_hooks_and_cache_only_decoder_is_refused(tmp_path):
+    """optimum's with-past seq2seq export: decoder_model_merged.onnx (an If on use_cache_branch whose
+    no-past branch names its outputs like the If) is inlined and tapped exactly;
+    decoder_with_past_model.onnx, whose cross-attention reads only cached encoder keys, is refused
+    (an empty cache would give wrong numbers)."""
+    import numpy as np
+
+    arch = zoo.BY_NAME["t5"]
+    model = zoo.build(arch)
+    ids = zoo.input_ids()
+    ref = zoo.reference(model, arch, ids)[zoo.LAYERS:]  # the decoder's layers
+    files = zoo.export(model, arch, tmp_path, with_past=True)
+    widths, got = zoo.tap_activations(files["decoder_merged"], ids, encoder=files["encoder"])
+    assert widths == [arch.d_ff] * zoo.LAYERS
+    assert max(float(np.abs(g - r).max()) for g, r in zip(got, ref)) < zoo.TOLERANCE
+    np.save(tmp_path / "ids.npy", ids)
+    r = subprocess.run([sys.executable, "-m", "sui_onnx", "report", str(files["decoder_with_past"]),
+                        "--calib", str(tmp_path / "ids.npy"), "-q"], capture_output=True, text=True)
+    assert r.returncode == 2 and "decoder_with_past_model.onnx" in r.stderr and "Traceback" not in r.stderr

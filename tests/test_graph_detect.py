@@ -178,9 +178,12 @@ def test_attention_only_and_linear_mlp_are_not_ffn():
         find_taps(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
 
 
-def test_merged_decoder_uses_no_past_branch():
+@pytest.mark.parametrize("same_names", [False, True], ids=["renamed_outputs", "shared_output_names"])
+def test_merged_decoder_uses_no_past_branch(same_names):
+    """Also when the no-past branch's outputs share the If's names (optimum's merged T5 decoder:
+    inlining must not add an Identity from a tensor to itself, which once hung detection)."""
     s = synthetic("swiglu")
-    merged = merged_decoder(s.model)
+    merged = merged_decoder(s.model, else_keeps_output_names=same_names)
     for site in ("post", "pre"):
         taps = find_taps(merged, site)
         assert len(taps) == s.n_layers and all(t.tensor.startswith("no_past/") for t in taps)
@@ -190,6 +193,16 @@ def test_merged_decoder_uses_no_past_branch():
         assert [i.name for i in tapped.graph.input] == [i.name for i in merged.graph.input]
         for got, want in zip(run(tapped), s.reference(IDS)[site]):
             np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_an_identity_cycle_is_a_one_line_error_not_a_hang():
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["b"], ["a"]), helper.make_node("Identity", ["a"], ["b"]),
+         helper.make_node("Relu", ["a"], ["y"])],
+        "cycle", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    with pytest.raises(ModelError, match="cycle"):
+        find_taps(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
 
 
 def test_unrecognised_if_subgraph_names_the_file_to_use():

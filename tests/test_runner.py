@@ -49,6 +49,32 @@ def test_feeds_cover_every_declared_input():
     assert feeds["use_cache_branch"].tolist() == [False]
 
 
+def test_seq2seq_decoder_feeds_take_the_encoder_states():
+    dec = [_Input("encoder_attention_mask", "tensor(int64)", ["b", "e"]), _Input("input_ids", "tensor(int64)", ["b", "s"]),
+           _Input("encoder_hidden_states", "tensor(float)", ["b", "e", 4])]
+    fb = FeedBuilder(dec)
+    assert fb.needs_encoder == "encoder_hidden_states"
+    states = np.ones((2, 3, 4), dtype=np.float64)
+    feeds = fb(np.zeros((2, 3), dtype=np.int64), states)
+    assert feeds["encoder_hidden_states"].dtype == np.float32 and feeds["encoder_hidden_states"].shape == (2, 3, 4)
+    assert feeds["encoder_attention_mask"].tolist() == [[1, 1, 1]] * 2
+    with pytest.raises(CalibrationError, match="--encoder"):
+        fb(np.zeros((2, 3), dtype=np.int64))
+    # a merged decoder: cached cross-attention inputs are fine when encoder states are fed too
+    past = [_Input("past_key_values.0.encoder.key", "tensor(float)", ["b", 2, "e", 2]),
+            _Input("use_cache_branch", "tensor(bool)", [1])]
+    assert FeedBuilder(dec + past).needs_encoder == "encoder_hidden_states"
+
+
+def test_a_decoder_that_reads_cross_attention_only_from_its_cache_is_refused():
+    """decoder_with_past_model.onnx: an empty cache would give cross-attention nothing to attend
+    to, and silently wrong activations."""
+    with pytest.raises(CalibrationError, match="decoder_model.onnx"):
+        FeedBuilder([_Input("input_ids", "tensor(int64)", ["b", "s"]),
+                     _Input("past_key_values.0.decoder.key", "tensor(float)", ["b", 2, "p", 2]),
+                     _Input("past_key_values.0.encoder.key", "tensor(float)", ["b", 2, "e", 2])])
+
+
 def test_unfeedable_inputs_are_named():
     with pytest.raises(CalibrationError, match="pixel_values"):
         FeedBuilder([_Input("pixel_values", "tensor(float)", ["b", 3, 224, 224])])

@@ -26,6 +26,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..errors import ModelError
+
 # Nodes that pass their first input through unchanged (at inference time).
 ALIAS_OPS = frozenset({"Identity", "Dropout"})
 # Nodes whose output depends only on input shapes, never on input values.
@@ -215,6 +217,8 @@ class GraphIndex:
         while name in self._alias:
             seen.append(name)
             name = self._alias[name]
+            if len(seen) > len(self._alias):
+                raise ModelError(f"Identity nodes form a cycle through {seen[0]!r}: the graph is malformed")
         for s in seen[:-1]:
             self._alias[s] = name
         return name

@@ -286,7 +286,7 @@ def inline_no_past_branch(model: onnx.ModelProto) -> onnx.ModelProto | None:
         if k == n:
             fg.node.extend(branch.node)
             for src, dst in zip(branch.output, node.output):
-                if dst:
+                if dst and dst != src.name:  # same name: the branch's node already makes it
                     fg.node.append(onnx.helper.make_node("Identity", [src.name], [dst], name=f"sui_inline_{dst}"))
         else:
             fg.node.append(other)
