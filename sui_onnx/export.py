@@ -68,7 +68,7 @@ class ExportOptions:
 
     out_dir: Path
     model_dir: Path | None = None
-    task: str | None = None             # optimum task; default text-generation
+    task: str | None = None             # optimum task; default from config.json (default_task)
     with_past: bool = False             # the KV-cache variant (<task>-with-past)
     site: str = "post"                  # post | pre | both
     opset: int | None = None            # None: optimum's default / 18 for torch modules
@@ -218,6 +218,16 @@ def validate(opts: ExportOptions) -> None:
             raise SuiError(f"MODEL_DIR {opts.model_dir} is not a folder")
     else:
         check_model_dir(opts.model_dir)
+        config = _read_config(opts.model_dir)
+        if config.get("is_encoder_decoder") and (opts.task is None or _base_task(opts.task) == "text2text-generation"):
+            raise SuiError(
+                f"MODEL_DIR {opts.model_dir} is an encoder-decoder ({config.get('model_type', '?')}): sui-onnx export "
+                "writes single-graph models. Export it with `optimum-cli export onnx --model MODEL_DIR "
+                "--task text2text-generation OUT`, then run `sui-onnx report OUT/decoder_model.onnx` (its "
+                "encoder is found beside it) or `sui-onnx report OUT/encoder_model.onnx`"
+            )
+        if opts.task is None:
+            opts.task = default_task(config)
     if opts.factory_kwargs and not opts.torch_module:
         raise SuiError("--factory-kwargs needs --torch-module")
     check_out_dir(opts.out_dir, opts.force, [p for p in (opts.model_dir, opts.gguf) if p is not None])
@@ -289,6 +299,28 @@ def require_extra(*modules: str) -> None:
         except ImportError as exc:
             missing = getattr(exc, "name", None) or name
             raise SuiError(f"export needs {missing}, which is not installed; install the export extra: {INSTALL_HINT}") from None
+
+
+def _read_config(model_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SuiError(f"MODEL_DIR {model_dir}: config.json is not readable JSON ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise SuiError(f"MODEL_DIR {model_dir}: config.json is not a JSON object")
+    return data
+
+
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def default_task(config: dict[str, Any]) -> str:
+    """The optimum task when --task is not given: text-generation for causal LMs (and configs
+    that name no architecture), feature-extraction for encoder models (BertModel, ...ForMaskedLM)."""
+    archs = [str(a) for a in config.get("architectures") or []]
+    if not archs or any(a.endswith(_CAUSAL_SUFFIXES) for a in archs):
+        return DEFAULT_TASK
+    return "feature-extraction"
 
 
 def _base_task(task: str) -> str:

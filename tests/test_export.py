@@ -157,6 +157,40 @@ def test_flag_errors_exit_2(tmp_path, capsys, args, message):
     assert rc == 2 and message in err, err
 
 
+@pytest.mark.parametrize("config, task", [
+    ({"architectures": ["GPT2LMHeadModel"]}, "text-generation"),
+    ({"architectures": ["LlamaForCausalLM"]}, "text-generation"),
+    ({"architectures": ["Gemma3ForConditionalGeneration"]}, "text-generation"),
+    ({"architectures": ["BertModel"]}, "feature-extraction"),
+    ({"architectures": ["RobertaForMaskedLM"]}, "feature-extraction"),
+    ({"model_type": "gpt2"}, "text-generation"),  # no architectures: the historical default
+])
+def test_default_task_follows_the_config(config, task):
+    from sui_onnx.export import default_task
+
+    assert default_task(config) == task
+
+
+@pytest.mark.parametrize("task", [None, "text2text-generation-with-past"])
+def test_encoder_decoder_folder_says_how_to_export_it(tmp_path, capsys, task):
+    model = tmp_path / "t5"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "t5", "is_encoder_decoder": True,
+                                                   "architectures": ["T5ForConditionalGeneration"]}))
+    rc, _, err = _run(capsys, "export", model, tmp_path / "out", *(["--task", task] if task else []))
+    assert rc == 2 and err.count("\n") == 1
+    assert "encoder-decoder (t5)" in err and "optimum-cli export onnx" in err and "decoder_model.onnx" in err
+    assert not (tmp_path / "out").exists() and not _leftovers(tmp_path)
+
+
+def test_unreadable_config_json_exits_2(tmp_path, capsys):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{not json")
+    rc, _, err = _run(capsys, "export", model, tmp_path / "out")
+    assert rc == 2 and "config.json" in err and err.count("\n") == 1
+
+
 def test_not_a_gguf_file_exits_2(tmp_path, capsys):
     bogus = tmp_path / "model.gguf"
     bogus.write_bytes(b"PK\x03\x04 not gguf")
@@ -171,7 +205,7 @@ def test_not_a_gguf_file_exits_2(tmp_path, capsys):
 @pytest.mark.parametrize("family, flags, sites", [
     ("gpt2", [], ["post"]),
     ("llama", ["--site", "both"], ["post", "pre"]),
-    ("bert", ["--task", "feature-extraction", "--site", "pre"], ["pre"]),
+    ("bert", ["--site", "pre"], ["pre"]),  # no --task: feature-extraction, from config.json
 ])
 def test_hf_export_taps_match_pytorch_hooks(tmp_path, capsys, family, flags, sites):
     _export_stack()
@@ -190,6 +224,7 @@ def test_hf_export_taps_match_pytorch_hooks(tmp_path, capsys, family, flags, sit
     assert summary["metadata"]["sui_onnx.source"] == model_dir.name
     assert Path(summary["log"]) == tmp_path / "out.export.log" and Path(summary["log"]).is_file()
     assert {t["site"] for t in summary["taps"]} == set(sites) and all(t["width"] == 128 for t in summary["taps"])
+    assert summary["task"] == ("feature-extraction" if family == "bert" else "text-generation")
     ids = _ids(512)
     ref = capture_ffn(build_model(family, 64, 2, 128, 512, seed=0), family, torch.from_numpy(ids))
     got = _tap_outputs(out / "model.tapped.onnx", summary, ids)

@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="output folder (must not exist or be empty, unless --force)")
     g = p.add_argument_group("what to export")
     g.add_argument("--task", metavar="TASK",
-                   help="optimum task (default text-generation; feature-extraction, fill-mask, ... for encoders)")
+                   help="optimum task (default: text-generation for causal LMs, feature-extraction for encoder models, from config.json)")
     g.add_argument("--with-past", action="store_true",
                    help="export the KV-cache variant (TASK-with-past: past_key_values inputs and present outputs)")
     g.add_argument("--gguf", type=Path, metavar="FILE",
