@@ -159,3 +159,16 @@ def test_non_finite_shard_stops_the_tap_like_the_single_process_run():
             states.append(acc.state())
         _merge_shard(accs, bad, [0, 1], states, {"bad": {"1": "NaN in tap b"} if shard == 1 else {}})
     assert accs[0].n == 15 and accs[1].n == 10 and bad == {1: "NaN in tap b"}
+
+
+@pytest.mark.ray
+def test_seq2seq_decoder_on_ray_equals_the_single_process_run(ray_local, tmp_path):
+    """The workers run the decoder's encoder too (found beside it, passed by path)."""
+    from .onnx_builders import tiny_seq2seq
+
+    tiny_seq2seq(64).save(tmp_path)
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.random.default_rng(1).integers(0, 64, (10, 12)))
+    local, dist = run_both(tmp_path / "decoder_model.onnx", CalibrationSpec([ids], batch_size=2), ray_shards=3)
+    assert_same_spectra(local, dist)
+    assert dist.model["encoder"] == local.model["encoder"]
