@@ -132,3 +132,15 @@ def test_encoder_errors_are_one_line_exit_2_and_touch_nothing(pair, tmp_path, ca
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert expect in r.stderr
     assert _snapshot(work) == before  # nothing written, nothing changed
+
+
+@pytest.mark.parametrize("command", ["report", "check"])
+def test_an_output_never_overwrites_the_encoder_found_beside_the_decoder(pair, tmp_path, command):
+    _, folder, ids_path = pair
+    work = tmp_path / "w"
+    shutil.copytree(folder, work)
+    before = _snapshot(work)
+    extra = ["--json"] if command == "report" else ["--min-sui", "0.1", "--junit"]
+    r = cli(command, work / "decoder_model.onnx", "--calib", ids_path, *extra, work / "encoder_model.onnx")
+    assert r.returncode == 2 and "input of this run" in r.stderr
+    assert _snapshot(work) == before

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .. import gate
 from ..errors import ConfigError, SuiError
-from .options import (TokenProgress, add_analysis_args, analysis_options, calibration_spec, guard_outputs, make_console, write_text_atomic)
+from .options import (TokenProgress, add_analysis_args, analysis_options, calibration_spec, companion_encoder, guard_outputs, make_console, write_text_atomic)
 
 # flag dest -> config key; values are validated by gate.validate_value (one definition)
 THRESHOLD_FLAGS = {
@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     named = [o.resolve() for o in outputs if o is not None and str(o) != "-"]
     if len(named) != len(set(named)):
         raise SuiError("two outputs name the same file")
-    guard_outputs([target, thresholds.baseline, config_path, *args.calib, args.encoder, args.resume, args.stats], outputs)
+    guard_outputs([target, companion_encoder(target), thresholds.baseline, config_path, *args.calib, args.encoder,
+                   args.resume, args.stats], outputs)
     if is_report and args.save_report is not None:
         raise SuiError("--save-report needs a model to analyze; the target is already a report")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .options import (TokenProgress, add_analysis_args, analysis_options, calibration_spec, guard_outputs, make_console, model_argument, write_text_atomic)
+from .options import (TokenProgress, add_analysis_args, analysis_options, calibration_spec, companion_encoder, guard_outputs, make_console, model_argument, write_text_atomic)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = model_argument(args)
     outputs = [args.json, args.spectra, args.markdown, args.checkpoint]
-    guard_outputs([model, *args.calib, args.encoder, args.resume, args.stats], outputs)
+    guard_outputs([model, companion_encoder(model), *args.calib, args.encoder, args.resume, args.stats], outputs)
     if args.plot is not None:
         from ..plots import require_matplotlib
 
