@@ -5,7 +5,17 @@ import numpy as np
 import pytest
 
 from sui_onnx.errors import NumericalError, SuiError
-from sui_onnx.spectrum import CovarianceAccumulator, load_accumulators, save_accumulators
+import sui_onnx.spectrum as spectrum
+from sui_onnx.spectrum import CovarianceAccumulator, load_accumulators, lower_gram, save_accumulators, symmetric_from_lower
+
+
+@pytest.fixture(autouse=True, params=["leaf_default", "leaf_3"])
+def gram_leaf(request, monkeypatch):
+    """Every test runs twice: products as one block (these widths are below GRAM_LEAF) and split
+    into blocks of at most 3 columns, so the blocked lower-triangle path meets every property."""
+    if request.param == "leaf_3":
+        monkeypatch.setattr(spectrum, "GRAM_LEAF", 3)
+    return request.param
 
 
 def two_pass_eigs(x):
@@ -267,3 +277,26 @@ def test_non_finite_rows_after_the_first_batch_are_rejected():
     with pytest.raises(NumericalError, match="NaN or Inf"):
         acc.update(bad)
     assert acc.n == 4
+
+
+@pytest.mark.parametrize("d, leaf", [(5, 768), (9, 3), (37, 8), (800, 768), (1030, 768), (300, 64)])
+def test_lower_gram_equals_the_full_product_in_the_lower_triangle(d, leaf):
+    x = np.random.default_rng(d).standard_normal((50, d)).astype(np.float32)
+    got = lower_gram(x, np, leaf)
+    ref = x.astype(np.float64).T @ x.astype(np.float64)
+    np.testing.assert_allclose(np.tril(got), np.tril(ref), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(symmetric_from_lower(got), ref, rtol=1e-5, atol=1e-4)
+    if d > leaf:  # blocks split: above the diagonal blocks nothing was computed
+        assert got[0, d - 1] == 0.0
+
+
+def test_state_and_covariance_are_symmetric_although_only_the_lower_triangle_is_kept(monkeypatch):
+    monkeypatch.setattr(spectrum, "GRAM_LEAF", 4)
+    x = np.random.default_rng(0).standard_normal((200, 11))
+    acc = CovarianceAccumulator(11)
+    acc.update(x[:120].astype(np.float32))
+    acc.update(x[120:].astype(np.float32))
+    g = acc.state()["gram"]
+    assert acc.gram[0, 10] == 0.0 and g[0, 10] != 0.0  # kept: lower triangle; state(): mirrored
+    np.testing.assert_array_equal(g, g.T)
+    np.testing.assert_allclose(acc.covariance(), np.cov(x, rowvar=False), rtol=1e-5, atol=1e-6)
