@@ -250,6 +250,8 @@ def _run(src, taps, stream: CalibrationStream, calib: CalibrationSpec, opts: Ana
                 ) from None
             state.bad.update(bad)
             for j, i in enumerate(group):
+                if opts.progress:  # eigvalsh of a wide layer takes seconds to minutes: say so
+                    opts.progress(tokens_done, stream.budget, f"{desc}: eigenvalues {j + 1}/{len(group)}")
                 results[i] = (accs[j].n, None, ["non_finite"], bad[i]) if i in bad else _finalize(accs[j])
             if opts.checkpoint:
                 state.save(opts.checkpoint, g + 1, [], 0, 0, state.bad, results, complete=g + 1 == len(groups),

@@ -159,6 +159,8 @@ def run_on_ray(src, taps, calib: CalibrationSpec, opts, max_retries: int = MAX_R
                     _merge_shard(accs, bad, group, state, meta)
                     del state
                 for j, i in enumerate(group):
+                    if opts.progress:
+                        opts.progress(min(tasks.tokens_done, total), total, f"ray: eigenvalues {j + 1}/{len(group)}")
                     results[i] = (accs[j].n, None, ["non_finite"], bad[i]) if i in bad else _finalize(accs[j])
                 all_bad.update(bad)
                 last_accs = accs

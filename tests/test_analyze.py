@@ -175,3 +175,14 @@ def test_accumulation_memory_does_not_grow_with_tokens(tmp_path):
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert peaks[1] < 1.15 * peaks[0], peaks
+
+
+def test_progress_names_the_eigenvalue_phase(tmp_path):
+    """After the last batch the bar would sit at 100% while eigvalsh runs (minutes for wide
+    layers); the description says which layer is being solved."""
+    ids_path = token_ids(tmp_path / "ids.npy", n_seq=4, seq=16)
+    seen = []
+    analyze(FIXTURES / "llama_w128", CalibrationSpec([ids_path]),
+            AnalysisOptions(device="cpu", progress=lambda done, total, desc: seen.append((done, total, desc))))
+    assert [d for _, _, d in seen][-2:] == ["calibrating: eigenvalues 1/2", "calibrating: eigenvalues 2/2"]
+    assert seen[-1][0] == seen[-1][1] == 64
