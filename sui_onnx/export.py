@@ -15,7 +15,10 @@ Three sources, one output layout:
 What lands in OUT_DIR: ``model.onnx`` (plus ``model.onnx_data`` when optimum writes external
 data for models over 2 GB), ``model.tapped.onnx`` (the FFN activations as outputs, written by
 :func:`sui_onnx.graph.write_tapped` beside the model so that it references the same external
-data), the tokenizer files, and optimum's ``config.json`` / ``generation_config.json``.
+data), the tokenizer files, and optimum's ``config.json`` / ``generation_config.json``. An
+encoder-decoder (T5, BART: task ``text2text-generation``) gives optimum's ``encoder_model.onnx``
+and ``decoder_model.onnx`` (with ``--with-past`` also ``decoder_model_merged.onnx`` and
+``decoder_with_past_model.onnx``), each of the first two with its ``*.tapped.onnx`` copy.
 Everything is written into a temporary folder beside OUT_DIR and renamed at the end: a failed
 or interrupted export leaves OUT_DIR as it was.  Everything the exporters print or log goes to
 ``<OUT_DIR>.export.log``.
@@ -47,7 +50,8 @@ DTYPES = ("fp32", "fp16")
 DEFAULT_TASK = "text-generation"
 TORCH_OPSET = 18
 MODEL_FILE = "model.onnx"
-TAPPED_FILE = "model.tapped.onnx"
+ENCODER_FILE, DECODER_FILE = "encoder_model.onnx", "decoder_model.onnx"  # optimum's seq2seq layout
+SEQ2SEQ_TASK = "text2text-generation"
 DATA_FILE = "model.onnx_data"
 _TWO_GB = 2**31 - 2**24  # protobuf's 2 GiB limit, with room for the graph itself
 
@@ -96,6 +100,7 @@ class ExportResult:
     exporter: str = ""
     task: str | None = None
     tap_error: str | None = None        # the export landed but no tap could be written
+    encoder: "ExportResult | None" = None  # seq2seq: the encoder's model, tapped copy and taps
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -105,7 +110,19 @@ class ExportResult:
             "tokenizer": self.tokenizer, "metadata": self.metadata,
             "log": str(self.log) if self.log else None, "exporter": self.exporter, "task": self.task,
             "tap_error": self.tap_error,
+            "encoder": None if self.encoder is None else {
+                "model": str(self.encoder.model), "tapped": str(self.encoder.tapped) if self.encoder.tapped else None,
+                "taps": [t.to_dict() for t in self.encoder.taps], "external_data": self.encoder.external_data},
         }
+
+    def moved_to(self, out_dir: Path) -> None:
+        """Point the paths at ``out_dir`` (they were written in the staging folder)."""
+        self.out_dir = out_dir
+        self.model = out_dir / self.model.name
+        if self.tapped is not None:
+            self.tapped = out_dir / self.tapped.name
+        if self.encoder is not None:
+            self.encoder.moved_to(out_dir)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -129,11 +146,7 @@ def export(opts: ExportOptions) -> ExportResult:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    # the paths inside the staging folder now live in out_dir
-    result.out_dir = out_dir
-    result.model = out_dir / MODEL_FILE
-    if result.tapped is not None:
-        result.tapped = out_dir / result.tapped.name
+    result.moved_to(out_dir)  # the paths inside the staging folder now live in out_dir
     return result
 
 
@@ -175,18 +188,30 @@ def _export_into(staging: Path, opts: ExportOptions, log: Path) -> ExportResult:
     meta["sui_onnx.exporter"] = exporter
     if task:
         meta["sui_onnx.task"] = task
-    set_metadata(staging / MODEL_FILE, meta)
-    result = ExportResult(out_dir=staging, model=staging / MODEL_FILE, tapped=None, site=opts.site,
-                          metadata=meta, log=log, exporter=exporter, task=task,
-                          tokenizer=(staging / "tokenizer.json").is_file())
+    seq2seq = (staging / DECODER_FILE).is_file()
+    for name in sorted(p.name for p in staging.glob("*.onnx")):
+        set_metadata(staging / name, meta)
+    result = _tap_part(staging / (DECODER_FILE if seq2seq else MODEL_FILE), opts.site)
+    result.metadata, result.log, result.exporter, result.task = meta, log, exporter, task
+    result.tokenizer = (staging / "tokenizer.json").is_file()
+    if seq2seq:
+        result.encoder = _tap_part(staging / ENCODER_FILE, opts.site)
+        if result.encoder.tap_error and not result.tap_error:
+            result.tap_error = f"{ENCODER_FILE}: {result.encoder.tap_error}"
+    return result
+
+
+def _tap_part(path: Path, site: str) -> ExportResult:
+    """One exported graph with its tapped copy (or the reason there is none)."""
+    part = ExportResult(out_dir=path.parent, model=path, tapped=None, site=site)
     try:
-        result.taps, result.tapped, result.external_data = write_taps(staging / MODEL_FILE, opts.site)
+        part.taps, part.tapped, part.external_data = write_taps(path, site)
     except SuiError as exc:
-        result.tap_error = str(exc)
+        part.tap_error = str(exc)
         from .graph import load_model
 
-        result.external_data = load_model(staging / MODEL_FILE).has_external_data
-    return result
+        part.external_data = load_model(path).has_external_data
+    return part
 
 
 # --------------------------------------------------------------------------- checks
@@ -219,13 +244,6 @@ def validate(opts: ExportOptions) -> None:
     else:
         check_model_dir(opts.model_dir)
         config = _read_config(opts.model_dir)
-        if config.get("is_encoder_decoder") and (opts.task is None or _base_task(opts.task) == "text2text-generation"):
-            raise SuiError(
-                f"MODEL_DIR {opts.model_dir} is an encoder-decoder ({config.get('model_type', '?')}): sui-onnx export "
-                "writes single-graph models. Export it with `optimum-cli export onnx --model MODEL_DIR "
-                "--task text2text-generation OUT`, then run `sui-onnx report OUT/decoder_model.onnx` (its "
-                "encoder is found beside it) or `sui-onnx report OUT/encoder_model.onnx`"
-            )
         if opts.task is None:
             opts.task = default_task(config)
     if opts.factory_kwargs and not opts.torch_module:
@@ -315,8 +333,11 @@ _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 
 
 def default_task(config: dict[str, Any]) -> str:
-    """The optimum task when --task is not given: text-generation for causal LMs (and configs
-    that name no architecture), feature-extraction for encoder models (BertModel, ...ForMaskedLM)."""
+    """The optimum task when --task is not given: text2text-generation for encoder-decoders (T5,
+    BART), text-generation for causal LMs (and configs that name no architecture),
+    feature-extraction for encoder models (BertModel, ...ForMaskedLM)."""
+    if config.get("is_encoder_decoder"):
+        return SEQ2SEQ_TASK
     archs = [str(a) for a in config.get("architectures") or []]
     if not archs or any(a.endswith(_CAUSAL_SUFFIXES) for a in archs):
         return DEFAULT_TASK
@@ -466,12 +487,14 @@ def _export_optimum(model_dir: Path, opts: ExportOptions, staging: Path, log: Pa
                            hint="; fp16 export is not supported on this machine (no CUDA GPU): use --dtype fp32") from None
         raise _failure("optimum export", exc, log) from None
     onnx_files = sorted(p.name for p in staging.glob("*.onnx"))
-    if onnx_files != [MODEL_FILE]:
+    seq2seq = {ENCODER_FILE, DECODER_FILE} <= set(onnx_files)
+    if onnx_files != [MODEL_FILE] and not seq2seq:
         raise SuiError(
             f"optimum wrote {', '.join(onnx_files) or 'no .onnx file'} for task {task}; sui-onnx export handles "
-            f"single-graph models (decoder-only language models and encoders) (log: {log})"
+            f"single-graph models and encoder-decoders ({ENCODER_FILE} + {DECODER_FILE}) (log: {log})"
         )
-    dedupe_file(staging / MODEL_FILE, log)         # tied embeddings optimum left duplicated
+    for name in onnx_files:
+        dedupe_file(staging / name, log)           # tied embeddings optimum left duplicated
     import optimum.version
 
     return f"optimum {optimum.version.__version__} (torch {torch.__version__})", task
@@ -838,9 +861,14 @@ def set_metadata(model_path: Path, props: dict[str, str]) -> None:
     os.replace(tmp, model_path)
 
 
+def tapped_name(model_name: str) -> str:
+    """``model.onnx`` -> ``model.tapped.onnx``, ``decoder_model.onnx`` -> ``decoder_model.tapped.onnx``."""
+    return model_name[: -len(".onnx")] + ".tapped.onnx" if model_name.endswith(".onnx") else model_name + ".tapped.onnx"
+
+
 def write_taps(model_path: Path, site: str) -> tuple[list, Path, bool]:
-    """Find the FFN taps of ``model_path`` (site post, pre or both) and write
-    ``model.tapped.onnx`` beside it; returns (taps, path written, has external data)."""
+    """Find the FFN taps of ``model_path`` (site post, pre or both) and write the tapped copy
+    (``model.tapped.onnx``) beside it; returns (taps, path written, has external data)."""
     from .graph import find_taps, load_model, write_tapped
 
     src = load_model(model_path)
@@ -849,7 +877,7 @@ def write_taps(model_path: Path, site: str) -> tuple[list, Path, bool]:
     taps.sort(key=lambda t: (t.layer, sites.index(t.site)))
     entry = src.model.metadata_props.add()     # in memory only: the tapped copy describes its outputs
     entry.key, entry.value = "sui_onnx.taps", json.dumps([t.to_dict() for t in taps])
-    written = write_tapped(src, taps, model_path.with_name(TAPPED_FILE))
+    written = write_tapped(src, taps, model_path.with_name(tapped_name(model_path.name)))
     _chmod_default(written, 0o666)      # written through mkstemp (private); same mode as model.onnx
     return taps, written, src.has_external_data
 

@@ -164,23 +164,13 @@ def test_flag_errors_exit_2(tmp_path, capsys, args, message):
     ({"architectures": ["BertModel"]}, "feature-extraction"),
     ({"architectures": ["RobertaForMaskedLM"]}, "feature-extraction"),
     ({"model_type": "gpt2"}, "text-generation"),  # no architectures: the historical default
+    ({"model_type": "t5", "is_encoder_decoder": True, "architectures": ["T5ForConditionalGeneration"]},
+     "text2text-generation"),
 ])
 def test_default_task_follows_the_config(config, task):
     from sui_onnx.export import default_task
 
     assert default_task(config) == task
-
-
-@pytest.mark.parametrize("task", [None, "text2text-generation-with-past"])
-def test_encoder_decoder_folder_says_how_to_export_it(tmp_path, capsys, task):
-    model = tmp_path / "t5"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps({"model_type": "t5", "is_encoder_decoder": True,
-                                                   "architectures": ["T5ForConditionalGeneration"]}))
-    rc, _, err = _run(capsys, "export", model, tmp_path / "out", *(["--task", task] if task else []))
-    assert rc == 2 and err.count("\n") == 1
-    assert "encoder-decoder (t5)" in err and "optimum-cli export onnx" in err and "decoder_model.onnx" in err
-    assert not (tmp_path / "out").exists() and not _leftovers(tmp_path)
 
 
 def test_unreadable_config_json_exits_2(tmp_path, capsys):
@@ -425,3 +415,43 @@ def test_torch_module_ngpt(tmp_path, capsys, monkeypatch, external):
     ref = capture_ffn(model, "ngpt", torch.from_numpy(ids))
     _assert_match(_tap_outputs(out / "model.tapped.onnx", summary, ids), ref,
                   ["post_0", "post_1", "pre_0", "pre_1"])
+
+
+@pytest.mark.export
+@pytest.mark.parametrize("with_past", [False, True], ids=["plain", "with_past"])
+def test_encoder_decoder_export_taps_both_graphs_and_reports(tmp_path, capsys, with_past):
+    """A T5 folder: optimum's encoder_model.onnx and decoder_model.onnx, each with a tapped copy
+    whose outputs equal PyTorch hooks; `report` on the decoder runs the encoder beside it."""
+    _export_stack()
+    import onnx
+
+    from models import architectures as zoo
+
+    arch = zoo.BY_NAME["t5"]
+    model = zoo.build(arch)
+    model.save_pretrained(tmp_path / "hf_t5")
+    out = tmp_path / "out"
+    summary = _export_json(capsys, tmp_path / "hf_t5", out, *(["--with-past"] if with_past else []))
+    assert summary["task"] == "text2text-generation" + ("-with-past" if with_past else "")
+    assert Path(summary["model"]) == out / "decoder_model.onnx" and summary["tap_error"] is None
+    assert Path(summary["encoder"]["tapped"]) == out / "encoder_model.tapped.onnx"
+    names = {p.name for p in out.glob("*.onnx")}
+    extra = {"decoder_model_merged.onnx", "decoder_with_past_model.onnx"} if with_past else set()
+    assert names == {"encoder_model.onnx", "encoder_model.tapped.onnx", "decoder_model.onnx",
+                     "decoder_model.tapped.onnx"} | extra
+    for name in names:
+        meta = {p.key: p.value for p in onnx.load(str(out / name), load_external_data=False).metadata_props}
+        assert meta["sui_onnx.task"] == summary["task"], name
+    ids = zoo.input_ids()
+    ref = zoo.reference(model, arch, ids)  # encoder layers, then decoder layers
+    enc_w, enc = zoo.tap_activations(out / "encoder_model.onnx", ids)
+    dec_w, dec = zoo.tap_activations(out / "decoder_model.onnx", ids, encoder=out / "encoder_model.onnx")
+    assert enc_w == dec_w == [arch.d_ff] * zoo.LAYERS
+    assert [t["tensor"] for t in summary["encoder"]["taps"]] == [o.name for o in
+                                                                onnx.load(str(out / "encoder_model.tapped.onnx")).graph.output]
+    assert max(float(np.abs(g - r).max()) for g, r in zip(enc + dec, ref)) < TOLERANCE
+    np.save(tmp_path / "ids.npy", ids)
+    rc, _, err = _run(capsys, "report", out / "decoder_model.onnx", "--calib", tmp_path / "ids.npy", "-q",
+                      "--json", tmp_path / "r.json")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "r.json").read_text())["model"]["encoder"]["path"] == str(out / "encoder_model.onnx")

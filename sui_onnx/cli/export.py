@@ -90,19 +90,22 @@ def print_result(result) -> None:
     from rich.table import Table
 
     console = make_console()
-    if result.taps:
-        table = Table(box=box.SIMPLE_HEAD, title=f"{len(result.taps)} FFN taps in {result.tapped} (site {result.site})",
+    parts = [result] if result.encoder is None else [result.encoder, result]
+    for part in parts:
+        if not part.taps:
+            continue
+        table = Table(box=box.SIMPLE_HEAD, title=f"{len(part.taps)} FFN taps in {part.tapped} (site {result.site})",
                       title_justify="left")
         cols = ["layer", "site", "width", "activation", "op", "tensor"] if result.site == "both" else \
             ["layer", "width", "activation", "op", "tensor"]
         for col in cols:
             table.add_column(col, justify="right" if col in ("layer", "width") else "left", overflow="fold")
-        for t in result.taps:
+        for t in part.taps:
             row = {"layer": str(t.layer), "site": t.site, "width": str(t.width), "activation": t.activation,
                    "op": t.op, "tensor": t.tensor}
             table.add_row(*(row[c] for c in cols))
         console.print(table)
-    files = [result.model.name] + ([result.tapped.name] if result.tapped else [])
+    files = [name for part in parts for name in [part.model.name] + ([part.tapped.name] if part.tapped else [])]
     if result.external_data:
         files.append("external data (referenced by both)")
     files.append("tokenizer.json" if result.tokenizer else "no tokenizer.json: calibrate with --calib ids.npy")
@@ -111,3 +114,6 @@ def print_result(result) -> None:
         console.print(f"[yellow]weights dequantized from {result.metadata['sui_onnx.dequantized_from']} "
                       f"({result.metadata.get('sui_onnx.source', '')}): results describe the dequantized model[/]")
     console.print(f"exporter: {result.exporter}; log: {result.log}")
+    if result.encoder is not None:
+        console.print(f"analyze: sui-onnx report {result.model} (runs {result.encoder.model.name} first) "
+                      f"or sui-onnx report {result.encoder.model}")
