@@ -186,3 +186,16 @@ def test_progress_names_the_eigenvalue_phase(tmp_path):
             AnalysisOptions(device="cpu", progress=lambda done, total, desc: seen.append((done, total, desc))))
     assert [d for _, _, d in seen][-2:] == ["calibrating: eigenvalues 1/2", "calibrating: eigenvalues 2/2"]
     assert seen[-1][0] == seen[-1][1] == 64
+
+
+def test_pre_site_on_a_fused_fastgelu_graph_matches_the_unfused_export(tmp_path):
+    """gpt2_ortopt folds the up-projection bias into FastGelu, so its pre tap is x W without b:
+    a constant column offset, which leaves the covariance (and every metric) unchanged."""
+    ids_path = token_ids(tmp_path / "ids.npy", n_seq=16, seq=32)
+    opts = AnalysisOptions(device="cpu", site="pre", precision="fp64")
+    plain = analyze(FIXTURES / "gpt2_w128", CalibrationSpec([ids_path]), opts)
+    fused = analyze(FIXTURES / "gpt2_ortopt", CalibrationSpec([ids_path]), opts)
+    for a, b in zip(plain.eigenvalues, fused.eigenvalues):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6 * a[0])
+    for a, b in zip(plain.layers, fused.layers):
+        assert b.sui == pytest.approx(a.sui, rel=1e-6)
