@@ -126,7 +126,9 @@ def analyze(model: str | Path, calib: CalibrationSpec | None = None, options: An
     calib = calib or CalibrationSpec()
     opts = options or AnalysisOptions()
     started = time.perf_counter()
-    src = load_model(model)
+    # lean: the weights stay in the file (read once, by onnxruntime); a Ray run ships the tapped
+    # model to workers that may not see this file, so it keeps the weights in the proto
+    src = load_model(model, lean=opts.ray is None and opts.stats is None)
     taps = find_taps(src.model, site=opts.site, include=opts.include, exclude=opts.exclude, explicit=opts.explicit)
     widths = [t.width for t in taps]
     names = [t.tensor for t in taps]
@@ -204,7 +206,7 @@ def _run(src, taps, stream: CalibrationStream, calib: CalibrationSpec, opts: Ana
             group_taps = [taps[i] for i in group]
             tapped = tapped_model(src, group_taps).SerializeToString()  # in memory: nothing written
             runner = TapRunner(tapped, [t.tensor for t in group_taps], opts.device, opts.threads,
-                               external_folder=src.folder if src.has_external_data else None, encoder=opts.encoder)
+                               external_folder=src.data_folder, encoder=opts.encoder)
             del tapped  # onnxruntime holds its own copy of the weights now
             runtime["device"] = "cuda" if runner.device.cuda else "cpu"
             runtime["providers"] = list(runner.device.providers)

@@ -23,6 +23,7 @@ from typing import Iterator
 import onnx
 
 from ..errors import ModelError
+from . import lean as lean_module
 from .index import subgraphs, uses_external_data
 
 _HASH_CHUNK = 1 << 20
@@ -42,6 +43,12 @@ class ModelSource:
     has_external_data: bool
     sha256: str
     opset: int
+    weights_in_place: bool = False  # lean load: large initializers reference the model file itself
+
+    @property
+    def data_folder(self) -> Path | None:
+        """Where onnxruntime must look for weights not held in ``model`` (None: all inside)."""
+        return self.folder if (self.has_external_data or self.weights_in_place) else None
 
 
 def resolve_model_path(path: str | Path) -> Path:
@@ -61,8 +68,12 @@ def resolve_model_path(path: str | Path) -> Path:
     return p
 
 
-def load_model(path: str | Path) -> ModelSource:
+def load_model(path: str | Path, lean: bool = False) -> ModelSource:
     """Load the graph of an ONNX model without its external data, after validating it.
+
+    ``lean``: large embedded initializers are not read either; they become references into the
+    model file by offset (graph/lean.py), so a session built from the proto reads them from the
+    file (pass ``data_folder`` to onnxruntime). Not for copies written elsewhere.
 
     Raises ModelError (one line) for a missing/empty/unreadable/non-ONNX file, a folder
     without model.onnx, an unsafe external-data location or a missing external data file.
@@ -74,8 +85,17 @@ def load_model(path: str | Path) -> ModelSource:
         raise ModelError(f"cannot read {p}: {e.strerror or e}") from None
     if size == 0:
         raise ModelError(f"{p} is empty (0 bytes), not an ONNX model")
+    moved = 0
     try:
-        model = onnx.load(str(p), load_external_data=False)
+        model = None
+        if lean and size >= lean_module.MIN_BYTES:
+            try:
+                data, moved = lean_module.read_lean(p)
+                model = onnx.ModelProto.FromString(data)
+            except lean_module.WireError:
+                model, moved = None, 0  # let onnx.load report what is wrong
+        if model is None:
+            model = onnx.load(str(p), load_external_data=False)
     except OSError as e:
         raise ModelError(f"cannot read {p}: {e.strerror or e}") from None
     except Exception:
@@ -87,6 +107,9 @@ def load_model(path: str | Path) -> ModelSource:
         raise ModelError(f"{p} is a corrupt ONNX model (a name or text field is not valid UTF-8)") from None
     folder = p.parent
     has_external = validate_external_data(model, folder, p.name)
+    if moved:  # only the references lean loading made point at the model file itself
+        has_external = any(uses_external_data(t) and external_info(t).get("location") != p.name
+                           for t in all_tensors(model.graph))
     return ModelSource(
         path=p,
         folder=folder,
@@ -94,6 +117,7 @@ def load_model(path: str | Path) -> ModelSource:
         has_external_data=has_external,
         sha256=file_sha256(p),
         opset=default_opset(model),
+        weights_in_place=moved > 0,
     )
 
 
