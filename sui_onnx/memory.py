@@ -4,8 +4,9 @@ The statistics are 8 (D^2 + D) bytes per tap, whatever the number of tokens; for
 (LLaMA-7B: 32 taps of D = 11008, 31 GiB) that alone can exceed the machine. The default cap is half
 of what is left once the model is loaded: the memory available now (Linux MemAvailable, lowered to
 the cgroup limit of a container), less twice the weights (onnxruntime's copy and what it holds
-while building the session; on CUDA once) and one batch of float32 tap outputs. Above the cap the taps are analyzed in several
-passes (analyze.plan_groups); the numbers do not change, only the run time.
+while building the session; on CUDA once) and one batch of float32 tap outputs. Above the cap the
+taps are analyzed in several passes (analyze.plan_groups); the numbers do not change, only the
+run time.
 """
 
 from __future__ import annotations
