@@ -3,12 +3,14 @@ exported with optimum, their FFN activations tapped by sui-onnx and compared wit
 
     python -m models.architectures                 # every architecture, one line each
     python -m models.architectures t5 falcon       # some of them
+    python -m models.architectures --dynamo        # through torch.onnx.export(dynamo=True) instead
 
 Each model has 2 layers, d_model 64 and d_ff 176 (an odd width no attention dimension shares;
 BLOOM and MPT fix d_ff = 4 d_model = 256). The reference is the input of every linear layer that
 maps d_ff back to d_model (the down-projection), captured with forward pre-hooks in call order;
 seq2seq models (T5, BART) run the encoder on the ids and the decoder on the same ids, so the
-encoder's layers come first. sui-onnx side: graph detection (`find_taps`), the tapped copy and
+encoder's layers come first. With ``--dynamo`` the single-graph models go through torch's own
+exporter (torch.export + onnxscript: no module-scoped node names, weights in external data). sui-onnx side: graph detection (`find_taps`), the tapped copy and
 `TapRunner` (with `encoder=` for the decoder), as `sui-onnx report` uses them. The export-marked
 tests/test_architectures.py runs this for every entry.
 """
@@ -154,6 +156,33 @@ def export(model: torch.nn.Module, arch: Arch, folder: Path, with_past: bool = F
     return {"model": out / "model.onnx"}
 
 
+def export_dynamo(model: torch.nn.Module, arch: Arch, folder: Path) -> dict[str, Path]:
+    """``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript, torch's default exporter):
+    input_ids -> logits (or last_hidden_state), dynamic batch and sequence; weights go to external
+    data beside the model."""
+    if arch.kind == "seq2seq":
+        raise ValueError("the dynamo recipe exports single-graph models only")
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids):
+            if arch.kind == "causal":
+                return self.inner(input_ids=input_ids, use_cache=False).logits
+            return self.inner(input_ids=input_ids).last_hidden_state
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / "model.onnx"
+    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Wrapped(model).eval(), (torch.from_numpy(input_ids()),), str(out), input_names=["input_ids"],
+                          dynamo=True, dynamic_shapes={"input_ids": dims}, opset_version=OPSET)
+    return {"model": out}
+
+
 def tap_activations(path: Path, ids: np.ndarray, encoder: Path | None = None) -> tuple[list[int], list[np.ndarray]]:
     """sui-onnx's side: detected widths and the tapped tensors for ``ids``, [tokens, D] each."""
     from sui_onnx.graph import find_taps, load_model, tapped_model
@@ -162,17 +191,19 @@ def tap_activations(path: Path, ids: np.ndarray, encoder: Path | None = None) ->
     src = load_model(path)
     taps = find_taps(src.model)
     widths = [t.width for t in taps]
-    runner = TapRunner(tapped_model(src, taps).SerializeToString(), [t.tensor for t in taps], "cpu", encoder=encoder)
+    runner = TapRunner(tapped_model(src, taps).SerializeToString(), [t.tensor for t in taps], "cpu", encoder=encoder,
+                       external_folder=src.data_folder)
     outs = runner.run(ids, widths)
     return widths, [np.array(o).reshape(-1, o.shape[-1]) for o in outs]
 
 
-def check(arch: Arch, workdir: Path) -> dict:
-    """Export, tap and compare: {"widths", "expected_widths", "max_abs_diff", "files"}."""
+def check(arch: Arch, workdir: Path, exporter: str = "optimum") -> dict:
+    """Export (``optimum`` or ``dynamo``), tap and compare: {"widths", "expected_widths",
+    "max_abs_diff", "files"}."""
     model = build(arch)
     ids = input_ids()
     ref = reference(model, arch, ids)
-    files = export(model, arch, workdir)
+    files = export(model, arch, workdir) if exporter == "optimum" else export_dynamo(model, arch, workdir)
     if arch.kind == "seq2seq":
         w_enc, enc = tap_activations(files["encoder"], ids)
         w_dec, dec = tap_activations(files["decoder"], ids, encoder=files["encoder"])
@@ -188,7 +219,12 @@ def check(arch: Arch, workdir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    names = (argv if argv is not None else sys.argv[1:]) or [a.name for a in ARCHS]
+    args = list(argv if argv is not None else sys.argv[1:])
+    exporter = "optimum"
+    if "--dynamo" in args:
+        args.remove("--dynamo")
+        exporter = "dynamo"
+    names = args or [a.name for a in ARCHS if exporter == "optimum" or a.kind != "seq2seq"]
     torch.set_num_threads(2)
     failed = []
     print(f"{'architecture':14s} {'kind':8s} {'taps':>4s} {'width':>6s} {'max |diff|':>11s}  verdict")
@@ -196,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         arch = BY_NAME[name]
         with tempfile.TemporaryDirectory(prefix=f"sui_arch_{name}_") as tmp:
             try:
-                res = check(arch, Path(tmp))
+                res = check(arch, Path(tmp), exporter)
             except Exception as exc:  # report and go on: this is a survey
                 failed.append(name)
                 print(f"{name:14s} {arch.kind:8s} error: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}")

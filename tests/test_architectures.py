@@ -29,6 +29,18 @@ def test_every_ffn_is_found_and_tapped_exactly(arch, tmp_path):
     assert res["max_abs_diff"] < zoo.TOLERANCE, f"{arch.name}: taps differ from the hooks by {res['max_abs_diff']:.3g}"
 
 
+@pytest.mark.parametrize("name", ["qwen2", "gemma2", "phi", "falcon", "bloom", "roberta"])
+def test_torch_dynamo_exports_are_found_and_tapped_exactly(name, tmp_path):
+    """torch.onnx.export(dynamo=True), torch's default exporter: other node names, no module
+    scopes, weights in external data."""
+    pytest.importorskip("onnxscript")
+    arch = zoo.BY_NAME[name]
+    res = zoo.check(arch, tmp_path, exporter="dynamo")
+    assert (tmp_path / "model.onnx.data").is_file()
+    assert res["widths"] == res["expected_widths"], f"{name}: detected widths {res['widths']}"
+    assert res["max_abs_diff"] < zoo.TOLERANCE
+
+
 def test_the_survey_fails_when_a_tap_is_wrong(tmp_path, monkeypatch):
     """The comparison can fail: shift one tapped tensor and the check must notice."""
     real = zoo.tap_activations
