@@ -116,7 +116,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                         "RAY_ADDRESS or a local cluster. Put MODEL before --ray, or write --ray=ADDRESS")
     g.add_argument("--ray-shards", type=_positive_int, metavar="N", help="calibration shards for --ray (default: 2 per worker CPU)")
     g.add_argument("--max-memory", type=_memory, metavar="SIZE",
-                   help="cap on the D x D statistics held at once (e.g. 2G); above it the layers are analyzed in several passes")
+                   help="cap on the D x D statistics held at once (e.g. 2G); above it the layers are analyzed in several passes "
+                        "(default: half the memory left after loading the model)")
 
 
 def add_analysis_args(p: argparse.ArgumentParser, long_runs: bool = True) -> None:
