@@ -74,8 +74,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if sys.stderr.isatty() and not args.json:
         source = args.torch_module or args.gguf or args.model_dir
-        make_console(stderr=True).print(f"exporting {source} -> {args.out_dir} (log: {log_path(args.out_dir)})")
-    result = export(opts)
+        console = make_console(stderr=True)
+        console.print(f"exporting {source} -> {args.out_dir} (log: {log_path(args.out_dir)})")
+        with console.status("exporting and tapping (optimum / torch can take minutes on large models)"):
+            result = export(opts)
+    else:
+        result = export(opts)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
