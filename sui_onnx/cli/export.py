@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -74,10 +75,13 @@ def run(args: argparse.Namespace) -> int:
     )
     if sys.stderr.isatty() and not args.json:
         source = args.torch_module or args.gguf or args.model_dir
-        console = make_console(stderr=True)
-        console.print(f"exporting {source} -> {args.out_dir} (log: {log_path(args.out_dir)})")
-        with console.status("exporting and tapping (optimum / torch can take minutes on large models)"):
-            result = export(opts)
+        # the exporters' output goes to the log (fd 2 included): the spinner keeps its own handle
+        # on the terminal, taken before that redirection
+        with os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1) as tty:
+            console = make_console(file=tty)
+            console.print(f"exporting {source} -> {args.out_dir} (log: {log_path(args.out_dir)})")
+            with console.status("exporting and tapping (optimum / torch can take minutes on large models)"):
+                result = export(opts)
     else:
         result = export(opts)
     if args.json:

@@ -196,10 +196,10 @@ def write_text_atomic(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
-def make_console(quiet: bool = False, stderr: bool = False):
+def make_console(quiet: bool = False, stderr: bool = False, file: Any = None):
     from rich.console import Console
 
-    return Console(stderr=stderr, quiet=quiet, highlight=False, soft_wrap=False,
+    return Console(stderr=stderr, quiet=quiet, highlight=False, soft_wrap=False, file=file,
                    no_color=bool(os.environ.get("NO_COLOR")) or None)
 
 
