@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..graph import find_taps, load_model
 
-    src = load_model(Path(args.model))
+    src = load_model(Path(args.model), lean=True)  # structure only: the weights stay in the file
     taps = find_taps(src.model, site=args.site, include=args.include, exclude=args.exclude, explicit=tuple(args.tap))
     if args.json:
         print(json.dumps([t.to_dict() for t in taps], indent=2))
