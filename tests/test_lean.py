@@ -127,3 +127,48 @@ def test_the_wire_reader_only_ever_raises_wire_error(data):
         lean.lean_model_bytes(data, "m.onnx")
     except lean.WireError:
         pass
+
+
+def test_a_symlinked_model_as_in_the_hugging_face_cache_refers_to_the_real_file(big, tmp_path):
+    """snapshots/<rev>/model.onnx -> ../../blobs/<hash>: the references name the blob in its own
+    folder (a reference through the link would leave the model folder and be refused)."""
+    lm, path = big
+    blobs, snap = tmp_path / "blobs", tmp_path / "snapshots" / "rev"
+    blobs.mkdir()
+    snap.mkdir(parents=True)
+    blob = blobs / "0123abcd"
+    blob.write_bytes(path.read_bytes())
+    (snap / "model.onnx").symlink_to(Path("..") / ".." / "blobs" / blob.name)
+    src = load_model(snap, lean=True)
+    assert src.weights_in_place and src.data_folder == blobs.resolve() and src.folder == snap
+    assert {external_info(t)["location"] for t in src.model.graph.initializer if external_info(t)} == {blob.name}
+    ids = np.random.default_rng(2).integers(0, BIG_VOCAB, (12, 16))
+    np.save(tmp_path / "ids.npy", ids)
+    spec = CalibrationSpec([tmp_path / "ids.npy"])
+    via_link = analyze(snap, spec, AnalysisOptions(device="cpu"))
+    direct = analyze(path, spec, AnalysisOptions(device="cpu"))
+    assert [x.hard_rank for x in via_link.layers] == [x.hard_rank for x in direct.layers]
+
+
+def test_a_symlinked_model_with_its_own_external_data_is_loaded_whole(tmp_path, monkeypatch):
+    """Weights in two folders (the blob's and the external data beside the link) cannot be given
+    to onnxruntime as one folder: such a model is loaded the usual way."""
+    ext = FIXTURES / "llama_extdata"
+    real_dir, link_dir = tmp_path / "real", tmp_path / "link"
+    real_dir.mkdir()
+    link_dir.mkdir()
+    model = onnx.load(str(ext / "model.onnx"), load_external_data=False)
+    # make one external tensor embedded again, large enough to be moved by a lean load
+    t = next(t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
+    info = external_info(t)
+    data = (ext / info["location"]).read_bytes()[int(info.get("offset", 0)):][: int(info["length"])]
+    del t.external_data[:]
+    t.data_location = onnx.TensorProto.DEFAULT
+    t.raw_data = data
+    onnx.save(model, str(real_dir / "model.onnx"))
+    (link_dir / "model.onnx").symlink_to(real_dir / "model.onnx")
+    (link_dir / info["location"]).write_bytes((ext / info["location"]).read_bytes())
+    monkeypatch.setattr(lean, "MIN_BYTES", 1024)
+    assert lean.read_lean(real_dir / "model.onnx")[1] >= 1  # a lean load would move a tensor...
+    src = load_model(link_dir, lean=True)  # ...but the link forbids it here
+    assert not src.weights_in_place and src.has_external_data and src.data_folder == link_dir

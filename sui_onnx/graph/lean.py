@@ -99,7 +99,8 @@ def _tensor(buf, start: int, end: int, location: str) -> tuple[bytes, bool]:
     """One initializer, its large raw_data replaced by a reference to the same bytes."""
     raw = None
     for number, wire, _, vs, ve in _fields(buf, start, end):
-        if number in (_TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION):
+        external = number == _TENSOR_DATA_LOCATION and wire == _VARINT and _varint(buf, vs, ve)[0] != 0
+        if external or number == _TENSOR_EXTERNAL_DATA:
             return bytes(buf[start:end]), False  # already external: leave it as it is
         if number == _TENSOR_RAW_DATA and wire == _LEN:
             raw = (vs, ve)
@@ -107,7 +108,7 @@ def _tensor(buf, start: int, end: int, location: str) -> tuple[bytes, bool]:
         return bytes(buf[start:end]), False
     out = bytearray()
     for number, _, first, _, ve in _fields(buf, start, end):
-        if number != _TENSOR_RAW_DATA:
+        if number not in (_TENSOR_RAW_DATA, _TENSOR_DATA_LOCATION):  # an explicit DEFAULT is replaced
             out += buf[first:ve]
     for key, value in (("location", location), ("offset", str(raw[0])), ("length", str(raw[1] - raw[0]))):
         out += _len_field(_TENSOR_EXTERNAL_DATA, _entry(key, value))

@@ -44,10 +44,13 @@ class ModelSource:
     sha256: str
     opset: int
     weights_in_place: bool = False  # lean load: large initializers reference the model file itself
+    weights_folder: Path | None = None  # the folder of the real file they reference (symlinks resolved)
 
     @property
     def data_folder(self) -> Path | None:
         """Where onnxruntime must look for weights not held in ``model`` (None: all inside)."""
+        if self.weights_in_place and self.weights_folder is not None:
+            return self.weights_folder
         return self.folder if (self.has_external_data or self.weights_in_place) else None
 
 
@@ -85,15 +88,18 @@ def load_model(path: str | Path, lean: bool = False) -> ModelSource:
         raise ModelError(f"cannot read {p}: {e.strerror or e}") from None
     if size == 0:
         raise ModelError(f"{p} is empty (0 bytes), not an ONNX model")
-    moved = 0
+    moved, real = 0, p.resolve()  # a symlinked model (Hugging Face cache): refer to the real file
     try:
         model = None
         if lean and size >= lean_module.MIN_BYTES:
             try:
-                data, moved = lean_module.read_lean(p)
+                data, moved = lean_module.read_lean(real)
                 model = onnx.ModelProto.FromString(data)
             except lean_module.WireError:
                 model, moved = None, 0  # let onnx.load report what is wrong
+            if moved and real.parent != p.parent.resolve() and any(
+                    uses_external_data(t) and external_info(t).get("location") != real.name for t in all_tensors(model.graph)):
+                model, moved = None, 0  # weights in two folders: onnxruntime takes one; load them here
         if model is None:
             model = onnx.load(str(p), load_external_data=False)
     except OSError as e:
@@ -106,10 +112,8 @@ def load_model(path: str | Path, lean: bool = False) -> ModelSource:
     except (UnicodeDecodeError, ValueError):
         raise ModelError(f"{p} is a corrupt ONNX model (a name or text field is not valid UTF-8)") from None
     folder = p.parent
-    has_external = validate_external_data(model, folder, p.name)
-    if moved:  # only the references lean loading made point at the model file itself
-        has_external = any(uses_external_data(t) and external_info(t).get("location") != p.name
-                           for t in all_tensors(model.graph))
+    # the references lean loading made were computed from the file itself: only the others are checked
+    has_external = validate_external_data(model, folder, p.name, skip_location=real.name if moved else None)
     return ModelSource(
         path=p,
         folder=folder,
@@ -118,6 +122,7 @@ def load_model(path: str | Path, lean: bool = False) -> ModelSource:
         sha256=file_sha256(p),
         opset=default_opset(model),
         weights_in_place=moved > 0,
+        weights_folder=real.parent if moved else None,
     )
 
 
@@ -198,8 +203,10 @@ def external_info(tensor: onnx.TensorProto) -> dict[str, str]:
     return {e.key: e.value for e in tensor.external_data}
 
 
-def validate_external_data(model: onnx.ModelProto, folder: Path, model_name: str = "the model") -> bool:
-    """Check every external-data reference; return True when the model has any.
+def validate_external_data(model: onnx.ModelProto, folder: Path, model_name: str = "the model",
+                           skip_location: str | None = None) -> bool:
+    """Check every external-data reference (but those to ``skip_location``, which lean loading
+    made); return True when the model has any others.
 
     A location must be relative, must not escape ``folder`` (``..`` or symlinks), and must
     name an existing file at least ``offset + length`` bytes long.
@@ -209,6 +216,8 @@ def validate_external_data(model: onnx.ModelProto, folder: Path, model_name: str
     found = False
     for tensor in all_tensors(model.graph):
         if not uses_external_data(tensor):
+            continue
+        if skip_location is not None and external_info(tensor).get("location") == skip_location:
             continue
         found = True
         info = external_info(tensor)
