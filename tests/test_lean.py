@@ -172,3 +172,15 @@ def test_a_symlinked_model_with_its_own_external_data_is_loaded_whole(tmp_path, 
     assert lean.read_lean(real_dir / "model.onnx")[1] >= 1  # a lean load would move a tensor...
     src = load_model(link_dir, lean=True)  # ...but the link forbids it here
     assert not src.weights_in_place and src.has_external_data and src.data_folder == link_dir
+
+
+def test_a_file_that_cannot_be_mapped_is_loaded_whole(big, monkeypatch):
+    lm, path = big
+
+    def no_mmap(_path):
+        raise OSError(19, "No such device")  # e.g. a filesystem without mmap
+
+    monkeypatch.setattr(lean, "read_lean", no_mmap)
+    src = load_model(path, lean=True)
+    assert not src.weights_in_place and src.data_folder is None
+    assert sum(len(t.raw_data) for t in src.model.graph.initializer) > lean.MIN_BYTES

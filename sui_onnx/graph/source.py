@@ -95,8 +95,8 @@ def load_model(path: str | Path, lean: bool = False) -> ModelSource:
             try:
                 data, moved = lean_module.read_lean(real)
                 model = onnx.ModelProto.FromString(data)
-            except lean_module.WireError:
-                model, moved = None, 0  # let onnx.load report what is wrong
+            except (lean_module.WireError, OSError, ValueError):
+                model, moved = None, 0  # not mappable or not a clean protobuf: load it whole
             if moved and real.parent != p.parent.resolve() and any(
                     uses_external_data(t) and external_info(t).get("location") != real.name for t in all_tensors(model.graph)):
                 model, moved = None, 0  # weights in two folders: onnxruntime takes one; load them here
