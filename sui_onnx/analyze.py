@@ -96,7 +96,7 @@ def resolve_encoder(src, requested: Path | None) -> Path | None:
     """The encoder a seq2seq decoder needs (``requested``, else optimum's ``encoder_model.onnx``
     beside it); None for every other model. Errors say what to pass."""
     from .graph.source import resolve_model_path
-    from .runner import ENCODER_FILE, is_encoder_states_input
+    from .runner import ENCODER_FILE, companion_encoder, is_encoder_states_input
 
     inits = {i.name for i in src.model.graph.initializer}
     needs = next((i.name for i in src.model.graph.input if i.name not in inits and is_encoder_states_input(i.name)), None)
@@ -110,8 +110,8 @@ def resolve_encoder(src, requested: Path | None) -> Path | None:
         except SuiError as exc:
             raise SuiError(f"--encoder: {exc}") from None
     else:
-        path = Path(src.folder) / ENCODER_FILE
-        if not path.is_file():
+        path = companion_encoder(src.path)
+        if path is None:
             raise SuiError(f"model input {needs!r} takes a seq2seq encoder's output and there is no {ENCODER_FILE} "
                            "beside the model: pass --encoder ENCODER.onnx")
     if path.resolve() == Path(src.path).resolve():

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .. import gate
 from ..errors import ConfigError, SuiError
-from .options import (TokenProgress, add_analysis_args, analysis_options, calibration_spec, companion_encoder, guard_outputs, make_console, write_text_atomic)
+from ..runner import companion_encoder
+from .options import (TokenProgress, add_analysis_args, analysis_options, calibration_spec, guard_outputs, make_console, write_text_atomic)
 
 # flag dest -> config key; values are validated by gate.validate_value (one definition)
 THRESHOLD_FLAGS = {

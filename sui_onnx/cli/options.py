@@ -153,17 +153,6 @@ def model_argument(args: argparse.Namespace) -> Path:
     return Path(args.model) if args.model else demo_model()
 
 
-def companion_encoder(model: Path | None) -> Path | None:
-    """The encoder a seq2seq decoder would pick up beside ``model`` (an input to protect too)."""
-    from ..runner import ENCODER_FILE
-
-    if model is None:
-        return None
-    folder = model if model.is_dir() else model.parent
-    candidate = folder / ENCODER_FILE
-    return candidate if candidate.is_file() else None
-
-
 def guard_outputs(inputs: Iterable[Path | None], outputs: Iterable[Path | None]) -> None:
     """Refuse to write over an input file (the model, calibration data, a checkpoint being read),
     and check output folders exist before any work starts."""

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .options import (TokenProgress, add_analysis_args, analysis_options, calibration_spec, companion_encoder, guard_outputs, make_console, model_argument, write_text_atomic)
+from ..runner import companion_encoder
+
+from .options import (TokenProgress, add_analysis_args, analysis_options, calibration_spec, guard_outputs, make_console, model_argument, write_text_atomic)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
