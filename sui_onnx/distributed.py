@@ -248,13 +248,9 @@ def _task_memory(proto, model_bytes: int, widths: Sequence[int], batch_tokens: i
     data counted by its declared lengths), two copies of the statistics (accumulators and the
     state returned) and the float32 tap outputs of one batch."""
     from .analyze import accumulator_bytes
-    from .graph.source import all_tensors, external_info
+    from .memory import external_bytes
 
-    external = 0
-    for t in all_tensors(proto.graph):
-        length = external_info(t).get("length")
-        if length and length.isdigit():
-            external += int(length)
+    external = external_bytes(proto)
     return int(2 * model_bytes + external + 2 * accumulator_bytes(widths) + 4 * batch_tokens * sum(widths) + (64 << 20))
 
 

@@ -63,18 +63,25 @@ def available_device_memory() -> int | None:
         return None
 
 
+def _declared_length(tensor) -> int | None:
+    from .graph.source import external_info
+
+    length = external_info(tensor).get("length")
+    return int(length) if length and length.isdigit() else None
+
+
+def external_bytes(model) -> int:
+    """Bytes the model keeps in external data (declared lengths)."""
+    from .graph.source import all_tensors
+
+    return sum(_declared_length(t) or 0 for t in all_tensors(model.graph))
+
+
 def weight_bytes(model) -> int:
     """Bytes of the model's initializers, embedded or in external data (declared lengths)."""
-    from .graph.source import all_tensors, external_info
+    from .graph.source import all_tensors
 
-    total = 0
-    for t in all_tensors(model.graph):
-        length = external_info(t).get("length")
-        if length and length.isdigit():
-            total += int(length)
-        else:
-            total += len(t.raw_data) or t.ByteSize()
-    return total
+    return sum(_declared_length(t) or len(t.raw_data) or t.ByteSize() for t in all_tensors(model.graph))
 
 
 def default_max_memory(model, widths: Sequence[int], batch_tokens: int, cuda: bool,
