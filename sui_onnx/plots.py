@@ -23,10 +23,15 @@ def require_matplotlib():
 
 
 def save_png(fig, path: Path) -> Path:
-    """Write a figure as PNG atomically."""
+    """Write a figure as PNG atomically, then close it (also when writing fails)."""
+    import matplotlib.pyplot as plt
+
     from .spectrum import atomic_write_bytes
 
-    atomic_write_bytes(path, lambda fh: fig.savefig(fh, format="png", dpi=120, bbox_inches="tight"))
+    try:
+        atomic_write_bytes(path, lambda fh: fig.savefig(fh, format="png", dpi=120, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -61,7 +66,6 @@ def write_plots(report: Report, folder: Path) -> list[Path]:
     if len(report.layers) <= 12:
         ax.legend(fontsize=7)
     written.append(save_png(fig, folder / "spectra.png"))
-    plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     xs = [x.layer for x in report.layers]
@@ -73,7 +77,6 @@ def write_plots(report: Report, folder: Path) -> list[Path]:
     ax.set_title("Utilization by layer")
     ax.legend(fontsize=8)
     written.append(save_png(fig, folder / "utilization.png"))
-    plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for i, (layer, ev) in enumerate(zip(report.layers, eigs)):
@@ -94,5 +97,4 @@ def write_plots(report: Report, folder: Path) -> list[Path]:
     if len(report.layers) <= 12:
         ax.legend(fontsize=7)
     written.append(save_png(fig, folder / "energy.png"))
-    plt.close(fig)
     return written

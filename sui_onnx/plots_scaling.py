@@ -42,7 +42,6 @@ def write_scaling_plots(result: ScalingResult, folder: Path) -> list[Path]:
     ax.set_title("Spectral scaling: rank = A * D^beta (faint: single layers)")
     ax.legend(fontsize=7)
     written.append(save_png(fig, folder / "scaling_ranks.png"))
-    plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for i in range(result.n_layers):
@@ -61,7 +60,6 @@ def write_scaling_plots(result: ScalingResult, folder: Path) -> list[Path]:
     ax.set_title("Spectral Utilization Index against width (faint: single layers)")
     ax.legend(fontsize=8)
     written.append(save_png(fig, folder / "scaling_sui.png"))
-    plt.close(fig)
     return written
 
 
