@@ -43,15 +43,20 @@ class ModelSource:
     has_external_data: bool
     sha256: str
     opset: int
-    weights_in_place: bool = False  # lean load: large initializers reference the model file itself
-    weights_folder: Path | None = None  # the folder of the real file they reference (symlinks resolved)
+    # lean load: large initializers reference the model file itself, in this folder (the folder of
+    # the real file, symlinks resolved; it then also holds any other external data)
+    weights_folder: Path | None = None
+
+    @property
+    def weights_in_place(self) -> bool:
+        return self.weights_folder is not None
 
     @property
     def data_folder(self) -> Path | None:
         """Where onnxruntime must look for weights not held in ``model`` (None: all inside)."""
-        if self.weights_in_place and self.weights_folder is not None:
+        if self.weights_folder is not None:
             return self.weights_folder
-        return self.folder if (self.has_external_data or self.weights_in_place) else None
+        return self.folder if self.has_external_data else None
 
 
 def resolve_model_path(path: str | Path) -> Path:
@@ -121,7 +126,6 @@ def load_model(path: str | Path, lean: bool = False) -> ModelSource:
         has_external_data=has_external,
         sha256=file_sha256(p),
         opset=default_opset(model),
-        weights_in_place=moved > 0,
         weights_folder=real.parent if moved else None,
     )
 
