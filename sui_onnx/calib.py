@@ -9,6 +9,7 @@ every token fed is a real token and counts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from importlib import resources
@@ -120,6 +121,24 @@ def _read_jsonl(path: Path) -> Iterator[str]:
             raise CalibrationError(f"{path}: not UTF-8 text") from None
 
 
+def source_digest(path: Path) -> str:
+    """Hex SHA-256 of a source's content, so a run can tell whether two sources hold the same data:
+    a file's bytes; a folder's sorted .txt files (relative path, NUL, bytes, for each)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = [(None, path)] if path.is_file() else [(f.relative_to(path).as_posix(), f) for f in _text_files(path)]
+    for rel, f in files:
+        if rel is not None:
+            h.update(rel.encode("utf-8") + b"\0")
+        try:
+            with f.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError as exc:
+            raise CalibrationError(f"{f}: cannot read ({exc.strerror})") from None
+    return h.hexdigest()
+
+
 def load_tokenizer(folder: Path):
     """Load tokenizer.json from the model's folder with `tokenizers` (no transformers import)."""
     from tokenizers import Tokenizer
@@ -185,6 +204,7 @@ class CalibrationStream:
             entry = {"path": str(s), "kind": kind}
             if s == bundled_corpus():
                 entry = {"path": "<bundled>/calib.txt", "kind": "text", "bundled": True}
+            entry["sha256"] = source_digest(s)  # computed here, on demand: a large corpus is read once more
             out.append(entry)
         return out
 
