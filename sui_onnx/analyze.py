@@ -57,6 +57,9 @@ class AnalysisOptions:
     ray_shards: int | None = None  # calibration shards (default: 2 per worker CPU)
     encoder: Path | None = None  # a seq2seq decoder's encoder (default: encoder_model.onnx beside it)
     extra_provenance: dict[str, Any] = field(default_factory=dict)
+    # called as statistics(tap index, accumulator) once a tap's statistics are complete, before its
+    # eigenvalues are computed (slim reads the covariance and mean there; the accumulator is freed after)
+    statistics: Callable[[int, CovarianceAccumulator], None] | None = field(default=None, repr=False)
 
 
 def accumulator_bytes(widths: Sequence[int]) -> int:
@@ -143,6 +146,9 @@ def analyze(model: str | Path, calib: CalibrationSpec | None = None, options: An
         accs, meta = _load_stats(opts.stats, src.sha256, names, widths)
         runtime = {"device": "none", "providers": [], "source": str(opts.stats)}
         calibration = {**meta.get("calibration", {}), "tokens": accs[0].n if accs else 0, "from_stats": str(opts.stats)}
+        for i, acc in enumerate(accs):
+            if opts.statistics is not None:
+                opts.statistics(i, acc)
         spectra_parts = [_finalize(acc) for acc in accs]
     elif opts.ray is not None:
         from .distributed import run_on_ray
@@ -254,6 +260,8 @@ def _run(src, taps, stream: CalibrationStream, calib: CalibrationSpec, opts: Ana
             for j, i in enumerate(group):
                 if opts.progress:  # eigvalsh of a wide layer takes seconds to minutes: say so
                     opts.progress(tokens_done, stream.budget, f"{desc}: eigenvalues {j + 1}/{len(group)}")
+                if opts.statistics is not None and i not in bad:
+                    opts.statistics(i, accs[j])
                 results[i] = (accs[j].n, None, ["non_finite"], bad[i]) if i in bad else _finalize(accs[j])
             if opts.checkpoint:
                 state.save(opts.checkpoint, g + 1, [], 0, 0, state.bad, results, complete=g + 1 == len(groups),

@@ -161,6 +161,8 @@ def run_on_ray(src, taps, calib: CalibrationSpec, opts, max_retries: int = MAX_R
                 for j, i in enumerate(group):
                     if opts.progress:
                         opts.progress(min(tasks.tokens_done, total), total, f"ray: eigenvalues {j + 1}/{len(group)}")
+                    if opts.statistics is not None and i not in bad:
+                        opts.statistics(i, accs[j])
                     results[i] = (accs[j].n, None, ["non_finite"], bad[i]) if i in bad else _finalize(accs[j])
                 all_bad.update(bad)
                 last_accs = accs
