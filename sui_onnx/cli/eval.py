@@ -1,0 +1,143 @@
+"""`sui-onnx eval MODEL --data HELDOUT...`: held-out next-token loss of a model, and what it costs
+relative to a reference (ΔCE, KL, top-1 agreement); encoders against a reference's hidden states."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .options import (TokenProgress, _positive_int, add_device_args, guard_outputs, make_console,
+                      write_text_atomic)
+
+_DESCRIPTION = """\
+Run held-out data through MODEL with onnxruntime and measure its next-token loss, per --data
+source and pooled. Decoders (an output named *logits): CE is the mean -log p(next token) in
+nats per prediction (each window of L tokens scores its L-1 next tokens) and ppl = exp(CE).
+With --reference (e.g. the model before narrowing) on the same windows: dCE = CE(model) -
+CE(reference) with its paired standard error, KL = KL(reference || model) in nats per
+prediction, top-1 = share of positions where both models' most likely token agrees. Encoders
+(hidden states only) need --reference: cosine = mean per-token cosine of the hidden vectors,
+rel err = sqrt(sum |h - h_ref|^2 / sum |h_ref|^2). Errors (±) are standard errors with windows
+as the units. See docs/eval.md."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="held-out loss of a model (CE, perplexity), and its cost against a --reference",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="A slim.json beside MODEL (written by `sui-onnx slim`) names the calibration data: eval "
+               "data with the same sha256 is flagged as not held out. Exit codes: 0 success, 2 bad input.",
+    )
+    p.add_argument("model", metavar="MODEL", help=".onnx file or folder holding model.onnx (its tokenizer.json "
+                                                  "is read from beside it, else from beside --reference)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="SRC", action="append", type=Path, required=True,
+                   help="held-out data: .txt file, folder of .txt, .jsonl with a \"text\" field, or .npy token ids "
+                        "[n_windows, L] (each row one window). Repeatable: each source is measured on its own; "
+                        "use data the model was not calibrated on, ideally from more than one domain")
+    g.add_argument("--reference", metavar="MODEL", type=Path,
+                   help="the model to compare with (e.g. the unnarrowed original): adds dCE, KL and top-1 "
+                        "(decoders) or cosine and relative error of the hidden states (encoders)")
+    g.add_argument("--seq-len", type=_positive_int, default=256, metavar="L",
+                   help="window length for text (default 256); .npy rows keep their own length")
+    g.add_argument("--batch-size", type=_positive_int, default=8, metavar="B",
+                   help="windows per run (default 8; fewer when one batch of logits would pass 256 MiB)")
+    g.add_argument("--tokens", type=_positive_int, metavar="N",
+                   help="token budget per source (default: the whole source, at most 16384 tokens)")
+    add_device_args(p)  # its --precision concerns analysis only; eval always scores in float64
+    g = p.add_argument_group("outputs")
+    g.add_argument("--json", type=Path, metavar="OUT", help="write the result JSON (schema sui-onnx/eval); '-' for stdout")
+    g.add_argument("-q", "--quiet", action="store_true", help="no terminal table or progress bar")
+    p.set_defaults(run=run)
+
+
+def calibration_digests(model: Path) -> list[str]:
+    """The calibration sha256s in a slim.json beside MODEL (written by `sui-onnx slim`); [] if none or unreadable."""
+    folder = model if model.is_dir() else model.parent
+    try:
+        data = json.loads((folder / "slim.json").read_text(encoding="utf-8"))
+        sources = data["calibration"]["sources"]
+        return [s["sha256"] for s in sources if isinstance(s, dict) and isinstance(s.get("sha256"), str)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluate import Evaluator, ModelInput, tokenizer_folder_for
+
+    model = ModelInput(path=Path(args.model), label="model")
+    reference = ModelInput(path=args.reference, label="reference") if args.reference is not None else None
+    guard_outputs([model.path, args.reference, *args.data], [args.json])
+    quiet = args.quiet or (args.json is not None and str(args.json) == "-")
+    with TokenProgress(enabled=not quiet) as progress:
+        evaluator = Evaluator(args.data, tokenizer_folder_for(model, reference), reference, seq_len=args.seq_len,
+                              batch_size=args.batch_size, tokens=args.tokens, device=args.device,
+                              threads=args.threads, progress=progress,
+                              calibration_digests=calibration_digests(model.path))
+        result = evaluator.measure(model)
+    if args.json is not None:
+        write_text_atomic(args.json, result.to_json())
+    if not quiet:
+        console = make_console()
+        console.print(render(result))
+        for w in result.warnings:
+            from rich.markup import escape
+
+            console.print(f"[yellow]warning: {escape(w)}[/yellow]")
+    return 0
+
+
+def _pm(value: float | None, se: float | None, fmt: str) -> str:
+    if value is None:
+        return "-"
+    return format(value, fmt) + (f" ± {se:.{fmt.split('.')[-1]}}" if se is not None else "")
+
+
+def _caption(kind: str, ref: bool) -> str:
+    if kind == "encoder":
+        return "hidden states against the reference: mean per-token cosine, relative L2 error"
+    text = "CE: nats per predicted token, ± one standard error; ppl = exp(CE)"
+    if ref:
+        text += "\ndCE = CE - CE(reference) (paired SE); KL(reference || model) in nats per token;\n" \
+                "top-1: share of positions where both models' most likely token agrees"
+    return text
+
+
+def render(result):
+    """A rich table, one row per source (and the pooled row when there are several)."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    ref = result.reference is not None
+    s = result.settings
+    title = (f"eval {escape(result.model['label'])}: {escape(str(result.model['path'] or '<bytes>'))} ({result.kind}, "
+             f"L {s['seq_len']}, batch {s['batch_size']}, {s['device']})")
+    if ref:
+        title += f"\nreference: {escape(str(result.reference['path'] or result.reference['label']))}"
+    t = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", header_style="bold", pad_edge=False,
+              padding=(0, 0), caption=_caption(result.kind, ref), caption_justify="left")
+    t.add_column("source", overflow="fold", min_width=10, max_width=18)
+    for name in ("windows", "tokens"):
+        t.add_column(name, justify="right", no_wrap=True)
+    names = (["CE", "ppl"] + (["dCE", "KL", "top-1"] if ref else [])) if result.kind == "decoder" else ["cosine", "rel err"]
+    for name in names:
+        t.add_column(name, justify="right", no_wrap=True)
+    rows = [(Path(x.source["path"]).name + ("" if x.source.get("held_out", True) else " (calib!)"), x)
+            for x in result.sources]
+    if len(result.sources) > 1 and result.pooled is not None:
+        rows.append(("pooled", result.pooled))
+    for name, x in rows:
+        cells = [escape(name), str(x.windows), f"{x.tokens:,}"]
+        if result.kind == "decoder":
+            cells += [_pm(x.ce, x.ce_se, ".3f"), "-" if x.ppl is None else f"{x.ppl:,.1f}"]
+            if ref:
+                cells += [_pm(x.delta_ce, x.delta_ce_se, "+.4f"),
+                          f"{x.kl:.4f}", f"{100 * x.top1:.1f}%"]
+        else:
+            cells += [f"{x.cosine:.5f}", f"{x.rel_error:.4f}" if x.rel_error is not None else "-"]
+        t.add_row(*cells)
+    return t
