@@ -170,7 +170,7 @@ class FFNSurgery:
             for slot, name in enumerate(add.input):
                 c = ix.canon(name)
                 if c != ix.canon(node.output[0]) and ix.is_static(c) and self._constant(c) is not None:
-                    shape = list(self._constant(c).shape)
+                    shape = list(self._constant(c).dims)
                     if shape and shape[-1] == m and int(np.prod(shape)) == m:
                         return _Operand(cons[0], slot, c)
         return None
@@ -423,8 +423,8 @@ class FFNSurgery:
                     a.ints.extend(self._scaled_bounds(plan, np.asarray(sizes), d, k).tolist())
             return
         value = self._vector(op.name)
-        if value is None:
-            raise self._refuse(plan.layer, f"the bounds {op.name!r} splitting its fused gate/up projection are not constant")
+        if value is None:  # computed from the tensor's shape (torch's chunk): follows the narrower tensor
+            return
         new = self._scaled_bounds(plan, value, d, k)
         if not np.array_equal(new, value):
             g.node[op.node].input[op.slot] = self._new(inits, op.name, plan.layer, new)
