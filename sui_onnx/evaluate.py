@@ -205,7 +205,9 @@ def _embedding_rows(model: Any) -> int | None:
     """Rows of the table a Gather reads the token ids from (the vocabulary), when the graph says."""
     from .runner import FeedBuilder
 
-    ids = {i.name for i in model.graph.input if FeedBuilder._role(i) == "ids"}
+    from types import SimpleNamespace
+
+    ids = {i.name for i in model.graph.input if FeedBuilder._role(SimpleNamespace(name=i.name, shape=())) == "ids"}
     dims = {t.name: list(t.dims) for t in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] in ids and len(dims.get(node.input[0], [])) == 2:

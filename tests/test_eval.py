@@ -371,3 +371,35 @@ def test_cli_on_the_demo_model(tmp_path):
     assert r.returncode == 0, r.stderr
     s = json.loads((tmp_path / "e.json").read_text())["sources"][0]
     assert s["ce"] == plain["ce"] and s["delta_ce"] == 0.0 and abs(s["kl"]) < 1e-9 and s["top1"] == 1.0
+
+
+# -- exported fixtures (KV-cache inputs, external data, int8, an encoder); skipped when not built --
+FIXTURES = Path(__file__).parent / "fixtures"
+needs_fixtures = pytest.mark.skipif(not (FIXTURES / "llama_past").is_dir(), reason="fixtures not built")
+
+
+@needs_fixtures
+def test_kv_cache_export_scores_like_the_plain_one():
+    # llama_past: the same weights with past key/value inputs (fed at length 0) and present outputs
+    res = evaluate(FIXTURES / "llama_past", [DATA / "heldout.txt"], reference=FIXTURES / "llama_extdata",
+                   seq_len=32, tokens=640)
+    s = res.sources[0]
+    assert s.windows == 20 and s.tokens == 20 * 31 and res.model["output"] == "logits"
+    assert abs(s.delta_ce) < 1e-5 and s.kl < 1e-8 and s.top1 > 0.99
+
+
+@needs_fixtures
+def test_int8_copy_against_its_float_original():
+    res = evaluate(FIXTURES / "gpt2_int8", [DATA / "heldout.txt"], reference=FIXTURES / "gpt2_w128",
+                   seq_len=32, tokens=640)
+    s = res.sources[0]
+    assert 0 < s.kl < 1e-2 and 0.9 < s.top1 < 1.0 and s.delta_ce_se > 0
+
+
+@needs_fixtures
+def test_encoder_fixture_against_itself():
+    res = evaluate(FIXTURES / "bert_w128", [DATA / "heldout.txt"], reference=FIXTURES / "bert_w128",
+                   seq_len=32, tokens=320)
+    s = res.sources[0]
+    assert res.kind == "encoder" and res.model["output"] == "last_hidden_state" and s.tokens == 320
+    assert s.cosine == pytest.approx(1.0, abs=1e-9) and s.rel_error == 0.0

@@ -90,10 +90,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pm(value: float | None, se: float | None, fmt: str) -> str:
+def _num(value: float, digits: int, sign: bool = False) -> str:
+    """Fixed-point, or two significant digits in scientific notation when it would show as zero."""
+    if value != 0 and abs(value) < 0.5 * 10 ** -digits:
+        return format(value, "+.1e" if sign else ".1e")
+    return format(value, f"{'+' if sign else ''}.{digits}f")
+
+
+def _pm(value: float | None, se: float | None, digits: int, sign: bool = False) -> str:
     if value is None:
         return "-"
-    return format(value, fmt) + (f" ± {se:.{fmt.split('.')[-1]}}" if se is not None else "")
+    return _num(value, digits, sign) + (f" ± {_num(se, digits)}" if se is not None else "")
 
 
 def _caption(kind: str, ref: bool) -> str:
@@ -101,43 +108,42 @@ def _caption(kind: str, ref: bool) -> str:
         return "hidden states against the reference: mean per-token cosine, relative L2 error"
     text = "CE: nats per predicted token, ± one standard error; ppl = exp(CE)"
     if ref:
-        text += "\ndCE = CE - CE(reference) (paired SE); KL(reference || model) in nats per token;\n" \
+        text += "\ndCE = CE - CE(reference), paired SE; KL(reference || model) nats per token;\n" \
                 "top-1: share of positions where both models' most likely token agrees"
     return text
 
 
 def render(result):
-    """A rich table, one row per source (and the pooled row when there are several)."""
+    """Header lines, a rich table with one row per source (and the pooled row when there are
+    several), and a legend; user text is escaped."""
     from rich import box
+    from rich.console import Group
     from rich.markup import escape
     from rich.table import Table
 
     ref = result.reference is not None
     s = result.settings
-    title = (f"eval {escape(result.model['label'])}: {escape(str(result.model['path'] or '<bytes>'))} ({result.kind}, "
-             f"L {s['seq_len']}, batch {s['batch_size']}, {s['device']})")
+    header = [f"eval {escape(result.model['label'])}: {escape(str(result.model['path'] or '<bytes>'))}",
+              f"{result.kind}, seq_len {s['seq_len']}, batch {s['batch_size']}, {s['device']}"]
     if ref:
-        title += f"\nreference: {escape(str(result.reference['path'] or result.reference['label']))}"
-    t = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", header_style="bold", pad_edge=False,
-              padding=(0, 0), caption=_caption(result.kind, ref), caption_justify="left")
+        header.append(f"reference: {escape(str(result.reference['path'] or result.reference['label']))}")
+    t = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, padding=(0, 0))
     t.add_column("source", overflow="fold", min_width=10, max_width=18)
     for name in ("windows", "tokens"):
         t.add_column(name, justify="right", no_wrap=True)
     names = (["CE", "ppl"] + (["dCE", "KL", "top-1"] if ref else [])) if result.kind == "decoder" else ["cosine", "rel err"]
     for name in names:
         t.add_column(name, justify="right", no_wrap=True)
-    rows = [(Path(x.source["path"]).name + ("" if x.source.get("held_out", True) else " (calib!)"), x)
-            for x in result.sources]
+    rows = [(Path(x.source["path"]).name, x) for x in result.sources]
     if len(result.sources) > 1 and result.pooled is not None:
         rows.append(("pooled", result.pooled))
     for name, x in rows:
         cells = [escape(name), str(x.windows), f"{x.tokens:,}"]
         if result.kind == "decoder":
-            cells += [_pm(x.ce, x.ce_se, ".3f"), "-" if x.ppl is None else f"{x.ppl:,.1f}"]
+            cells += [_pm(x.ce, x.ce_se, 3), "-" if x.ppl is None else f"{x.ppl:,.1f}"]
             if ref:
-                cells += [_pm(x.delta_ce, x.delta_ce_se, "+.4f"),
-                          f"{x.kl:.4f}", f"{100 * x.top1:.1f}%"]
+                cells += [_pm(x.delta_ce, x.delta_ce_se, 4, sign=True), _num(x.kl, 4), f"{100 * x.top1:.1f}%"]
         else:
-            cells += [f"{x.cosine:.5f}", f"{x.rel_error:.4f}" if x.rel_error is not None else "-"]
+            cells += [f"{x.cosine:.5f}", _num(x.rel_error, 4) if x.rel_error is not None else "-"]
         t.add_row(*cells)
-    return t
+    return Group("\n".join(header), t, f"[dim]{_caption(result.kind, ref)}[/dim]")
