@@ -328,6 +328,8 @@ class Evaluator:
         for src in self.source_paths:  # every source checked (exists, readable, tokenizer) before any run
             if not src.exists():
                 raise CalibrationError(f"{src}: no such eval data file or folder")
+            if src.is_file() and src.suffix.lower() not in (".txt", ".jsonl", ".npy"):
+                raise CalibrationError(f"{src}: unsupported eval data (use .txt, .jsonl, .npy token ids or a folder of .txt)")
             text = src.is_dir() or (src.is_file() and src.suffix.lower() in (".txt", ".jsonl"))
             if text and not (
                     self.tokenizer_folder is not None and (self.tokenizer_folder / "tokenizer.json").is_file()):
@@ -358,13 +360,17 @@ class Evaluator:
         streams = [self._stream(src, batch_size_for(self._window_len(src), width, self.batch_size))
                    for src in self.source_paths]
         totals = [self._expected_tokens(s) for s in streams]
-        vocab = width if m.kind == "decoder" else (m.vocab_rows or (ref.vocab_rows if ref is not None else None))
+        # ids must index every embedding table the graphs show, and (decoders) the logits
+        limits = [width] if m.kind == "decoder" else []
+        limits += [s.vocab_rows for s in (m, ref) if s is not None and s.vocab_rows is not None]
+        vocab = min(limits) if limits else None
+        if vocab is not None:
+            for stream, desc in zip(streams, self.descriptions):
+                for arr in stream.token_ids:  # .npy: whole arrays, before anything runs
+                    self._check_ids(int(arr.max()), vocab, desc, m)
         done = 0
         per_source: list[_Windows] = []
         for i, (stream, desc) in enumerate(zip(streams, self.descriptions)):
-            if vocab is not None:
-                for arr in stream.token_ids:  # .npy: the whole array, before anything runs
-                    self._check_ids(int(arr.max()), vocab, desc, m)
             label = f"eval {m.label}: {Path(desc['path']).name}" + (f" ({i + 1}/{len(streams)})" if len(streams) > 1 else "")
             acc = _Windows()
             for batch in stream:

@@ -67,7 +67,11 @@ def calibration_digests(model: Path) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluate import Evaluator, ModelInput, tokenizer_folder_for
+    from ..graph.source import resolve_model_path
 
+    for given in (args.model, args.reference):  # a missing model is named before the data is looked at
+        if given is not None:
+            resolve_model_path(given)
     model = ModelInput(path=Path(args.model), label="model")
     reference = ModelInput(path=args.reference, label="reference") if args.reference is not None else None
     guard_outputs([model.path, args.reference, *args.data], [args.json])
