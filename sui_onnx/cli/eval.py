@@ -28,8 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="held-out loss of a model (CE, perplexity), and its cost against a --reference",
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="A slim.json beside MODEL (written by `sui-onnx slim`) names the calibration data: eval "
-               "data with the same sha256 is flagged as not held out. Exit codes: 0 success, 2 bad input.",
+        epilog="A slim.json beside MODEL (written by `sui-onnx slim`) names the calibration data: eval\n"
+               "data with the same sha256 is flagged as not held out.\n"
+               "Exit codes: 0 success, 2 bad input (one line on stderr).",
     )
     p.add_argument("model", metavar="MODEL", help=".onnx file or folder holding model.onnx (its tokenizer.json "
                                                   "is read from beside it, else from beside --reference)")
@@ -47,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="windows per run (default 8; fewer when one batch of logits would pass 256 MiB)")
     g.add_argument("--tokens", type=_positive_int, metavar="N",
                    help="token budget per source (default: the whole source, at most 16384 tokens)")
-    add_device_args(p)  # its --precision concerns analysis only; eval always scores in float64
+    add_device_args(p)
+    p._option_string_actions["--precision"].help = argparse.SUPPRESS  # analysis only: eval scores in float64
     g = p.add_argument_group("outputs")
     g.add_argument("--json", type=Path, metavar="OUT", help="write the result JSON (schema sui-onnx/eval); '-' for stdout")
     g.add_argument("-q", "--quiet", action="store_true", help="no terminal table or progress bar")
