@@ -94,8 +94,10 @@ def files(tmp_path_factory, tables):
 
 
 # -- the closed forms --------------------------------------------------------------------------
-def test_decoder_ce_kl_top1_equal_the_closed_form(tables, files):
+@pytest.mark.parametrize("rows", [64, 3])  # 3: each window's 8 predictions span three chunks
+def test_decoder_ce_kl_top1_equal_the_closed_form(tables, files, monkeypatch, rows):
     E, R, ids, agree = tables
+    monkeypatch.setattr(ev, "CHUNK_ROWS", rows)
     res = evaluate(files["model"], [files["ids"]], reference=files["ref"], batch_size=3)
     want = reference_decoder_numbers(E, R, ids)
     assert res.kind == "decoder" and len(res.sources) == 1
@@ -218,7 +220,8 @@ def test_memory_rule_shrinks_the_batch(tmp_path, monkeypatch):
 
 
 # -- encoders ----------------------------------------------------------------------------------
-def test_encoder_cosine_and_relative_error(tmp_path):
+def test_encoder_cosine_and_relative_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(ev, "CHUNK_ROWS", 4)  # windows of 13 tokens: four chunks each
     rng = np.random.default_rng(5)
     H = rng.standard_normal((20, 6)).astype(np.float32)
     Hr = (H + rng.standard_normal((20, 6)) * 0.4).astype(np.float32)
