@@ -127,6 +127,7 @@ def width_advice(
         entry["variance_lost"] = float(max(0.0, p[keep:].sum()))
     saving = 1.0 - recommended / current if current else 0.0
     return {
+        "basis": "variance",  # an estimate from the spectrum; report --eval adds "measured"
         "q": q,
         "quantile": quantile,
         "align": align,

@@ -96,14 +96,55 @@ def advice_panel(report: Report) -> Panel:
     a = report.advice
     if not a or a.get("recommended_width") is None:
         return Panel("no usable layer: no width advice", title="width advice", title_align="left")
+    if a.get("measured"):
+        return measured_panel(report)
+    counted = "every layer" if a.get("quantile", 1.0) >= 1.0 else f"the {a['quantile']:.0%} quantile of layers"
     lines = [
-        f"recommended FFN width [bold]{a['recommended_width']}[/] of {a['current_width']} "
-        f"(ratio {a['width_ratio']:.2f}): saves {a['ffn_param_saving']:.0%} of FFN parameters and FLOPs",
-        f"keeps >= {a['q']:.0%} of hidden variance in every layer counted; worst layer loses "
-        f"{a['max_variance_lost']:.2%}",
-        "[dim]advisory: " + "; ".join(a.get("assumptions", [])[1:3]) + "[/]",
+        f"k{round(100 * a['q'])} needs {a.get('needed_width', a['recommended_width'])} of {a['current_width']} "
+        f"neurons ({counted}; {a['recommended_width']} rounded to a multiple of {a.get('align', 64)}), "
+        f"worst layer loses {a['max_variance_lost']:.2%} of its variance",
+        "[yellow]a compressibility estimate, not a deployable width: a narrower FFN without retraining "
+        "costs more than the variance it drops[/]",
+        "measure it: [bold]--eval HELDOUT[/] · build it: [bold]sui-onnx slim MODEL OUT --eval HELDOUT[/]",
     ]
-    return Panel("\n".join(lines), title="width advice", title_align="left", box=box.ROUNDED)
+    return Panel("\n".join(lines), title="width advice (estimate)", title_align="left", box=box.ROUNDED)
+
+
+def measured_panel(report: Report) -> Panel:
+    """The measured ladder: dCE of the projection (what the spectrum allows) and of slim (a
+    narrower FFN without retraining), worst over the eval sources, and the recommendation."""
+    m = report.advice["measured"]
+    current = report.advice["current_width"]
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
+    for name, justify in (("width", "left"), ("", "right"), ("FFN saved", "right"), ("dCE projection", "right"),
+                          ("dCE slim", "right"), ("top-1 slim", "right")):
+        t.add_column(name, justify=justify, no_wrap=True)
+    for row in m["ladder"]:
+        widths = row["widths"]
+        w = str(widths[0]) if len(set(widths)) == 1 else f"{min(widths)}..{max(widths)}"
+        slim_ok = row["slim"]["worst_delta_ce"] is not None and row["slim"]["worst_delta_ce"] <= m["max_loss_increase"]
+        top1 = [s["top1"] for s in row["slim"]["sources"] if s.get("top1") is not None]
+        t.add_row(row["label"], w, f"{row['ffn_param_saving']:.0%}", _delta(row["projection"]["worst_delta_ce"]),
+                  Text(_delta(row["slim"]["worst_delta_ce"]), style="green" if slim_ok else "red"),
+                  f"{100 * min(top1):.1f}%" if top1 else "-")
+    names = ", ".join(str(s.get("path", "?")).rsplit("/", 1)[-1] for s in m.get("eval", []))
+    if m.get("recommended_width") is not None:
+        head = (f"recommended FFN width [bold]{m['recommended_width']}[/] of {current} ({m['recommended_label']}): "
+                f"measured dCE within {m['max_loss_increase']} nats/token on {names}; saves "
+                f"{m['ffn_param_saving']:.0%} of FFN parameters")
+    else:
+        head = (f"no measured width keeps dCE within {m['max_loss_increase']} nats/token on {names}: keep {current} "
+                "(or allow more with --max-loss-increase)")
+    notes = [Text.from_markup(head), t,
+             Text("dCE: held-out cross-entropy increase in nats/token, worst eval source; projection = the top "
+                  "principal directions only (full width, saves nothing); slim = the narrower FFN "
+                  "`sui-onnx slim` writes", style="dim")]
+    notes += [Text(f"warning: {w}", style="yellow") for w in m.get("warnings", [])]
+    return Panel(Group(*notes), title="width advice (measured)", title_align="left", box=box.ROUNDED)
+
+
+def _delta(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.4f}"
 
 
 def flags_note(report: Report) -> Text | None:
@@ -152,12 +193,24 @@ def to_markdown(report: Report) -> str:
             f"{_fmt(x.sui, '.3f')} | {_fmt(e.get('k90'), 'd')} | {_fmt(e.get('k95'), 'd')} | "
             f"{_fmt(e.get('k99'), 'd')} | {x.status} |"
         )
-    if a and a.get("recommended_width") is not None:
+    if a and a.get("measured"):
+        m = a["measured"]
+        rec = (f"**{m['recommended_width']}** of {a['current_width']} ({m['recommended_label']}, saves "
+               f"{m['ffn_param_saving']:.0%} of FFN parameters)" if m.get("recommended_width") is not None
+               else f"keep {a['current_width']} (no measured width within the limit)")
+        out += ["", f"**Width advice** (measured, dCE <= {m['max_loss_increase']} nats/token on every eval source): {rec}.",
+                "", "| width | FFN saved | dCE projection | dCE slim |", "|:--|---:|---:|---:|"]
+        for row in m["ladder"]:
+            out.append(f"| {row['label']} ({max(row['widths'])}) | {row['ffn_param_saving']:.0%} | "
+                       f"{_delta(row['projection']['worst_delta_ce'])} | {_delta(row['slim']['worst_delta_ce'])} |")
+    elif a and a.get("recommended_width") is not None:
         out += [
             "",
-            f"**Width advice** (advisory): {a['recommended_width']} of {a['current_width']} "
-            f"(saves {a['ffn_param_saving']:.0%} of FFN parameters and FLOPs; worst layer loses "
-            f"{a['max_variance_lost']:.2%} of variance). Assumptions: " + "; ".join(a.get("assumptions", [])) + ".",
+            f"**Width estimate** (unmeasured): k{round(100 * a['q'])} needs {a.get('needed_width', a['recommended_width'])} "
+            f"of {a['current_width']} neurons ({a['recommended_width']} aligned; worst layer loses "
+            f"{a['max_variance_lost']:.2%} of variance). A compressibility estimate, not a deployable width: measure "
+            "it with `sui-onnx report --eval HELDOUT` or `sui-onnx slim --eval HELDOUT`. Assumptions: "
+            + "; ".join(a.get("assumptions", [])) + ".",
         ]
     out.append("")
     return "\n".join(out)

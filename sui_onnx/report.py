@@ -15,7 +15,7 @@ from typing import Any
 from .errors import SuiError
 
 SCHEMA = "sui-onnx/report"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: advice.basis, advice.measured (report --eval); version 1 reports still read
 METRIC_KEYS = ("hard_rank", "soft_rank", "hard_util", "soft_util", "concentration", "sui", "asymmetry")
 
 # Layer status values, most severe first; `flags` may hold several, `status` is the most severe.

@@ -40,7 +40,7 @@ def test_json_validates_against_the_schema(report_files):
     out, _ = report_files
     data = json.loads((out / "r.json").read_text())
     jsonschema.validate(data, SCHEMA)
-    assert data["schema"] == "sui-onnx/report" and data["schema_version"] == 1
+    assert data["schema"] == "sui-onnx/report" and data["schema_version"] == 2
     assert data["calibration"]["tokens"] == 3000 and data["runtime"]["providers"] == ["CPUExecutionProvider"]
     assert [x["layer"] for x in data["layers"]] == [0, 1]
 

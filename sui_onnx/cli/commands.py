@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import check, eval, merge, report, scaling, taps
+from . import check, eval, merge, report, scaling, slim, taps
 from . import export
 
-REGISTRY = [report.register, eval.register, check.register, taps.register, merge.register, scaling.register, export.register]
+REGISTRY = [report.register, eval.register, slim.register, check.register, taps.register, merge.register, scaling.register, export.register]

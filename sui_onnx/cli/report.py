@@ -10,7 +10,8 @@ import numpy as np
 
 from ..runner import companion_encoder
 
-from .options import (TokenProgress, add_analysis_args, analysis_options, calibration_spec, guard_outputs, make_console, model_argument, write_text_atomic)
+from ..slimming import DEFAULT_MAX_LOSS
+from .options import (TokenProgress, _positive_int, add_analysis_args, analysis_options, calibration_spec, guard_outputs, make_console, model_argument, write_text_atomic)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +30,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--markdown", type=Path, metavar="OUT", help="write a markdown summary (PR comments)")
     g.add_argument("--plot", type=Path, metavar="DIR", help="write PNG plots (needs the `plot` extra)")
     g.add_argument("-q", "--quiet", action="store_true", help="no terminal report or progress bar")
+    g = p.add_argument_group(
+        "measured width advice",
+        "With --eval the advice is measured: for widths D/8, D/4, D/2, 3D/4 and the k95 estimate the model is "
+        "narrowed as `sui-onnx slim` does (and, for comparison, projected onto its top principal directions) and "
+        "its held-out dCE against the original is measured; the recommended width is the smallest one within "
+        "--max-loss-increase. Site post only.")
+    g.add_argument("--eval", metavar="SRC", action="append", type=Path, default=[],
+                   help="held-out data (same kinds as --calib), repeatable; each source is measured on its own")
+    g.add_argument("--max-loss-increase", type=_nats, default=DEFAULT_MAX_LOSS, metavar="NATS",
+                   help=f"largest dCE per token on every eval source for a width to be recommended (default {DEFAULT_MAX_LOSS})")
+    g.add_argument("--eval-tokens", type=_positive_int, metavar="N",
+                   help="token budget per eval source (default: the whole source, at most 16384)")
+    g.add_argument("--eval-seq-len", type=_positive_int, metavar="L", help="eval window length (default: --seq-len)")
     p.set_defaults(run=run)
 
 
@@ -37,20 +51,57 @@ def run(args: argparse.Namespace) -> int:
 
     model = model_argument(args)
     outputs = [args.json, args.spectra, args.markdown, args.checkpoint]
-    guard_outputs([model, companion_encoder(model), *args.calib, args.encoder, args.resume, args.stats], outputs)
+    guard_outputs([model, companion_encoder(model), *args.calib, *args.eval, args.encoder, args.resume, args.stats], outputs)
     if args.plot is not None:
         from ..plots import require_matplotlib
 
         require_matplotlib()
     quiet = args.quiet or (args.json is not None and str(args.json) == "-")
-    with TokenProgress(enabled=not quiet) as progress:
-        report = analyze(model, calibration_spec(args), analysis_options(args, progress))
+    if args.eval:
+        report = measured_report(model, args, quiet)
+    else:
+        with TokenProgress(enabled=not quiet) as progress:
+            report = analyze(model, calibration_spec(args), analysis_options(args, progress))
     write_outputs(report, args)
     if not quiet:
         from ..render import report_renderable
 
         make_console().print(report_renderable(report))
     return 0
+
+
+def _nats(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of nats, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def measured_report(model: Path, args: argparse.Namespace, quiet: bool):
+    """The report of one calibration run whose width advice is measured on --eval (slimming.py)."""
+    from ..errors import SuiError
+    from ..evaluate import Evaluator, ModelInput
+    from ..graph.source import resolve_model_path
+    from ..slimming import SlimStudy, measured_advice
+
+    if args.site != "post":
+        raise SuiError("--eval measures narrowed FFNs, which are cut at the down projection's input: use --site post")
+    if args.tap or args.include or args.exclude:
+        raise SuiError("--eval narrows every FFN block: it cannot be combined with --tap, --include or --exclude")
+    with TokenProgress(enabled=not quiet) as progress:
+        study = SlimStudy(model, calibration_spec(args), analysis_options(args, progress))
+    report = study.report
+    digests = [s.get("sha256") for s in report.calibration.get("sources", []) if s.get("sha256")]
+    evaluator = Evaluator(args.eval, study.src.folder, ModelInput(path=resolve_model_path(model), label="original"),
+                          seq_len=args.eval_seq_len or args.seq_len, batch_size=args.batch_size, tokens=args.eval_tokens,
+                          device=args.device, threads=args.threads, calibration_digests=digests)
+    report.advice["measured"] = measured_advice(study, evaluator, args.align, args.max_loss_increase,
+                                                report.advice.get("recommended_width"),
+                                                progress_factory=lambda: TokenProgress(enabled=not quiet))
+    return report
 
 
 def write_outputs(report, args: argparse.Namespace) -> None:

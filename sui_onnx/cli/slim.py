@@ -1,0 +1,255 @@
+"""`sui-onnx slim MODEL OUT_DIR (--width K | --ratio R | --max-loss-increase NATS)`: write a model
+whose FFN blocks are genuinely narrower, chosen and refitted from the calibration statistics, with
+its measured cost on held-out text (docs/slim.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..metrics import DEFAULT_TOP_FRACTION
+from .options import (TokenProgress, _positive_int, add_calib_args, add_device_args, add_run_args,
+                      analysis_options, calibration_spec, guard_outputs, make_console, write_text_atomic)
+
+_DESCRIPTION = """\
+Narrow every FFN block of MODEL and write the narrower model to OUT_DIR (model.onnx, its tokenizer
+and config files, and slim.json). The calibration run is the one `report` makes (same --calib,
+--tokens, --stats, --checkpoint); from each layer's activation covariance slim picks the neurons to
+keep and refits the down projection by least squares, so the kept neurons also carry what the
+dropped ones contributed: W_down' = B W_down with B = (C_SS + ridge)^-1 C_S,:, the means folded into
+the down bias. No retraining and no PyTorch. The cost is measured, not assumed: give held-out text
+with --eval (another domain too: slimming is specific to the calibration data; calibrate on what
+the model will serve). See docs/slim.md."""
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def _nats(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of nats, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..slim import DEFAULT_RIDGE, METHODS
+    from ..slimming import SCHEDULES
+
+    p = sub.add_parser(
+        "slim",
+        help="write a narrower model: FFN neurons chosen and refitted from the statistics, cost measured",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Exit codes: 0 success, 2 bad input or a model slim cannot narrow (one line says why).",
+    )
+    p.add_argument("model", metavar="MODEL", help=".onnx file or folder holding model.onnx (never modified)")
+    p.add_argument("out_dir", metavar="OUT_DIR", type=Path,
+                   help="new folder for the narrower model (must not exist, or be empty)")
+    g = p.add_argument_group("target width (one of)")
+    how = g.add_mutually_exclusive_group(required=True)
+    how.add_argument("--width", type=_positive_int, metavar="K", help="keep K neurons in every FFN layer (at most its width)")
+    how.add_argument("--ratio", type=_ratio, metavar="R", help="keep R x D neurons per layer, rounded up to a multiple of --align")
+    how.add_argument("--max-loss-increase", type=_nats, metavar="NATS",
+                     help="the smallest width (a multiple of --align) whose measured dCE on every --eval source is "
+                          "at most NATS per token; each probe of the search is measured (needs --eval)")
+    g = p.add_argument_group("selection")
+    g.add_argument("--method", choices=METHODS, default="id",
+                   help="id (default): greedy pivoted Cholesky on the covariance weighted by the down projection, "
+                        "then the least-squares refit; variance: the highest-variance neurons, dropped ones "
+                        "replaced by their mean (the baseline)")
+    g.add_argument("--schedule", choices=SCHEDULES, default="uniform",
+                   help="uniform (default): the same width in every layer; per-layer: the same total, allocated "
+                        "by each layer's output-space residual")
+    g.add_argument("--align", type=_positive_int, default=64, metavar="N",
+                   help="widths are multiples of N for --ratio, --schedule per-layer and the search (default 64)")
+    g.add_argument("--ridge", type=_nats, default=DEFAULT_RIDGE, metavar="R",
+                   help=f"ridge of the refit, relative to the kept neurons' mean variance (default {DEFAULT_RIDGE:g})")
+    add_calib_args(p, encoder=False)
+    add_device_args(p)
+    add_run_args(p)
+    g = p.add_argument_group("held-out measurement")
+    g.add_argument("--eval", metavar="SRC", action="append", type=Path, default=[],
+                   help="held-out data (same kinds as --calib), repeatable: each source is measured on its own "
+                        "against the original model (dCE, KL, top-1) and written to slim.json")
+    g.add_argument("--eval-tokens", type=_positive_int, metavar="N",
+                   help="token budget per eval source (default: the whole source, at most 16384)")
+    g.add_argument("--eval-seq-len", type=_positive_int, metavar="L", help="eval window length (default: --seq-len)")
+    g = p.add_argument_group("outputs")
+    g.add_argument("--json", type=Path, metavar="OUT", help="also write slim.json here; '-' for stdout")
+    g.add_argument("-q", "--quiet", action="store_true", help="no terminal summary or progress bar")
+    p.set_defaults(run=run, site="post", include=None, exclude=None, tap=[], top_fraction=DEFAULT_TOP_FRACTION,
+                   advice_q=0.95, advice_quantile=1.0)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import SuiError
+    from ..evaluate import Evaluator, ModelInput
+    from ..graph.source import file_sha256, resolve_model_path
+    from ..graph.surgery import write_model_folder
+    from ..slimming import SlimStudy, eval_summary, search_width, slim_record, worst_delta
+
+    model = resolve_model_path(args.model)
+    out_dir: Path = args.out_dir
+    if args.max_loss_increase is not None and not args.eval:
+        raise SuiError("--max-loss-increase measures every probe on held-out data: give --eval HELDOUT")
+    inputs = [model, *args.calib, *args.eval, args.resume, args.stats]
+    guard_outputs(inputs, [args.json, args.checkpoint])
+    _guard_out_dir(out_dir, [p for p in inputs if p is not None] + [model.parent])
+    quiet = args.quiet or (args.json is not None and str(args.json) == "-")
+    console = make_console(quiet=quiet)
+    with TokenProgress(enabled=not quiet) as progress:
+        study = SlimStudy(model, calibration_spec(args), analysis_options(args, progress), ridge=args.ridge)
+    warnings: list[str] = []
+    evaluator = None
+    if args.eval:
+        digests = [s.get("sha256") for s in study.report.calibration.get("sources", []) if s.get("sha256")]
+        evaluator = Evaluator(args.eval, study.src.folder, ModelInput(path=model, label="original"),
+                              seq_len=args.eval_seq_len or args.seq_len, batch_size=args.batch_size,
+                              tokens=args.eval_tokens, device=args.device, threads=args.threads,
+                              calibration_digests=digests)
+
+    def widths_for(uniform: list[int]) -> list[int]:
+        if args.schedule == "per-layer":
+            return study.per_layer_widths(uniform, args.method, args.align)
+        return uniform
+
+    def measure(variant):
+        with TokenProgress(enabled=not quiet) as bar:
+            evaluator.progress = bar
+            return evaluator.measure(ModelInput(data=variant.model.SerializeToString(),
+                                                external_folder=study.src.data_folder, label=variant.label))
+
+    search: list[dict] = []
+    if args.max_loss_increase is not None:
+        widest = max(study.widths)
+
+        def probe(k: int) -> float | None:
+            v = study.variant(widths_for([min(k, d) for d in study.widths]), args.method)
+            result = measure(v)
+            if result.kind != "decoder":
+                raise SuiError("--max-loss-increase needs a decoder (an output named logits); for an encoder use "
+                               "--width or --ratio with --eval, which measures the hidden states' cosine")
+            if not quiet:
+                console.print(f"[dim]probe {v.label}: worst dCE {_fmt(worst_delta(result))} nats[/dim]")
+            return worst_delta(result)
+
+        k = search_width(probe, args.align, widest, args.max_loss_increase, search)
+        if k is None:
+            raise SuiError(f"no width below {widest} keeps dCE <= {args.max_loss_increase} nats on every --eval source "
+                           f"(probes: {', '.join(str(s['width']) for s in search)}): nothing was written")
+        uniform = [min(k, d) for d in study.widths]
+        request = {"max_loss_increase": args.max_loss_increase}
+    else:
+        uniform = study.uniform_widths(args.width, args.ratio, args.align)
+        request = {"width": args.width} if args.width is not None else {"ratio": args.ratio}
+    variant = study.variant(widths_for(uniform), args.method)
+    evaluation = None
+    if evaluator is not None:
+        result = measure(variant)
+        evaluation = {**eval_summary(result), "result": result.to_dict()}
+        warnings += result.warnings
+    else:
+        warnings.append("no --eval: the cost of this width was not measured (sui-onnx eval OUT_DIR --data HELDOUT "
+                        f"--reference {model})")
+    record = slim_record(study, variant, request, None, None, evaluation, search, warnings, args.method,
+                         args.schedule, args.align)
+    written = write_model_folder(variant.model, study.src, out_dir,
+                                 {"slim.json": (json.dumps(record, indent=2, allow_nan=False) + "\n").encode()},
+                                 copy_from=study.src.folder)
+    _verify(written, variant.widths)
+    record["model"] = {"path": str(written), "sha256": file_sha256(written)}
+    write_text_atomic(out_dir / "slim.json", json.dumps(record, indent=2, allow_nan=False) + "\n")
+    if args.json is not None:
+        write_text_atomic(args.json, json.dumps(record, indent=2, allow_nan=False) + "\n")
+    if not quiet:
+        console.print(summary(record, evaluation))
+        for w in warnings:
+            from rich.markup import escape
+
+            console.print(f"[yellow]warning: {escape(w)}[/yellow]")
+    return 0
+
+
+def _guard_out_dir(out_dir: Path, inputs: list[Path]) -> None:
+    from ..errors import SuiError
+
+    target = out_dir.resolve()
+    for p in inputs:
+        r = Path(p).resolve()
+        if r == target or target in r.parents:
+            raise SuiError(f"refusing to write into {out_dir}: it holds an input of this run ({p})")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise SuiError(f"{out_dir} exists and is not an empty folder: nothing was written (choose a new OUT_DIR)")
+    if not target.parent.is_dir():
+        raise SuiError(f"cannot write {out_dir}: folder {target.parent} does not exist")
+
+
+def _verify(path: Path, widths: list[int]) -> None:
+    """The written model passes onnx.checker, loads in onnxruntime, and detection finds the new widths."""
+    import onnx
+
+    from ..errors import SuiError
+    from ..graph import find_taps, load_model
+    from ..runner import create_session
+
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:  # noqa: BLE001 - the checker raises several types
+        raise SuiError(f"the narrowed model fails onnx.checker ({str(exc).splitlines()[0][:200]}); please report it") from None
+    create_session(path, "cpu", 1)
+    found = [t.width for t in find_taps(load_model(path, lean=True).model)]
+    if found != list(widths):
+        raise SuiError(f"the narrowed model's FFN widths read back as {found}, expected {widths}; please report it")
+
+
+def _fmt(value: float | None, spec: str = "+.4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def summary(record: dict, evaluation: dict | None):
+    """Widths, parameter counts and the measured cost, one block."""
+    from rich import box
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.panel import Panel
+    from rich.table import Table
+
+    layers = record["layers"]
+    before = sorted({x["width_before"] for x in layers})
+    after = [x["width_after"] for x in layers]
+    p = record["parameters"]
+    lines = [
+        f"[bold]wrote[/]  {escape(str(record['model']['path']))}",
+        f"[bold]widths[/] {'/'.join(map(str, before))} -> "
+        + (str(after[0]) if len(set(after)) == 1 else f"{min(after)}..{max(after)} per layer (sum {sum(after)})")
+        + f" · method {record['method']} · schedule {record['schedule']}",
+        f"[bold]params[/] FFN {p['ffn_before']:,} -> {p['ffn_after']:,} ({1 - p['ffn_after'] / max(p['ffn_before'], 1):.0%} fewer) · "
+        f"total {p['total_before']:,} -> {p['total_after']:,} ({1 - p['total_after'] / max(p['total_before'], 1):.0%} fewer)",
+    ]
+    parts: list = [Panel("\n".join(lines), title="sui-onnx slim", title_align="left", box=box.ROUNDED)]
+    if evaluation is not None:
+        t = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, title="measured against the original",
+                  title_justify="left")
+        for name in ("eval source", "tokens", "CE before", "dCE", "KL", "top-1"):
+            t.add_column(name, justify="left" if name == "eval source" else "right", overflow="fold")
+        for s in evaluation["sources"]:
+            if s["delta_ce"] is None:
+                continue
+            se = f" ± {s['delta_ce_se']:.4f}" if s.get("delta_ce_se") is not None else ""
+            t.add_row(escape(Path(s["path"]).name) + ("" if s.get("held_out", True) else " [yellow](calib)[/]"),
+                      f"{s['tokens']:,}", f"{s['ref_ce']:.3f}", f"{s['delta_ce']:+.4f}{se}", f"{s['kl']:.4f}",
+                      f"{100 * s['top1']:.1f}%")
+        parts.append(t)
+    return Group(*parts)

@@ -1,0 +1,329 @@
+"""Narrower models from the calibration statistics, and what they cost on held-out text.
+
+Composes the stages (docs/slim.md): ``analyze`` runs the calibration with a statistics hook that
+keeps each FFN tap's covariance and mean; ``slim`` (pure) picks the neurons and refits the down
+projections; ``graph.surgery`` builds the narrower model in memory (weights stay referenced in the
+original file); ``evaluate`` measures it against the original. ``SlimStudy`` holds one model's
+statistics so several widths can be built and measured from one calibration run: ``sui-onnx
+slim`` writes one of them, ``report --eval`` measures a ladder of them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import onnx
+
+from . import __version__
+from .errors import SuiError
+from .slim import DEFAULT_RIDGE, METHODS, Refit, Selection, allocate, projection, refit, select
+
+SLIM_SCHEMA = "sui-onnx/slim"
+SLIM_SCHEMA_VERSION = 1
+SCHEDULES = ("uniform", "per-layer")
+LADDER = ((1, 8), (1, 4), (1, 2), (3, 4))  # report --eval: widths D/8, D/4, D/2, 3D/4
+DEFAULT_MAX_LOSS = 0.01  # nats per token
+
+
+def aligned(width: int, ratio: float, align: int) -> int:
+    """ratio x width rounded up to a multiple of ``align``, within [min(align, width), width]."""
+    k = int(math.ceil(ratio * width / align - 1e-9)) * align
+    return int(min(width, max(k, min(align, width))))
+
+
+@dataclass
+class Variant:
+    """One narrowed (or projected) model: per-layer widths and its ModelProto (weights referenced)."""
+
+    label: str
+    kind: str                    # "slim" | "projection"
+    method: str                  # id | variance | projection
+    widths: list[int]
+    model: onnx.ModelProto = field(repr=False)
+    keep: list[np.ndarray] = field(default_factory=list, repr=False)
+    residual_share: list[float] = field(default_factory=list)  # output-space error left, per layer
+
+
+class SlimStudy:
+    """One model's FFN statistics, ready to build narrower variants of it (see module doc)."""
+
+    def __init__(self, model: str | Path, calib, options, ridge: float = DEFAULT_RIDGE):
+        from .analyze import analyze
+        from .graph import load_model
+        from .graph.surgery import FFNSurgery
+
+        if ridge < 0 or not math.isfinite(ridge):
+            raise SuiError(f"--ridge must be a finite number >= 0, got {ridge}")
+        self.ridge = float(ridge)
+        self.src = load_model(model, lean=True)
+        self.surgery = FFNSurgery(self.src)  # refuses unsupported graphs before any calibration
+        self.cov: dict[int, np.ndarray] = {}
+        self.mean: dict[int, np.ndarray] = {}
+        opts = replace(options, site="post", include=None, exclude=None, explicit=(), statistics=self._keep)
+        self.report = analyze(model, calib, opts)
+        widths = [p.width for p in self.surgery.plans]
+        if [x.width for x in self.report.layers] != widths:
+            raise SuiError("the calibration taps do not match the FFN blocks found for slimming")
+        missing = [x.layer for x in self.report.layers if x.layer not in self.cov or x.tokens < 2]
+        if missing:
+            raise SuiError(f"no usable statistics for FFN layer(s) {missing[:6]} (NaN/Inf activations or too few tokens)")
+        self.weights = [self.surgery.down_weight(i) for i in range(len(widths))]
+        self._selections: dict[tuple[str, int], Selection] = {}
+
+    def _keep(self, i: int, acc) -> None:
+        from .xp import to_numpy
+
+        self.cov[i] = np.asarray(to_numpy(acc.covariance()), dtype=np.float64)
+        self.mean[i] = np.asarray(to_numpy(acc.shift + acc.sum / acc.n), dtype=np.float64)
+
+    @property
+    def widths(self) -> list[int]:
+        return [p.width for p in self.surgery.plans]
+
+    def selection(self, layer: int, method: str, kmax: int) -> Selection:
+        """The keep order of ``layer`` (computed once up to the largest width asked so far)."""
+        if method not in METHODS:
+            raise SuiError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+        cached = self._selections.get((method, layer))
+        if cached is None or len(cached.order) < kmax:
+            weight = self.weights[layer] if method in ("id", "variance") else None
+            cached = select(self.cov[layer], method, weight, kmax=kmax)
+            self._selections[(method, layer)] = cached
+        return cached
+
+    # -- widths ------------------------------------------------------------------------------
+    def uniform_widths(self, width: int | None = None, ratio: float | None = None, align: int = 64) -> list[int]:
+        """Per-layer widths for --width K (capped at each layer's D) or --ratio R (aligned)."""
+        if (width is None) == (ratio is None):
+            raise SuiError("give exactly one of a width and a ratio")
+        if width is not None:
+            if width < 1:
+                raise SuiError(f"--width must be at least 1, got {width}")
+            return [min(int(width), d) for d in self.widths]
+        if not 0 < ratio <= 1:
+            raise SuiError(f"--ratio must be in (0, 1], got {ratio}")
+        return [aligned(d, ratio, align) for d in self.widths]
+
+    def per_layer_widths(self, uniform: Sequence[int], method: str, align: int) -> list[int]:
+        """Widths with the same total as ``uniform``, allocated by each layer's output-space
+        residual curve (the greedy's exact residual after k neurons)."""
+        curves = [self.selection(i, method, d).residual for i, d in enumerate(self.widths)]
+        return allocate(curves, self.widths, int(sum(uniform)), align=align)
+
+    # -- variants ----------------------------------------------------------------------------
+    def refits(self, widths: Sequence[int], method: str) -> list[tuple[Refit, float]]:
+        out = []
+        for i, k in enumerate(widths):
+            sel = self.selection(i, method, k)
+            r = refit(self.cov[i], self.mean[i], self.weights[i], sel.keep(k), ridge=self.ridge,
+                      least_squares=method == "id")
+            share = float(sel.residual[k] / sel.residual[0]) if sel.residual[0] > 0 else 0.0
+            out.append((r, share))
+        return out
+
+    def variant(self, widths: Sequence[int], method: str = "id", label: str = "") -> Variant:
+        """The narrowed model at ``widths`` (one per FFN layer)."""
+        from .graph.surgery import LayerEdit
+
+        if len(widths) != len(self.widths):
+            raise SuiError(f"need one width per FFN layer ({len(self.widths)}), got {len(widths)}")
+        fits = self.refits(widths, method)
+        edits = {i: LayerEdit(r.keep, r.weight, r.bias_delta) for i, (r, _) in enumerate(fits)}
+        return Variant(label or f"{method} {_widths_label(widths)}", "slim", method, list(widths),
+                       self.surgery.apply(edits), [r.keep for r, _ in fits], [s for _, s in fits])
+
+    def projection_variant(self, ranks: Sequence[int], label: str = "") -> Variant:
+        """Full-width model whose FFN outputs see only the top-k principal directions of h."""
+        from .graph.surgery import LayerEdit
+
+        edits = {}
+        for i, k in enumerate(ranks):
+            r = projection(self.cov[i], self.mean[i], self.weights[i], int(k))
+            edits[i] = LayerEdit(r.keep, r.weight, r.bias_delta)
+        return Variant(label or f"projection {_widths_label(ranks)}", "projection", "projection", list(ranks),
+                       self.surgery.apply(edits))
+
+    # -- counts ------------------------------------------------------------------------------
+    def ffn_parameters(self, widths: Sequence[int]) -> int:
+        """Weights of the FFN projections at these widths (up/gate + down; biases left out)."""
+        total = 0
+        for plan, block, k in zip(self.surgery.plans, self.surgery.blocks, widths):
+            total += sum(u.k * u.n for u in block.ups) * k // plan.width + k * plan.out_width
+        return total
+
+
+def total_parameters(model: onnx.ModelProto) -> int:
+    """Elements of every float initializer (weights), embedded or external."""
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+    return int(sum(int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer if t.data_type in floats))
+
+
+def _widths_label(widths: Sequence[int]) -> str:
+    w = sorted(set(int(x) for x in widths))
+    return f"w={w[0]}" if len(w) == 1 else f"w={min(w)}..{max(w)}"
+
+
+def worst_delta(result) -> float | None:
+    """The largest ΔCE over the eval sources (the criterion --max-loss-increase bounds)."""
+    deltas = [s.delta_ce for s in result.sources if s.delta_ce is not None]
+    return max(deltas) if deltas else None
+
+
+def eval_summary(result) -> dict[str, Any]:
+    """The numbers of a measured variant, per eval source (JSON-ready)."""
+    return {
+        "worst_delta_ce": worst_delta(result),
+        "sources": [{"path": s.source.get("path"), "sha256": s.source.get("sha256"), "held_out": s.source.get("held_out"),
+                     "tokens": s.tokens, "ce": s.ce, "ref_ce": s.ref_ce, "delta_ce": s.delta_ce,
+                     "delta_ce_se": s.delta_ce_se, "kl": s.kl, "top1": s.top1, "cosine": s.cosine,
+                     "rel_error": s.rel_error} for s in result.sources],
+    }
+
+
+def search_width(measure: Callable[[int], float | None], align: int, width: int, limit: float,
+                 log: list[dict] | None = None) -> int | None:
+    """The smallest multiple of ``align`` (up to ``width``) whose measured loss increase is at
+    most ``limit``, by bisection over the widths (the loss is assumed to fall as the width grows;
+    every probe is measured and logged). None when even the full width minus one step fails."""
+    steps = max(1, width // align)
+    candidates = [min(width, j * align) for j in range(1, steps + 1)]
+    if candidates[-1] != width:
+        candidates.append(width)
+    lo, hi = 0, len(candidates) - 1  # invariant: candidates[hi] passes (the full width costs nothing)
+    best = None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        k = candidates[mid]
+        delta = measure(k)
+        ok = delta is not None and delta <= limit
+        if log is not None:
+            log.append({"width": k, "worst_delta_ce": delta, "within": ok})
+        if ok:
+            hi, best = mid, k
+        else:
+            lo = mid + 1
+    return best if best is not None else (candidates[hi] if hi < len(candidates) - 1 else None)
+
+
+def slim_record(study: SlimStudy, variant: Variant, request: dict, out_model: Path | None, sha256: str | None,
+                evaluation: dict | None, search: list[dict], warnings: list[str], method: str, schedule: str,
+                align: int) -> dict[str, Any]:
+    """The content of OUT_DIR/slim.json (schema sui-onnx/slim)."""
+    before = study.widths
+    layers = []
+    for x, k, keep, share in zip(study.report.layers, variant.widths, variant.keep, variant.residual_share):
+        layers.append({"layer": x.layer, "tensor": x.tensor, "width_before": x.width, "width_after": int(k),
+                       "kept": [int(i) for i in keep], "residual_share": share})
+    return {
+        "schema": SLIM_SCHEMA,
+        "schema_version": SLIM_SCHEMA_VERSION,
+        "tool": {"name": "sui-onnx", "version": __version__},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source_model": {"path": str(study.src.path), "sha256": study.src.sha256},
+        "model": {"path": None if out_model is None else str(out_model), "sha256": sha256},
+        "method": method,
+        "schedule": schedule,
+        "align": align,
+        "ridge": study.ridge,
+        "request": request,
+        "calibration": study.report.calibration,
+        "layers": layers,
+        "parameters": {
+            "ffn_before": study.ffn_parameters(before),
+            "ffn_after": study.ffn_parameters(variant.widths),
+            "total_before": total_parameters(study.src.model),
+            "total_after": total_parameters(variant.model),
+        },
+        "search": search,
+        "eval": evaluation,
+        "warnings": warnings,
+    }
+
+
+def ladder_widths(study: SlimStudy, align: int, estimate: int | None) -> list[tuple[str, list[int]]]:
+    """The widths report --eval measures: D/8, D/4, D/2, 3D/4 (aligned) and the k95 estimate,
+    each as (label, per-layer widths); duplicates are measured once."""
+    out: list[tuple[str, list[int]]] = []
+    seen: dict[tuple[int, ...], int] = {}
+    rungs = [(f"{num}D/{den}" if num > 1 else f"D/{den}", [aligned(d, num / den, align) for d in study.widths])
+             for num, den in LADDER]
+    if estimate is not None:
+        rungs.append(("k95 estimate", [min(int(estimate), d) for d in study.widths]))
+    for label, widths in rungs:
+        key = tuple(widths)
+        if key in seen:
+            prev = out[seen[key]]
+            out[seen[key]] = (f"{prev[0]} = {label}", prev[1])
+            continue
+        if all(w == d for w, d in zip(widths, study.widths)):
+            continue  # the full width costs nothing to measure
+        seen[key] = len(out)
+        out.append((label, widths))
+    return out
+
+
+def measured_advice(study: SlimStudy, evaluator, align: int, max_loss: float, estimate: int | None,
+                    method: str = "id", progress_factory: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Measure the ladder (see ladder_widths) as projections and as slim models against the
+    original; the recommended width is the smallest slim one whose dCE on every eval source is at
+    most ``max_loss`` (None: keep the full width)."""
+    from contextlib import nullcontext
+
+    from .evaluate import ModelInput
+
+    def run(variant):
+        ctx = progress_factory() if progress_factory is not None else nullcontext(None)
+        with ctx as bar:
+            evaluator.progress = bar
+            return evaluator.measure(ModelInput(data=variant.model.SerializeToString(),
+                                                external_folder=study.src.data_folder, label=variant.label))
+
+    full = study.ffn_parameters(study.widths)
+    rows = []
+    baseline = None
+    kind = None
+    for label, widths in ladder_widths(study, align, estimate):
+        proj = run(study.projection_variant(widths, label=f"projection {label}"))
+        slim_result = run(study.variant(widths, method, label=f"slim {label}"))
+        if baseline is None:
+            baseline = [{"path": s.source.get("path"), "sha256": s.source.get("sha256"), "held_out": s.source.get("held_out"),
+                         "tokens": s.tokens, "ce": s.ref_ce} for s in slim_result.sources]
+        rows.append({
+            "label": label,
+            "widths": widths,
+            "width": max(widths),
+            "ffn_param_saving": 1.0 - study.ffn_parameters(widths) / full if full else 0.0,
+            "projection": eval_summary(proj),
+            "slim": eval_summary(slim_result),
+        })
+        kind = slim_result.kind
+    passing = [r for r in rows if r["slim"]["worst_delta_ce"] is not None and r["slim"]["worst_delta_ce"] <= max_loss]
+    best = min(passing, key=lambda r: sum(r["widths"])) if passing else None
+    warnings = list(dict.fromkeys(w for w in (evaluator_warnings(evaluator) or [])))
+    return {
+        "method": method,
+        "max_loss_increase": max_loss,
+        "kind": kind,
+        "eval": baseline or [],
+        "ladder": rows,
+        "recommended_width": best["width"] if best else None,
+        "recommended_widths": best["widths"] if best else None,
+        "recommended_label": best["label"] if best else None,
+        "ffn_param_saving": best["ffn_param_saving"] if best else 0.0,
+        "warnings": warnings,
+    }
+
+
+def evaluator_warnings(evaluator) -> list[str]:
+    """The held-out / single-domain warnings an Evaluator gives for its sources."""
+    out = [f"eval source {d['path']} is the calibration data (same sha256): this is not a held-out measurement"
+           for d in evaluator.descriptions if not d.get("held_out", True)]
+    if len(evaluator.descriptions) == 1:
+        out.append("only one eval domain measured: narrowing is specific to the calibration domain; "
+                   "add held-out text from another domain")
+    return out
