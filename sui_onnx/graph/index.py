@@ -548,7 +548,115 @@ class GraphIndex:
             return None, node.input[0]
         if op == "Where":
             return None, node.input[1]
-        return None, (node.input[0] if node.input and node.input[0] else None)
+        return schema_dtype_source(node, k)
+
+
+# ---------------------------------------------------------------------------- operator schemas
+def schema_dtype_source(node: onnx.NodeProto, k: int) -> tuple[int | None, str | None]:
+    """Output ``k``'s element type as the operator's schema defines it: a fixed type, or the
+    input that carries the same type parameter (then the caller follows that input).
+
+    Schemas come from onnx (standard domains) and from onnxruntime's registry (its contrib ops:
+    com.microsoft, and the ops it adds to the ONNX domain such as SimplifiedLayerNormalization).
+    An op no schema describes, or whose output type is chosen by an attribute, gives
+    (None, None): unknown, never guessed (the tapped copy then leaves the type to onnxruntime).
+    """
+    schema = _schema(node.domain or "", node.op_type)
+    if schema is None:
+        return None, None
+    outputs = schema[1]
+    if not outputs:
+        return None, None
+    if k >= len(outputs):
+        if not outputs[-1][1]:  # past the last formal output, which is not variadic
+            return None, None
+        k = len(outputs) - 1
+    type_str = outputs[k][0]
+    fixed = _tensor_type(type_str)
+    if fixed is not None:
+        return fixed, None
+    allowed = schema[2].get(type_str, ())
+    if len(allowed) == 1 and _tensor_type(allowed[0]) is not None:
+        return _tensor_type(allowed[0]), None
+    inputs = schema[0]
+    for pos, name in enumerate(node.input):
+        if not name:
+            continue
+        if pos < len(inputs):
+            formal = inputs[pos]
+        elif inputs and inputs[-1][1]:  # variadic last input
+            formal = inputs[-1]
+        else:
+            break
+        if formal[0] == type_str:
+            return None, name
+    return None, None
+
+
+_TYPE_NAMES = {"float": onnx.TensorProto.FLOAT, "double": onnx.TensorProto.DOUBLE,
+               "float16": onnx.TensorProto.FLOAT16, "bfloat16": onnx.TensorProto.BFLOAT16,
+               "bool": onnx.TensorProto.BOOL, "string": onnx.TensorProto.STRING}
+
+
+def _tensor_type(type_str: str) -> int | None:
+    """The TensorProto type of a schema type string such as ``tensor(int32)`` (None otherwise)."""
+    if not type_str.startswith("tensor(") or not type_str.endswith(")"):
+        return None
+    name = type_str[len("tensor("):-1]
+    if name in _TYPE_NAMES:
+        return _TYPE_NAMES[name]
+    try:
+        return int(onnx.TensorProto.DataType.Value(name.upper()))
+    except ValueError:
+        return None
+
+
+# (input type strs with variadic flags, output ditto, type constraints) per (domain, op)
+_Schema = tuple[list[tuple[str, bool]], list[tuple[str, bool]], dict[str, tuple[str, ...]]]
+_SCHEMAS: dict[tuple[str, str], _Schema | None] = {}
+_RUNTIME_SCHEMAS: dict[tuple[str, str], _Schema] | None = None
+
+
+def _schema(domain: str, op: str) -> _Schema | None:
+    """The newest schema of ``op`` in ``domain``: onnx's, else onnxruntime's (None if neither)."""
+    key = ("" if domain == "ai.onnx" else domain, op)
+    if key not in _SCHEMAS:
+        found: _Schema | None = None
+        try:
+            s = onnx.defs.get_schema(op, key[0])
+            found = (
+                [(f.type_str, f.option == onnx.defs.OpSchema.FormalParameterOption.Variadic) for f in s.inputs],
+                [(f.type_str, f.option == onnx.defs.OpSchema.FormalParameterOption.Variadic) for f in s.outputs],
+                {c.type_param_str: tuple(c.allowed_type_strs) for c in s.type_constraints},
+            )
+        except Exception:  # not an onnx op (SchemaError), or an onnx build without that domain
+            found = _runtime_schemas().get(key)
+        _SCHEMAS[key] = found
+    return _SCHEMAS[key]
+
+
+def _runtime_schemas() -> dict[tuple[str, str], _Schema]:
+    """onnxruntime's operator registry (newest version of each op); empty without onnxruntime."""
+    global _RUNTIME_SCHEMAS
+    if _RUNTIME_SCHEMAS is None:
+        table: dict[tuple[str, str], tuple[int, _Schema]] = {}
+        try:
+            from onnxruntime.capi.onnxruntime_pybind11_state import get_all_operator_schema
+
+            for s in get_all_operator_schema():
+                key = ("" if s.domain in ("", "ai.onnx") else s.domain, s.name)
+                if key in table and table[key][0] >= s.since_version:
+                    continue
+                variadic = s.FormalParameterOption.Variadic
+                table[key] = (s.since_version, (
+                    [(f.typeStr, f.option == variadic) for f in s.inputs],
+                    [(f.typeStr, f.option == variadic) for f in s.outputs],
+                    {c.type_param_str: tuple(c.allowed_type_strs) for c in s.type_constraints},
+                ))
+        except Exception:  # no onnxruntime, or a build without schemas
+            table = {}
+        _RUNTIME_SCHEMAS = {key: v[1] for key, v in table.items()}
+    return _RUNTIME_SCHEMAS
 
 
 _BROADCAST_OPS = frozenset({

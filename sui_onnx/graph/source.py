@@ -1,7 +1,9 @@
 """Safe loading of an ONNX model: parse the graph, never the weights, and vet external data.
 
-``load_model`` accepts an ``.onnx`` file or a folder holding ``model.onnx`` (optimum's export
-layout).  The protobuf is parsed with ``load_external_data=False``, so models whose weights
+``load_model`` accepts an ``.onnx`` file or a folder: one holding ``model.onnx`` (optimum's
+export layout), a repo folder holding ``onnx/model.onnx`` (the transformers.js layout, with
+tokenizer.json one level up), or a Hugging Face cache repo folder (``models--org--name``: its
+``refs/main`` snapshot).  The protobuf is parsed with ``load_external_data=False``, so models whose weights
 live in external files (all models over 2 GB) load in the memory of their graph alone.
 
 Every external-data reference of every tensor (initializers, sparse initializers and Constant
@@ -10,11 +12,22 @@ its ``location`` must be a relative path that stays inside the model folder afte
 ``..`` and symlinks, and the file must exist and be long enough for the tensor's
 offset/length.  Anything else raises :class:`ModelError` with one line.  The input file is only
 ever read.
+
+Hugging Face cache snapshots: ``<cache>/models--org--name/snapshots/<rev>/`` holds symlinks into
+``<cache>/models--org--name/blobs/``.  For a model inside a snapshot, "inside" means inside the
+model folder or inside that same repo's ``blobs/`` folder (both resolved; ``blobs/`` must be a
+real folder, not a link): a symlink into another repo's cache, or anywhere else, is still
+refused, and the location must still be a plain relative path below the model folder.  Such
+references are then rewritten, in the loaded proto only, relative to the folder onnxruntime is
+given for the data (``blobs/``, or the repo folder when some data is a real file of the
+snapshot): onnxruntime resolves symlinks and refuses a location that leaves the folder it is
+given, so it could not follow the snapshot's links.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -43,8 +56,9 @@ class ModelSource:
     has_external_data: bool
     sha256: str
     opset: int
-    # lean load: large initializers reference the model file itself, in this folder (the folder of
-    # the real file, symlinks resolved; it then also holds any other external data)
+    # the folder the proto's external-data locations are relative to, when it is not ``folder``:
+    # a lean load (large initializers reference the model file itself, in the folder of the real
+    # file, symlinks resolved), or a Hugging Face cache snapshot (the repo's blobs/, see above)
     weights_folder: Path | None = None
 
     @property
@@ -59,21 +73,96 @@ class ModelSource:
         return self.folder if self.has_external_data else None
 
 
+TRANSFORMERS_JS_FOLDER = "onnx"  # transformers.js / Hub ONNX repos: onnx/model*.onnx, tokenizer.json above
+GENAI_CONFIG = "genai_config.json"  # onnxruntime-genai's model description, beside its model.onnx
+
+
 def resolve_model_path(path: str | Path) -> Path:
-    """The .onnx file meant by ``path``: the file itself, or ``model.onnx`` inside a folder."""
+    """The .onnx file meant by ``path``: the file itself, or in a folder ``model.onnx``, else
+    ``onnx/model.onnx`` (transformers.js layout); a Hugging Face cache repo folder
+    (``models--org--name``) stands for the snapshot its ``refs/main`` names."""
     p = Path(path).expanduser()
     if p.is_dir():
-        candidate = p / "model.onnx"
-        if not candidate.is_file():
-            others = sorted(q.name for q in p.glob("*.onnx"))
-            hint = f" (found: {', '.join(others[:6])}; pass one of them)" if others else ""
-            raise ModelError(f"{p} holds no model.onnx{hint}")
-        return candidate
+        p = hub_snapshot(p) or p
+        for candidate in (p / "model.onnx", p / TRANSFORMERS_JS_FOLDER / "model.onnx"):
+            if candidate.is_file():
+                return candidate
+        others = sorted(q.name for q in p.glob("*.onnx"))
+        others += sorted(f"{TRANSFORMERS_JS_FOLDER}/{q.name}" for q in (p / TRANSFORMERS_JS_FOLDER).glob("*.onnx"))
+        hint = f" (found: {', '.join(others[:6])}; pass one of them)" if others else ""
+        raise ModelError(f"{p} holds no model.onnx{hint}")
     if not p.exists():
         raise ModelError(f"{p} does not exist")
     if not p.is_file():
         raise ModelError(f"{p} is not a regular file")
     return p
+
+
+def hub_snapshot(repo: Path) -> Path | None:
+    """The snapshot folder a Hugging Face cache repo folder stands for (None: not such a folder).
+
+    A repo folder holds ``snapshots/`` and ``blobs/``; ``refs/main`` names the revision, else
+    the only snapshot is taken.  Several snapshots and no ``refs/main``: ModelError."""
+    snapshots = repo / "snapshots"
+    if not snapshots.is_dir() or not (repo / "blobs").is_dir() or (repo / "model.onnx").exists():
+        return None
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        try:
+            rev = ref.read_text(encoding="utf-8", errors="replace")[:200].strip() if ref.stat().st_size < 4096 else ""
+        except OSError:
+            rev = ""
+        if not rev or rev in (".", "..") or "/" in rev or "\\" in rev or "\x00" in rev:
+            raise ModelError(f"{ref} does not name a snapshot (expected a revision hash)")
+        if not (snapshots / rev).is_dir():
+            raise ModelError(f"{ref} names snapshot {rev[:40]!r}, which is not in {snapshots}")
+        return snapshots / rev
+    revs = sorted(q.name for q in snapshots.iterdir() if q.is_dir())
+    if len(revs) == 1:
+        return snapshots / revs[0]
+    if not revs:
+        raise ModelError(f"{repo} is a Hugging Face cache folder without snapshots")
+    raise ModelError(f"{repo} holds {len(revs)} snapshots and no refs/main: pass one of {snapshots}/<rev>")
+
+
+def hub_blobs(folder: Path) -> Path | None:
+    """The resolved ``blobs/`` folder of the Hugging Face cache repo whose snapshot holds
+    ``folder`` (``<repo>/snapshots/<rev>/...``), or None when ``folder`` is in no snapshot."""
+    real = folder.resolve()
+    for anc in (real, *real.parents):
+        if anc.parent.name == "snapshots" and anc.parent != anc:
+            blobs = anc.parent.parent / "blobs"
+            return blobs if blobs.is_dir() and not blobs.is_symlink() else None
+    return None
+
+
+def genai_head_size(folder: Path, model_name: str) -> int | None:
+    """The attention head size onnxruntime-genai's ``genai_config.json`` beside the model states
+    (``model.decoder.head_size``), or None when there is no such file or it describes another
+    model file.  A config that is there but unreadable or malformed raises ModelError."""
+    path = folder / GENAI_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        if path.stat().st_size > 1 << 20:
+            raise ModelError(f"{path} is over 1 MiB: not an onnxruntime-genai configuration")
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ModelError(f"cannot read {path}: {e.strerror or e}") from None
+    except (UnicodeDecodeError, ValueError):
+        raise ModelError(f"{path} is not valid JSON") from None
+    decoder = config.get("model", {}).get("decoder") if isinstance(config, dict) else None
+    if not isinstance(decoder, dict) or not isinstance(config.get("model"), dict):
+        raise ModelError(f"{path} has no model.decoder section (not an onnxruntime-genai configuration)")
+    filename = decoder.get("filename")
+    if isinstance(filename, str) and filename and Path(filename).name != model_name:
+        return None  # the configuration is about another file of this folder
+    size = decoder.get("head_size")
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ModelError(f"{path}: model.decoder.head_size must be a positive integer, got {size!r}")
+    return size
 
 
 def load_model(path: str | Path, lean: bool = False) -> ModelSource:
@@ -118,7 +207,9 @@ def load_model(path: str | Path, lean: bool = False) -> ModelSource:
         raise ModelError(f"{p} is a corrupt ONNX model (a name or text field is not valid UTF-8)") from None
     folder = p.parent
     # the references lean loading made were computed from the file itself: only the others are checked
-    has_external = validate_external_data(model, folder, p.name, skip_location=real.name if moved else None)
+    skip = real.name if moved else None
+    has_external = validate_external_data(model, folder, p.name, skip_location=skip)
+    data_root = relocate_hub_data(model, folder, skip_location=skip) if has_external else None
     return ModelSource(
         path=p,
         folder=folder,
@@ -126,7 +217,7 @@ def load_model(path: str | Path, lean: bool = False) -> ModelSource:
         has_external_data=has_external,
         sha256=file_sha256(p),
         opset=default_opset(model),
-        weights_folder=real.parent if moved else None,
+        weights_folder=data_root or (real.parent if moved else None),
     )
 
 
@@ -212,10 +303,12 @@ def validate_external_data(model: onnx.ModelProto, folder: Path, model_name: str
     """Check every external-data reference (but those to ``skip_location``, which lean loading
     made); return True when the model has any others.
 
-    A location must be relative, must not escape ``folder`` (``..`` or symlinks), and must
-    name an existing file at least ``offset + length`` bytes long.
+    A location must be relative, must not escape ``folder`` (``..`` or symlinks; in a Hugging
+    Face cache snapshot a symlink into the same repo's ``blobs/`` stays inside), and must name
+    an existing file at least ``offset + length`` bytes long.
     """
     root = folder.resolve()
+    blobs = hub_blobs(folder)
     sizes: dict[Path, int] = {}
     found = False
     for tensor in all_tensors(model.graph):
@@ -226,7 +319,7 @@ def validate_external_data(model: onnx.ModelProto, folder: Path, model_name: str
         found = True
         info = external_info(tensor)
         location = info.get("location", "")
-        target = safe_location(location, folder, root, tensor.name, model_name)
+        target = safe_location(location, folder, root, tensor.name, model_name, also=blobs)
         if target not in sizes:
             if not target.is_file():
                 raise ModelError(
@@ -248,8 +341,10 @@ def validate_external_data(model: onnx.ModelProto, folder: Path, model_name: str
     return found
 
 
-def safe_location(location: str, folder: Path, root: Path, tensor: str, model_name: str) -> Path:
-    """Resolve an external-data location, refusing anything that leaves the model folder."""
+def safe_location(location: str, folder: Path, root: Path, tensor: str, model_name: str,
+                  also: Path | None = None) -> Path:
+    """Resolve an external-data location, refusing anything that leaves the model folder
+    (``root``, resolved) or ``also`` (the resolved ``blobs/`` of a Hugging Face cache repo)."""
     if not location or "\x00" in location:
         raise ModelError(f"tensor {tensor!r} of {model_name} has an empty or invalid external-data location")
     if (
@@ -268,9 +363,43 @@ def safe_location(location: str, folder: Path, root: Path, tensor: str, model_na
             f"external data location {location!r} of tensor {tensor!r} leaves the model folder (path traversal refused)"
         )
     target = (folder / location).resolve()
-    if target != root and root not in target.parents:
+    if not _inside(target, root) and not (also is not None and _inside(target, also)):
+        where = "the model folder and its Hugging Face cache repo's blobs/" if also is not None else "the model folder"
         raise ModelError(
-            f"external data location {location!r} of tensor {tensor!r} resolves outside the model folder "
+            f"external data location {location!r} of tensor {tensor!r} resolves outside {where} "
             f"(symlink; path traversal refused)"
         )
     return target
+
+
+def _inside(target: Path, root: Path) -> bool:
+    return target == root or root in target.parents
+
+
+def relocate_hub_data(model: onnx.ModelProto, folder: Path, skip_location: str | None = None) -> Path | None:
+    """For a model in a Hugging Face cache snapshot whose external data resolve (through the
+    snapshot's symlinks) into the repo's ``blobs/``: rewrite every external-data location, in
+    ``model`` only, relative to the folder onnxruntime must be given, and return that folder
+    (``blobs/`` when all data is there, else the repo folder).  None when nothing resolves out
+    of the model folder (no rewrite).  Locations were vetted by :func:`validate_external_data`;
+    ``skip_location`` (a lean load's references to the model file) is relative to the resolved
+    model folder, like every other location.
+    """
+    blobs = hub_blobs(folder)
+    if blobs is None:
+        return None
+    root = folder.resolve()
+    refs: list[tuple[onnx.TensorProto, Path]] = []
+    for tensor in all_tensors(model.graph):
+        if uses_external_data(tensor):
+            location = external_info(tensor).get("location", "")
+            base = root if location == skip_location else folder
+            refs.append((tensor, (base / location).resolve()))
+    if all(_inside(target, root) for _, target in refs):
+        return None
+    base = blobs if all(_inside(target, blobs) for _, target in refs) else blobs.parent
+    for tensor, target in refs:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = target.relative_to(base).as_posix()
+    return base
