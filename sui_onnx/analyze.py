@@ -274,6 +274,7 @@ def _run(src, taps, stream: CalibrationStream, calib: CalibrationSpec, opts: Ana
         "seq_len": calib.seq_len,
         "batch_size": calib.batch_size,
         "order": "sequential",
+        "mix": calib.mix,
         "tokenizer": "tokenizer.json" if stream.tokenizer is not None else None,
     }
     return results, runtime, calibration
@@ -371,6 +372,8 @@ class _RunState:
             "max_memory": opts.max_memory,
             "groups": groups,
         }
+        if calib.mix != "sequential":  # absent for the default, so earlier checkpoints stay valid
+            st.identity["mix"] = calib.mix
         if opts.encoder is not None:  # absent for other models, so their checkpoints stay as they were
             st.identity["encoder_sha256"] = opts.extra_provenance.get("encoder", {}).get("sha256")
         if opts.resume is not None:

@@ -24,6 +24,7 @@ DEFAULT_SEQ_LEN = 256
 DEFAULT_BATCH_SIZE = 8
 MIN_DEFAULT_TOKENS = 16_384
 MAX_DEFAULT_TOKENS = 1 << 20
+MIXES = ("sequential", "even")
 _TEXT_CHUNK_CHARS = 64_000  # text is tokenized in pieces of about this size
 
 
@@ -56,9 +57,12 @@ class CalibrationSpec:
     seq_len: int = DEFAULT_SEQ_LEN
     batch_size: int = DEFAULT_BATCH_SIZE
     tokens: int | None = None
+    mix: str = "sequential"  # sequential: sources in order until the budget; even: an equal share each
 
     def __post_init__(self) -> None:
         self.sources = [Path(s) for s in self.sources]
+        if self.mix not in MIXES:
+            raise CalibrationError(f"--mix must be one of {', '.join(MIXES)}, got {self.mix!r}")
         if self.seq_len < 1:
             raise CalibrationError(f"--seq-len must be at least 1, got {self.seq_len}")
         if self.batch_size < 1:
@@ -140,13 +144,21 @@ def source_digest(path: Path) -> str:
 
 
 def load_tokenizer(folder: Path):
-    """Load tokenizer.json from the model's folder with `tokenizers` (no transformers import)."""
+    """Load tokenizer.json from the model's folder with `tokenizers` (no transformers import).
+
+    In the transformers.js layout (``onnx/model*.onnx``, the tokenizer in the repo folder one
+    level up) a model in a folder named ``onnx`` without its own tokenizer.json takes the one
+    above it."""
     from tokenizers import Tokenizer
 
+    folder = Path(folder)
     path = folder / "tokenizer.json"
+    if not path.is_file() and folder.name == "onnx" and (folder.parent / "tokenizer.json").is_file():
+        path = folder.parent / "tokenizer.json"
     if not path.is_file():
+        above = " or above it (transformers.js layout)" if folder.name == "onnx" else ""
         raise CalibrationError(
-            f"text calibration needs a tokenizer: no tokenizer.json beside the model in {folder} "
+            f"text calibration needs a tokenizer: no tokenizer.json beside the model in {folder}{above} "
             "(copy the model's tokenizer.json there, or pass token ids as a .npy file)"
         )
     try:
@@ -181,6 +193,7 @@ class CalibrationStream:
         else:
             self.budget = npy_tokens  # token ids are used whole unless --tokens is given
         self.tokens_fed = 0
+        self.source_tokens: list[int] | None = None  # per source, once iterated
 
     @staticmethod
     def _open_npy(path: Path) -> np.ndarray:
@@ -199,12 +212,14 @@ class CalibrationStream:
     def describe(self) -> list[dict]:
         """Provenance of each source for the report."""
         out = []
-        for s in self.sources:
+        for i, s in enumerate(self.sources):
             kind = "npy" if s.suffix.lower() == ".npy" else ("jsonl" if s.suffix.lower() == ".jsonl" else "text")
             entry = {"path": str(s), "kind": kind}
             if s == bundled_corpus():
                 entry = {"path": "<bundled>/calib.txt", "kind": "text", "bundled": True}
             entry["sha256"] = source_digest(s)  # computed here, on demand: a large corpus is read once more
+            if self.source_tokens is not None:
+                entry["tokens"] = self.source_tokens[i]
             out.append(entry)
         return out
 
@@ -224,23 +239,40 @@ class CalibrationStream:
                 yield np.asarray(carry[:L], dtype=np.int64)
                 del carry[:L]
 
-    def _windows(self) -> Iterator[np.ndarray]:
+    def _windows(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(source index, window) in feeding order. ``even`` gives each source an equal share of
+        the budget, taken from its start; ``sequential`` runs the sources one after the other."""
+        even = self.spec.mix == "even" and len(self.sources) > 1
+        share = self.budget // len(self.sources) if even else None
         carry: list[int] = []
         npy = iter(self.token_ids)
-        for s in self.sources:
-            if s.suffix.lower() == ".npy":
-                yield from self._npy_windows(next(npy))
+        for i, s in enumerate(self.sources):
+            if even:
+                carry = []  # no window spans two sources: each share is its own text
+            windows = self._npy_windows(next(npy)) if s.suffix.lower() == ".npy" else self._text_windows(s, carry)
+            if even:
+                left = share
+                for w in windows:
+                    if left < 2:
+                        break
+                    w = w[:left]
+                    left -= w.size
+                    yield i, w
+                if left >= 2 and len(carry) >= 2:
+                    yield i, np.asarray(carry[:left], dtype=np.int64)
             else:
-                yield from self._text_windows(s, carry)
-        if len(carry) >= 2:  # the text tail shorter than one window still counts
-            yield np.asarray(carry, dtype=np.int64)
+                for w in windows:
+                    yield i, w
+        if not even and len(carry) >= 2:  # the text tail shorter than one window still counts
+            yield len(self.sources) - 1, np.asarray(carry, dtype=np.int64)
 
     def __iter__(self) -> Iterator[Batch]:
         """Group windows of equal length into batches; stop exactly at the token budget."""
         budget = self.budget
         self.tokens_fed = 0
+        self.source_tokens = [0] * len(self.sources)
         pending: list[np.ndarray] = []
-        for window in self._windows():
+        for i, window in self._windows():
             left = budget - self.tokens_fed - sum(w.size for w in pending)
             if left <= 0:
                 break
@@ -250,6 +282,7 @@ class CalibrationStream:
                 yield self._emit(pending)
                 pending = []
             pending.append(window)
+            self.source_tokens[i] += int(window.size)
         if pending:
             yield self._emit(pending)
         if self.tokens_fed < 2:

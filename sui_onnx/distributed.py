@@ -81,7 +81,7 @@ def run_on_ray(src, taps, calib: CalibrationSpec, opts, max_retries: int = MAX_R
     total_tokens = int(sum(batch_tokens))
     # workers: absolute paths (their working directory differs) and the budget fixed explicitly
     spec = CalibrationSpec(sources=[Path(p).resolve() for p in calib.sources], seq_len=calib.seq_len,
-                           batch_size=calib.batch_size, tokens=stream.budget)
+                           batch_size=calib.batch_size, tokens=stream.budget, mix=calib.mix)
     tokenizer_json = (Path(src.folder) / "tokenizer.json").read_bytes() if stream.tokenizer is not None else None
 
     _connect(ray, opts.ray)
@@ -203,6 +203,7 @@ def run_on_ray(src, taps, calib: CalibrationSpec, opts, max_retries: int = MAX_R
         "seq_len": calib.seq_len,
         "batch_size": calib.batch_size,
         "order": "sequential",
+        "mix": calib.mix,
         "tokenizer": "tokenizer.json" if stream.tokenizer is not None else None,
     }
     if opts.checkpoint:  # the finished statistics, in the format --stats and `merge` read

@@ -7,6 +7,7 @@ from typing import Any
 
 from rich import box
 from rich.console import Group
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -38,7 +39,7 @@ def _size(n: int) -> str:
 def header(report: Report) -> Panel:
     m, c, r = report.model, report.calibration, report.runtime
     lines = [
-        f"[bold]model[/]  {m.get('path')}  [dim]sha256 {str(m.get('sha256', ''))[:12]} · opset {m.get('opset')}[/]",
+        f"[bold]model[/]  {escape(str(m.get('path')))}  [dim]sha256 {str(m.get('sha256', ''))[:12]} · opset {m.get('opset')}[/]",
         f"[bold]calib[/]  {c.get('tokens', 0):,} tokens · seq {c.get('seq_len', '-')} · "
         + ", ".join(s.get("path", "?") for s in c.get("sources", [])),
         f"[bold]run[/]    {r.get('device', '-')} ({', '.join(r.get('providers', [])) or '-'}) · "
@@ -52,6 +53,10 @@ def header(report: Report) -> Panel:
         cap = r.get("max_memory")
         lines.append(f"[yellow]{r['passes']} passes over the calibration data ({why}"
                      + (f": {_size(cap)} cap" if cap else "") + ")[/]")
+    unused = [escape(str(x.get("path"))) for x in c.get("sources", []) if x.get("tokens") == 0]
+    if unused:
+        lines.append(f"[yellow]no tokens from {', '.join(unused)}: the budget was spent on the sources before it "
+                     "(--mix even gives each source an equal share)[/]")
     if m.get("dequantized_from"):
         lines.append(f"[yellow]weights dequantized from {m['dequantized_from']}[/]")
     return Panel("\n".join(lines), title="sui-onnx report", title_align="left", box=box.ROUNDED)

@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..calib import DEFAULT_BATCH_SIZE, DEFAULT_SEQ_LEN, CalibrationSpec
+from ..calib import DEFAULT_BATCH_SIZE, DEFAULT_SEQ_LEN, MIXES, CalibrationSpec
 from ..errors import SuiError
 from ..metrics import DEFAULT_TOP_FRACTION
 
@@ -76,6 +76,9 @@ def add_calib_args(p: argparse.ArgumentParser, encoder: bool = True) -> None:
                    help=f"window length for text (default {DEFAULT_SEQ_LEN})")
     g.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, metavar="B",
                    help=f"windows per batch (default {DEFAULT_BATCH_SIZE})")
+    g.add_argument("--mix", choices=MIXES, default="sequential",
+                   help="several --calib sources: sequential (default) feeds them in order until the token "
+                        "budget is spent (later ones may get nothing); even gives each an equal share")
     if encoder:  # one model per run (report, check); scaling finds each decoder's encoder beside it
         g.add_argument("--encoder", type=Path, metavar="ENCODER.onnx",
                        help="seq2seq decoders (T5, BART): the encoder run on each batch to give the decoder "
@@ -133,7 +136,8 @@ def add_analysis_args(p: argparse.ArgumentParser, long_runs: bool = True) -> Non
 
 
 def calibration_spec(args: argparse.Namespace) -> CalibrationSpec:
-    return CalibrationSpec(sources=list(args.calib), seq_len=args.seq_len, batch_size=args.batch_size, tokens=args.tokens)
+    return CalibrationSpec(sources=list(args.calib), seq_len=args.seq_len, batch_size=args.batch_size, tokens=args.tokens,
+                           mix=getattr(args, "mix", "sequential"))
 
 
 def analysis_options(args: argparse.Namespace, progress: Any = None):
