@@ -92,6 +92,11 @@ SPECS: list[FixtureSpec] = [
     FixtureSpec("gpt2_ortopt", "gpt2", 64, 128, source="gpt2_w128", derive="ortopt",
                 notes="gpt2_w128 through onnxruntime.transformers.optimizer.optimize_model("
                       "model_type='gpt2', opt_level=1): GELU fused; reference = gpt2_w128's."),
+    FixtureSpec("bert_ortopt", "bert", 32, 128, source="bert_w128", derive="ortopt",
+                notes="bert_w128 through onnxruntime.transformers.optimizer.optimize_model("
+                      "model_type='bert', opt_level=1): EmbedLayerNormalization, Attention, BiasGelu, "
+                      "SkipLayerNormalization (com.microsoft); reference = bert_w128's.",
+                extra={"model_type": "bert"}),
     FixtureSpec("gpt2_int8", "gpt2", 64, 128, source="gpt2_w128", derive="int8",
                 notes="gpt2_w128 through onnxruntime.quantization.quantize_dynamic (int8 weights); "
                       "reference = gpt2_w128's float hooks, matches only loosely (see check)."),
@@ -130,16 +135,18 @@ def jitter_vectors_(model: torch.nn.Module, seed: int) -> None:
 
 
 def derive_ortopt(src: Path, dst: Path, spec: FixtureSpec) -> dict:
-    """onnxruntime's transformer optimizer with GPT-2 fusions (fuses the GELU)."""
+    """onnxruntime's transformer optimizer with the fusions of ``spec.extra['model_type']``
+    (default GPT-2: fuses the GELU; BERT: also embedding, attention and skip layer norms)."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    opt = optimize_model(str(src), model_type="gpt2", num_heads=spec.n_heads,
+    model_type = spec.extra.get("model_type", "gpt2")
+    opt = optimize_model(str(src), model_type=model_type, num_heads=spec.n_heads,
                          hidden_size=spec.d_model, opt_level=1)
     opt.save_model_to_file(str(dst))
     graph = onnx.load(str(dst)).graph
     ops = sorted({n.op_type for n in graph.node})
     gelus = [n for n in graph.node if "Gelu" in n.op_type]
-    return {"ort_optimizer": {"model_type": "gpt2", "opt_level": 1,
+    return {"ort_optimizer": {"model_type": model_type, "opt_level": 1,
                               "fused_gelu_ops": sorted({n.op_type for n in gelus}),
                               "fused_gelu_nodes": [n.name for n in gelus],
                               "fused_gelu_inputs": [list(n.input) for n in gelus],
