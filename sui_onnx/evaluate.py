@@ -312,7 +312,12 @@ class Evaluator:
     def __init__(self, sources: Sequence[Path], tokenizer_folder: Path | None, reference: ModelInput | None = None,
                  *, seq_len: int = 256, batch_size: int = 8, tokens: int | None = None, device: str = "cpu",
                  threads: int | None = None, progress: ProgressFn | None = None,
-                 calibration_digests: Iterable[str] = ()) -> None:
+                 calibration_digests: Iterable[str] = (), kl: bool = True) -> None:
+        """``kl=False`` (decoders with a reference): after the first measurement the reference's
+        per-window CE and per-position argmax are kept (a few bytes per token) and the reference
+        is not run again; dCE and top-1 stay exact, KL is not computed (None)."""
+        self.kl = bool(kl)
+        self._ref_cache: list[list[tuple[float, np.ndarray]]] | None = None
         self.source_paths = [Path(s) for s in sources]
         if not self.source_paths:
             raise CalibrationError("eval needs at least one data source (--data)")
@@ -370,6 +375,9 @@ class Evaluator:
                     self._check_ids(int(arr.max()), vocab, desc, m)
         done = 0
         per_source: list[_Windows] = []
+        cached = ref is not None and not self.kl and m.kind == "decoder" and self._ref_cache is not None
+        building = ref is not None and m.kind == "decoder" and self._ref_cache is None
+        new_cache: list[list[tuple[float, np.ndarray]]] = []
         for i, (stream, desc) in enumerate(zip(streams, self.descriptions)):
             label = f"eval {m.label}: {Path(desc['path']).name}" + (f" ({i + 1}/{len(streams)})" if len(streams) > 1 else "")
             acc = _Windows()
@@ -378,12 +386,21 @@ class Evaluator:
                 if vocab is not None:
                     self._check_ids(int(ids.max()), vocab, desc, m)
                 out = m.run(ids)
-                ref_out = ref.run(ids) if ref is not None else None
+                ref_out = ref.run(ids) if ref is not None and not cached else None
                 for o, name in ((out, m.where), (ref_out, ref.where if ref is not None else "")):
                     if o is not None and o.shape[-1] != width:
                         raise ModelError(f"{name}: output {noun} {o.shape[-1]}, expected {width} "
                                          f"(the {noun} of the model and the reference must match)")
-                self._score(out, ids, ref_out, m.kind, acc)
+                if cached:
+                    self._score_cached(out, ids, self._ref_cache[i], acc)
+                else:
+                    self._score(out, ids, ref_out, m.kind, acc)
+                    if building:
+                        if len(new_cache) <= i:
+                            new_cache.append([])
+                        for b in range(ids.shape[0]):
+                            if ids.shape[1] >= 2:
+                                new_cache[i].append((acc.ref[len(new_cache[i])], ref_out[b, :-1].argmax(axis=1)))
                 done += batch.tokens
                 if self.progress:
                     self.progress(done, sum(totals), label)
@@ -391,13 +408,20 @@ class Evaluator:
             if not acc.counts:
                 raise CalibrationError(f"{desc['path']}: no window of 2 or more tokens: nothing to score")
             per_source.append(acc)
+        if building:
+            self._ref_cache = new_cache
         sources = [self._summary(desc, acc, m.kind, ref is not None) for desc, acc in zip(self.descriptions, per_source)]
+        if cached:
+            for x in sources:
+                x.kl = None
         pooled_acc = _Windows()
         for acc in per_source:
             pooled_acc.extend(acc)
         pooled_desc = {"path": None, "kind": "pooled", "sha256": None,
                        "held_out": all(d["held_out"] for d in self.descriptions)}
         pooled = self._summary(pooled_desc, pooled_acc, m.kind, ref is not None)
+        if cached:
+            pooled.kl = None
         warnings = [f"eval source {d['path']} is the calibration data (same sha256): this is not a held-out measurement"
                     for d in self.descriptions if not d["held_out"]]
         if ref is not None and len(sources) == 1:
@@ -471,6 +495,20 @@ class Evaluator:
                 acc.model.append(cos)
                 acc.ref.append(err2)
                 acc.kl.append(ref2)
+
+    @staticmethod
+    def _score_cached(out: np.ndarray, ids: np.ndarray, cache: list[tuple[float, np.ndarray]], acc: _Windows) -> None:
+        """Decoder windows against the kept reference sums and argmaxes (the reference is not run)."""
+        for b in range(ids.shape[0]):
+            if ids.shape[1] < 2:
+                continue
+            s_ref, ref_top = cache[len(acc.counts)]
+            s_model = _decoder_window(out[b], ids[b], None, CHUNK_ROWS)[0]
+            acc.counts.append(float(ids.shape[1] - 1))
+            acc.model.append(s_model)
+            acc.ref.append(s_ref)
+            acc.kl.append(0.0)
+            acc.top1.append(float((out[b, :-1].argmax(axis=1) == ref_top).sum()))
 
     @staticmethod
     def _summary(desc: dict, acc: _Windows, kind: str, with_ref: bool) -> SourceEval:

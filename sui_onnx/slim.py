@@ -200,26 +200,48 @@ def projection(cov: np.ndarray, mean: np.ndarray, weight: np.ndarray, k: int) ->
 
 
 def allocate(residuals: Sequence[np.ndarray], widths: Sequence[int], total: int, align: int = 1) -> list[int]:
-    """Per-layer widths (multiples of ``align``, at least ``align``, at most each layer's width)
-    adding up to ``total`` (rounded down to a multiple of ``align``), chosen greedily to minimise
-    the summed output-space residual: each step gives ``align`` more neurons to the layer whose
-    residual falls most. ``residuals[l][k]`` is layer l's error with k neurons kept."""
+    """Per-layer widths, each a multiple of ``align`` (a layer narrower than ``align`` keeps its
+    width) and at most the layer's width, adding up to at most ``total``, that minimise the summed
+    output-space residual sum_l residuals[l][k_l]. Exact (dynamic programming over the budget);
+    ``residuals[l][k]`` is layer l's error with k neurons kept."""
     if len(residuals) != len(widths) or not widths:
         raise ValueError("one residual curve per layer is needed")
-    caps = [int(w) // align * align if int(w) >= align else int(w) for w in widths]
-    alloc = [min(align, c) for c in caps]
-    budget = min(int(total), sum(caps))
-    if budget < sum(alloc):
-        raise ValueError(f"total width {total} is below {sum(alloc)} (one step of {align} per layer)")
+    if align < 1:
+        raise ValueError("align must be at least 1")
+    options = []
+    for w in widths:
+        w = int(w)
+        options.append([w] if w < align else list(range(align, w // align * align + 1, align)))
+    budget = min(int(total), sum(max(o) for o in options))
+    floor = sum(min(o) for o in options)
+    if budget < floor:
+        raise ValueError(f"total width {total} is below {floor} (one step of {align} per layer)")
 
     def value(layer: int, k: int) -> float:
         curve = residuals[layer]
         return float(curve[min(k, len(curve) - 1)])
 
-    while sum(alloc) + align <= budget:
-        gains = [value(i, a) - value(i, a + align) if a + align <= caps[i] else -np.inf for i, a in enumerate(alloc)]
-        best = int(np.argmax(gains))
-        if gains[best] == -np.inf:
-            break
-        alloc[best] += align
-    return alloc
+    best = np.full(budget + 1, np.inf)
+    best[0] = 0.0
+    picks = []
+    for layer, opts in enumerate(options):
+        new = np.full(budget + 1, np.inf)
+        pick = np.zeros(budget + 1, dtype=np.int64)
+        for k in opts:
+            if k > budget:
+                continue
+            cand = best[:budget + 1 - k] + value(layer, k)
+            better = cand < new[k:]
+            new[k:][better] = cand[better]
+            pick[k:][better] = k
+        best = new
+        picks.append(pick)
+    finite = np.flatnonzero(np.isfinite(best))
+    # the least residual over every reachable total, ties to the largest total (residuals never rise)
+    b = int(finite[np.lexsort((-finite, best[finite]))[0]])
+    out = []
+    for pick in reversed(picks):
+        k = int(pick[b])
+        out.append(k)
+        b -= k
+    return out[::-1]

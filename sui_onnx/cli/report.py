@@ -97,7 +97,8 @@ def measured_report(model: Path, args: argparse.Namespace, quiet: bool):
     digests = [s.get("sha256") for s in report.calibration.get("sources", []) if s.get("sha256")]
     evaluator = Evaluator(args.eval, study.src.folder, ModelInput(path=resolve_model_path(model), label="original"),
                           seq_len=args.eval_seq_len or args.seq_len, batch_size=args.batch_size, tokens=args.eval_tokens,
-                          device=args.device, threads=args.threads, calibration_digests=digests)
+                          device=args.device, threads=args.threads, calibration_digests=digests,
+                          kl=False)  # the ladder shows dCE and top-1: the reference runs once
     report.advice["measured"] = measured_advice(study, evaluator, args.align, args.max_loss_increase,
                                                 report.advice.get("recommended_width"),
                                                 progress_factory=lambda: TokenProgress(enabled=not quiet))

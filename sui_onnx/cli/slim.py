@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         evaluator = Evaluator(args.eval, study.src.folder, ModelInput(path=model, label="original"),
                               seq_len=args.eval_seq_len or args.seq_len, batch_size=args.batch_size,
                               tokens=args.eval_tokens, device=args.device, threads=args.threads,
-                              calibration_digests=digests)
+                              calibration_digests=digests, kl=False)  # search probes: the reference runs once
 
     def widths_for(uniform: list[int]) -> list[int]:
         if args.schedule == "per-layer":
@@ -157,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     variant = study.variant(widths_for(uniform), args.method)
     evaluation = None
     if evaluator is not None:
+        evaluator.kl = True  # the written model is measured in full, KL included
         result = measure(variant)
         evaluation = {**eval_summary(result), "result": result.to_dict()}
         warnings += result.warnings
