@@ -176,14 +176,20 @@ def refit(cov: np.ndarray, mean: np.ndarray, weight: np.ndarray, keep: np.ndarra
 
 
 def _solve_psd(a: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """Solve a x = rhs for a symmetric positive semi-definite ``a`` (Cholesky; a pseudo-inverse
-    when ``a`` is singular, i.e. kept neurons that are exact linear combinations of others)."""
+    """Solve a x = rhs for a symmetric positive semi-definite ``a``: Cholesky when ``a`` is well
+    conditioned (below 1e12), else the pseudo-inverse over eigenvalues above 1e-12 of the largest
+    (kept neurons that are, up to float32 noise, linear combinations of other kept ones)."""
     try:
         low = np.linalg.cholesky(a)
-        y = np.linalg.solve(low, rhs)
-        return np.linalg.solve(low.T, y)
+        diag = np.diag(low)
+        if diag.min() > 1e-6 * diag.max():
+            return np.linalg.solve(low.T, np.linalg.solve(low, rhs))
     except np.linalg.LinAlgError:
-        return np.linalg.lstsq(a, rhs, rcond=None)[0]
+        pass
+    vals, vecs = np.linalg.eigh(a)
+    good = vals > 1e-12 * max(float(vals[-1]), 1e-300)
+    v = vecs[:, good]
+    return v @ ((v.T @ rhs) / vals[good, None])
 
 
 def projection(cov: np.ndarray, mean: np.ndarray, weight: np.ndarray, k: int) -> Refit:

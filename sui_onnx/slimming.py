@@ -46,7 +46,8 @@ class Variant:
     widths: list[int]
     model: onnx.ModelProto = field(repr=False)
     keep: list[np.ndarray] = field(default_factory=list, repr=False)
-    residual_share: list[float] = field(default_factory=list)  # output-space error left, per layer
+    residual_share: list[float] = field(default_factory=list)  # output-space error left, per layer, of the error at width 0
+    residual: list[float] = field(default_factory=list)  # the same error, absolute (what --schedule per-layer minimises)
 
 
 class SlimStudy:
@@ -116,14 +117,15 @@ class SlimStudy:
         return allocate(curves, self.widths, int(sum(uniform)), align=align)
 
     # -- variants ----------------------------------------------------------------------------
-    def refits(self, widths: Sequence[int], method: str) -> list[tuple[Refit, float]]:
+    def refits(self, widths: Sequence[int], method: str) -> list[tuple[Refit, float, float]]:
+        """Per layer: the refit, and the output-space error left at that width (share, absolute)."""
         out = []
         for i, k in enumerate(widths):
             sel = self.selection(i, method, k)
             r = refit(self.cov[i], self.mean[i], self.weights[i], sel.keep(k), ridge=self.ridge,
                       least_squares=method == "id")
-            share = float(sel.residual[k] / sel.residual[0]) if sel.residual[0] > 0 else 0.0
-            out.append((r, share))
+            left = float(sel.residual[k])
+            out.append((r, left / float(sel.residual[0]) if sel.residual[0] > 0 else 0.0, left))
         return out
 
     def variant(self, widths: Sequence[int], method: str = "id", label: str = "") -> Variant:
@@ -133,9 +135,10 @@ class SlimStudy:
         if len(widths) != len(self.widths):
             raise SuiError(f"need one width per FFN layer ({len(self.widths)}), got {len(widths)}")
         fits = self.refits(widths, method)
-        edits = {i: LayerEdit(r.keep, r.weight, r.bias_delta) for i, (r, _) in enumerate(fits)}
+        edits = {i: LayerEdit(r.keep, r.weight, r.bias_delta) for i, (r, _, _) in enumerate(fits)}
         return Variant(label or f"{method} {_widths_label(widths)}", "slim", method, list(widths),
-                       self.surgery.apply(edits), [r.keep for r, _ in fits], [s for _, s in fits])
+                       self.surgery.apply(edits), [r.keep for r, _, _ in fits], [s for _, s, _ in fits],
+                       [a for _, _, a in fits])
 
     def projection_variant(self, ranks: Sequence[int], label: str = "") -> Variant:
         """Full-width model whose FFN outputs see only the top-k principal directions of h."""
@@ -216,9 +219,10 @@ def slim_record(study: SlimStudy, variant: Variant, request: dict, out_model: Pa
     """The content of OUT_DIR/slim.json (schema sui-onnx/slim)."""
     before = study.widths
     layers = []
-    for x, k, keep, share in zip(study.report.layers, variant.widths, variant.keep, variant.residual_share):
+    for x, k, keep, share, left in zip(study.report.layers, variant.widths, variant.keep, variant.residual_share,
+                                       variant.residual):
         layers.append({"layer": x.layer, "tensor": x.tensor, "width_before": x.width, "width_after": int(k),
-                       "kept": [int(i) for i in keep], "residual_share": share})
+                       "kept": [int(i) for i in keep], "residual_share": share, "residual": left})
     return {
         "schema": SLIM_SCHEMA,
         "schema_version": SLIM_SCHEMA_VERSION,

@@ -1,0 +1,273 @@
+"""`sui-onnx slim` and `report --eval` through the real entry point, on hand-built graphs whose answer
+is known and on the committed fixtures of every supported FFN architecture."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+FIXTURES = Path(__file__).parent / "fixtures"
+HELDOUT = Path(__file__).parent.parent / "sui_onnx" / "data" / "heldout.txt"
+ort = pytest.importorskip("onnxruntime")
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "sui_onnx", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env=dict(os.environ, COLUMNS="100"))
+
+
+def relu_lm(folder: Path, vocab=50, d_model=12, k=6, copies=4, n_layers=2, seed=0, gemm=False) -> Path:
+    """A residual stack of ReLU FFNs whose D = k * copies neurons are positive multiples of k base
+    neurons (relu(c z) = c relu(z)): every hidden vector lies in the span of k neurons, so a width-k
+    FFN with the least-squares refit computes exactly the same outputs."""
+    rng = np.random.default_rng(seed)
+    emb = (rng.standard_normal((vocab, d_model)) * 0.5).astype(np.float32)
+    inits = [numpy_helper.from_array(emb, "emb"), numpy_helper.from_array(emb.T.copy(), "emb_t")]
+    nodes = [helper.make_node("Gather", ["emb", "input_ids"], ["x0"])]
+    x = "x0"
+    d = k * copies
+    for i in range(n_layers):
+        base_w = rng.standard_normal((d_model, k)) / math.sqrt(d_model)
+        base_b = rng.standard_normal(k) * 0.3
+        scale = rng.uniform(0.5, 2.0, size=(copies, k))
+        w1 = np.concatenate([base_w * s for s in scale], axis=1).astype(np.float32)
+        b1 = np.concatenate([base_b * s for s in scale]).astype(np.float32)
+        w2 = (rng.standard_normal((d, d_model)) * 2.0 / math.sqrt(d)).astype(np.float32)  # the FFN matters
+        b2 = (rng.standard_normal(d_model) * 0.1).astype(np.float32)
+        p = f"l{i}"
+        inits += [numpy_helper.from_array(b1, f"{p}.b1"), numpy_helper.from_array(b2, f"{p}.b2")]
+        if gemm:  # GPT-2 style: Gemm with a bias input, transB on the down projection
+            inits += [numpy_helper.from_array(w1, f"{p}.w1"), numpy_helper.from_array(w2.T.copy(), f"{p}.w2t"),
+                      numpy_helper.from_array(np.array([-1, d_model], np.int64), f"{p}.flat"),
+                      numpy_helper.from_array(np.array([-1, d], np.int64), f"{p}.flat_d")]
+            nodes += [helper.make_node("Shape", [x], [f"{p}.shape"]),
+                      helper.make_node("Reshape", [x, f"{p}.flat"], [f"{p}.x2"]),
+                      helper.make_node("Gemm", [f"{p}.x2", f"{p}.w1", f"{p}.b1"], [f"{p}.up"]),
+                      helper.make_node("Relu", [f"{p}.up"], [f"{p}.act"]),
+                      helper.make_node("Reshape", [f"{p}.act", f"{p}.flat_d"], [f"{p}.act2"]),
+                      helper.make_node("Gemm", [f"{p}.act2", f"{p}.w2t", f"{p}.b2"], [f"{p}.down2"], transB=1),
+                      helper.make_node("Reshape", [f"{p}.down2", f"{p}.shape"], [f"{p}.down"])]
+        else:
+            inits += [numpy_helper.from_array(w1, f"{p}.w1"), numpy_helper.from_array(w2, f"{p}.w2")]
+            nodes += [helper.make_node("MatMul", [x, f"{p}.w1"], [f"{p}.mm1"]),
+                      helper.make_node("Add", [f"{p}.mm1", f"{p}.b1"], [f"{p}.up"]),
+                      helper.make_node("Relu", [f"{p}.up"], [f"{p}.act"]),
+                      helper.make_node("MatMul", [f"{p}.act", f"{p}.w2"], [f"{p}.mm2"]),
+                      helper.make_node("Add", [f"{p}.mm2", f"{p}.b2"], [f"{p}.down"])]
+        nodes.append(helper.make_node("Add", [x, f"{p}.down"], [f"x{i + 1}"]))
+        x = f"x{i + 1}"
+    nodes.append(helper.make_node("MatMul", [x, "emb_t"], ["logits"]))
+    graph = helper.make_graph(nodes, "relu_lm", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "s"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", "s", vocab])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(folder / "model.onnx"))
+    ids = np.random.default_rng(seed + 1).integers(0, vocab, size=(40, 32))
+    np.save(folder.parent / f"{folder.name}_ids.npy", ids)
+    return folder / "model.onnx"
+
+
+def logits(path: Path, ids: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(["logits"], {"input_ids": ids.astype(np.int64)})[0]
+
+
+@pytest.mark.parametrize("gemm", [False, True], ids=["matmul", "gemm"])
+def test_slimmed_to_the_span_the_model_computes_the_same_outputs(tmp_path, gemm):
+    model = relu_lm(tmp_path / "m", gemm=gemm)
+    ids_file = tmp_path / "m_ids.npy"
+    r = cli("slim", model, tmp_path / "out", "--width", 6, "--calib", ids_file, "--ridge", 0, "-q")
+    assert r.returncode == 0, r.stderr
+    probe = np.random.default_rng(9).integers(0, 50, size=(3, 17))
+    a, b = logits(model, probe), logits(tmp_path / "out" / "model.onnx", probe)
+    assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(a).max())
+    record = json.loads((tmp_path / "out" / "slim.json").read_text())
+    assert record["schema"] == "sui-onnx/slim"
+    assert [x["width_after"] for x in record["layers"]] == [6, 6]
+    assert [x["width_before"] for x in record["layers"]] == [24, 24]
+    # FFN weights: 2 layers x (12 x 24 up + 24 x 12 down) before, (12 x 6 + 6 x 12) after
+    assert record["parameters"]["ffn_before"] == 2 * (12 * 24 + 24 * 12)
+    assert record["parameters"]["ffn_after"] == 2 * (12 * 6 + 6 * 12)
+    counted = sum(int(np.prod(t.dims)) for t in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.initializer
+                  if t.data_type == TensorProto.FLOAT)
+    assert record["parameters"]["total_after"] == counted
+    taps = json.loads(cli("taps", tmp_path / "out", "--json").stdout)
+    assert [t["width"] for t in taps] == [6, 6]
+
+
+def sampled_text(model: Path, n: int, length: int, seed: int) -> np.ndarray:
+    """Token chains drawn from the model itself (its next-token distribution depends only on the
+    current token): on such text the original is the true source, so narrowing can only add loss."""
+    vocab = 50
+    table = logits(model, np.arange(vocab)[None])[0].astype(np.float64)
+    p = np.exp(table - table.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((n, length), dtype=np.int64)
+    ids[:, 0] = rng.integers(0, vocab, size=n)
+    for t in range(1, length):
+        ids[:, t] = [rng.choice(vocab, p=p[i]) for i in ids[:, t - 1]]
+    return ids
+
+
+def test_the_search_finds_the_span_width_and_records_every_probe(tmp_path):
+    model = relu_lm(tmp_path / "m", k=8, copies=4)
+    np.save(tmp_path / "held.npy", sampled_text(model, 40, 64, seed=3))
+    np.save(tmp_path / "calib.npy", np.load(tmp_path / "m_ids.npy"))
+    r = cli("slim", model, tmp_path / "out", "--max-loss-increase", "1e-4", "--calib", tmp_path / "calib.npy",
+            "--eval", tmp_path / "held.npy", "--align", 4, "--ridge", 0)
+    assert r.returncode == 0, r.stderr
+    record = json.loads((tmp_path / "out" / "slim.json").read_text())
+    # 4 neurons cannot carry 8 independent ones; 8 reproduce the model exactly
+    assert [x["width_after"] for x in record["layers"]] == [8, 8]
+    probes = {p["width"]: p for p in record["search"]}
+    assert 8 in probes and probes[8]["within"] and not probes[4]["within"]
+    assert abs(record["eval"]["worst_delta_ce"]) <= 1e-4
+    assert all(abs(p["worst_delta_ce"]) <= 1e-4 for p in record["search"] if p["width"] >= 8)
+    assert record["eval"]["sources"][0]["held_out"] is True
+
+
+def test_report_eval_measures_the_ladder_and_recommends_the_smallest_width_within_the_limit(tmp_path):
+    model = relu_lm(tmp_path / "m", k=6, copies=8)  # D = 48: the ladder is 8 (too few? 6 suffice), 12, 24, 36
+    ids = np.load(tmp_path / "m_ids.npy")
+    np.save(tmp_path / "held.npy", ids[:10])
+    np.save(tmp_path / "calib.npy", ids[10:])
+    out = tmp_path / "r.json"
+    r = cli("report", model, "--calib", tmp_path / "calib.npy", "--eval", tmp_path / "held.npy", "--align", 2,
+            "--json", out)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    m = data["advice"]["measured"]
+    assert data["schema_version"] == 2
+    assert [row["label"].split(" ")[0] for row in m["ladder"]][:4] == ["D/8", "D/4", "D/2", "3D/4"]
+    assert m["ladder"][0]["widths"] == [6, 6]
+    for row in m["ladder"]:  # every rung holds the span of 6 neurons: exact up to the default ridge
+        assert abs(row["slim"]["worst_delta_ce"]) < 5e-3
+    assert m["recommended_width"] == 6
+    assert "width advice (measured)" in r.stdout and "recommended FFN width 6 of 48" in r.stdout
+
+
+def test_unmeasured_advice_says_it_is_an_estimate(tmp_path):
+    r = cli("report", FIXTURES / "gpt2_w128", "--tokens", 2000, "--seq-len", 50)
+    assert r.returncode == 0, r.stderr
+    assert "saves" not in r.stdout
+    assert "estimate" in r.stdout and "--eval" in r.stdout and "sui-onnx slim" in r.stdout
+
+
+DECODERS = ["gpt2_w128", "llama_w128", "ngpt_w128", "mixln_w128", "gemma_w128", "opt_w128", "phi3_w128",
+            "gpt_neox_w128", "gpt2_ortopt", "llama_extdata", "llama_past"]
+
+
+@pytest.mark.parametrize("name", DECODERS + ["bert_w128"])
+def test_every_supported_architecture_slims_to_a_loadable_narrower_model(tmp_path, name):
+    src = FIXTURES / name
+    if not src.is_dir():
+        pytest.skip("fixture not built")
+    out = tmp_path / "slim"
+    r = cli("slim", src, out, "--ratio", 0.5, "--align", 16, "--tokens", 1024, "--seq-len", 32,
+            "--eval", HELDOUT, "--eval-tokens", 256, "--eval-seq-len", 32, "--json", tmp_path / "s.json", "-q")
+    assert r.returncode == 0, r.stderr
+    record = json.loads((tmp_path / "s.json").read_text())
+    assert record == json.loads((out / "slim.json").read_text())
+    assert all(x["width_after"] == x["width_before"] // 2 for x in record["layers"])
+    assert all(len(x["kept"]) == x["width_after"] for x in record["layers"])
+    taps = json.loads(cli("taps", out, "--json").stdout)
+    assert [t["width"] for t in taps] == [x["width_after"] for x in record["layers"]]
+    model = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(model)
+    assert [o.name for o in model.graph.output] == [o.name for o in onnx.load(str(src / "model.onnx"), load_external_data=False).graph.output]
+    assert (out / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
+    saved = record["parameters"]["ffn_before"] - record["parameters"]["ffn_after"]
+    assert saved == record["parameters"]["ffn_before"] // 2
+
+    def floats(m):
+        return sum(int(np.prod(t.dims)) for t in m.graph.initializer if t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16))
+
+    original = onnx.load(str(src / "model.onnx"))
+    assert record["parameters"]["total_before"] == floats(original)
+    assert record["parameters"]["total_after"] == floats(model)
+    # the FFN weights saved, less at most one new down bias per layer (for FFNs that had none)
+    d_model = max(t.dims[-1] for t in original.graph.initializer if len(t.dims) == 2)
+    assert saved - len(record["layers"]) * d_model <= floats(original) - floats(model) <= saved + 2 * saved
+    s = record["eval"]["sources"][0]
+    if name == "bert_w128":
+        assert 0 < s["cosine"] <= 1 and s["rel_error"] > 0
+    else:
+        assert math.isfinite(s["delta_ce"]) and s["ref_ce"] > 0 and 0 <= s["top1"] <= 1
+
+
+def test_the_full_width_slim_of_a_fixture_is_the_same_model(tmp_path):
+    src = FIXTURES / "llama_w128"
+    r = cli("slim", src, tmp_path / "s", "--width", 128, "--ridge", 0, "--tokens", 2048, "--seq-len", 32, "-q")
+    assert r.returncode == 0, r.stderr
+    ids = np.random.default_rng(0).integers(0, 300, size=(2, 16))
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.tile(np.arange(16), (2, 1))}
+    a = ort.InferenceSession(str(src / "model.onnx"), providers=["CPUExecutionProvider"]).run(["logits"], feeds)[0]
+    b = ort.InferenceSession(str(tmp_path / "s" / "model.onnx"), providers=["CPUExecutionProvider"]).run(["logits"], feeds)[0]
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+
+
+def test_quantized_ffns_are_refused_with_one_line(tmp_path):
+    r = cli("slim", FIXTURES / "gpt2_int8", tmp_path / "s", "--width", 64)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "int8" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_bad_requests_exit_2_and_write_nothing(tmp_path):
+    model = relu_lm(tmp_path / "m")
+    ids = tmp_path / "m_ids.npy"
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    cases = [
+        ["slim", model, busy, "--width", 4, "--calib", ids],                           # OUT_DIR not empty
+        ["slim", model, tmp_path / "m", "--width", 4, "--calib", ids],                 # the model's own folder
+        ["slim", model, tmp_path / "o1", "--max-loss-increase", 0.01, "--calib", ids],  # search without --eval
+        ["slim", model, tmp_path / "o2", "--width", 4, "--calib", ids, "--json", model],  # output is an input
+        ["slim", model, tmp_path / "o3", "--width", 0, "--calib", ids],
+        ["slim", model, tmp_path / "o4", "--ratio", 1.5, "--calib", ids],
+        ["slim", model, tmp_path / "o5", "--width", 4, "--ratio", 0.5, "--calib", ids],
+        ["slim", model, tmp_path / "o6", "--width", 4, "--calib", tmp_path / "missing.npy"],
+        ["slim", tmp_path / "nothing.onnx", tmp_path / "o7", "--width", 4],
+        ["report", model, "--calib", ids, "--eval", ids, "--site", "pre"],
+    ]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args in cases:
+        r = cli(*args)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (args, r.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no temporary folder left
+    assert (busy / "keep.txt").read_text() == "mine" and onnx.load(str(model)) is not None
+
+
+def test_help_explains_the_method_and_the_measurement():
+    r = cli("slim", "--help")
+    assert r.returncode == 0
+    for word in ("--width", "--ratio", "--max-loss-increase", "--eval", "--method", "--schedule", "least squares",
+                 "pivoted Cholesky", "calibrate on what"):
+        assert word in r.stdout, word
+
+
+def test_per_layer_schedule_keeps_the_total_and_varies_the_widths(tmp_path):
+    src = FIXTURES / "llama_w256"
+    r = cli("slim", src, tmp_path / "s", "--ratio", 0.25, "--align", 16, "--schedule", "per-layer", "--tokens", 2048,
+            "--seq-len", 32, "-q")
+    assert r.returncode == 0, r.stderr
+    layers = json.loads((tmp_path / "s" / "slim.json").read_text())["layers"]
+    widths = [x["width_after"] for x in layers]
+    assert sum(widths) <= 2 * 64 and all(w % 16 == 0 and 16 <= w <= 256 for w in widths)
+    uniform = json.loads(cli("slim", src, tmp_path / "u", "--ratio", 0.25, "--align", 16, "--tokens", 2048,
+                             "--seq-len", 32, "-q", "--json", "-").stdout)["layers"]
+    # the schedule minimises the summed output-space residual: never worse than the uniform one
+    assert [x["width_after"] for x in uniform] == [64, 64]
+    assert sum(x["residual"] for x in layers) <= sum(x["residual"] for x in uniform) * (1 + 1e-9)
