@@ -441,3 +441,50 @@ def test_every_transformers_js_variant_through_the_cli_with_text(tjs, tmp_path, 
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["model"]["path"] == str(analyzed) and rep["calibration"]["tokens"] >= 1024
     assert [x["width"] for x in rep["layers"]] == [128, 128]
+
+
+# ------------------------------------------------------------------------------ recipes
+@pytest.mark.export
+def test_recipe_rebuilds_bert_ortopt(tmp_path):
+    """models/fixtures.py derives bert_ortopt from bert_w128 again: same fusions, same numbers."""
+    pytest.importorskip("torch")
+    from models.fixtures import SPEC_BY_NAME, build_fixture
+
+    shutil.copytree(FIXTURES / "bert_w128", tmp_path / "bert_w128")
+    record = build_fixture(SPEC_BY_NAME["bert_ortopt"], tmp_path, tokenizer=FIXTURES / "bert_w128" / "tokenizer.json")
+    meta, committed = record["meta"], meta_of(FIXTURES / "bert_ortopt")
+    assert meta["check"]["passed"] and meta["ort_optimizer"]["op_types"] == committed["ort_optimizer"]["op_types"]
+    assert {"Attention", "BiasGelu", "EmbedLayerNormalization", "SkipLayerNormalization"} <= set(meta["ort_optimizer"]["op_types"])
+    assert meta["onnx_taps"] == committed["onnx_taps"]
+
+
+@pytest.mark.export
+def test_genai_recipe_rebuilds_the_fixtures_byte_for_byte(tmp_path):
+    """Only where onnxruntime-genai and transformers 5 are installed (models/genai_fixtures.py
+    says how to make that venv); the committed fixtures are what it writes."""
+    pytest.importorskip("onnxruntime_genai")
+    transformers = pytest.importorskip("transformers")
+    if int(transformers.__version__.split(".")[0]) < 5:
+        pytest.skip("the genai model builder needs transformers 5")
+    from models import genai_fixtures
+
+    genai_fixtures.main(["--out", str(tmp_path)])
+    for name in GENAI:
+        for f in ("model.onnx", "model.onnx.data", "genai_config.json", "reference.npz"):
+            assert (tmp_path / name / f).read_bytes() == (DEPLOYED / name / f).read_bytes(), f"{name}/{f}"
+
+
+def test_the_header_names_the_file_even_with_markup_in_its_path(tjs, tmp_path):
+    from rich.console import Console
+
+    from sui_onnx.render import header
+
+    odd = tmp_path / "a[red]b[/x]" / "onnx"
+    odd.mkdir(parents=True)
+    shutil.copyfile(tjs / "onnx" / "model_q4.onnx", odd / "model_q4.onnx")
+    ids = np.load(FIXTURES / "llama_w128" / "reference.npz")["input_ids"]
+    np.save(tmp_path / "ids.npy", ids)
+    rep = analyze(odd / "model_q4.onnx", CalibrationSpec([tmp_path / "ids.npy"]), AnalysisOptions(device="cpu", threads=2))
+    console = Console(width=300, record=True)
+    console.print(header(rep))
+    assert f"model  {odd / 'model_q4.onnx'}" in console.export_text()
