@@ -155,6 +155,14 @@ class FeedBuilder:
                     "input_ids, attention_mask, position_ids, token_type_ids, past key/values, "
                     "use_cache_branch and a seq2seq decoder's encoder_hidden_states"
                 )
+            if self._role(inp) == "past":
+                symbolic = [d for d in inp.shape if not (isinstance(d, int) and d > 0)]
+                if len(symbolic) > 2:  # batch and past length are the only axes an empty cache may choose
+                    raise CalibrationError(
+                        f"cannot build an empty KV cache for model input {inp.name!r} (shape {inp.shape}): "
+                        f"besides batch and past length, {', '.join(map(str, symbolic[2:]))} is symbolic "
+                        "and its size (the head count or head size) is not known here"
+                    )
 
         cross = next((i.name for i in self.inputs if self._role(i) == "past" and _CROSS_PAST.search(i.name)), None)
         if cross and not self.needs_encoder:

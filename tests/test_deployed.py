@@ -488,3 +488,19 @@ def test_the_header_names_the_file_even_with_markup_in_its_path(tjs, tmp_path):
     console = Console(width=300, record=True)
     console.print(header(rep))
     assert f"model  {odd / 'model_q4.onnx'}" in console.export_text()
+
+
+def test_an_empty_cache_with_an_unknown_head_size_is_a_one_line_error():
+    """The untapped genai model as declared: 'kv_cache_dim' would be fed as 0 (onnxruntime's
+    "should match the packed KV head dimension"); the feed builder says why instead."""
+    from types import SimpleNamespace
+
+    from sui_onnx.runner import FeedBuilder
+
+    ids = SimpleNamespace(name="input_ids", type="tensor(int64)", shape=["batch_size", "sequence_length"])
+    past = SimpleNamespace(name="past_key_values.0.key", type="tensor(float)",
+                           shape=["batch_size", 1, "past_sequence_length", "kv_cache_dim"])
+    with pytest.raises(CalibrationError, match="kv_cache_dim is symbolic"):
+        FeedBuilder([ids, past])
+    pinned = SimpleNamespace(name=past.name, type=past.type, shape=["batch_size", 1, "past_sequence_length", 16])
+    assert FeedBuilder([ids, pinned])(np.zeros((2, 5), np.int64))[past.name].shape == (2, 1, 0, 16)
