@@ -10,7 +10,10 @@ into groups analyzed in successive passes over the same calibration data.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -60,6 +63,9 @@ class AnalysisOptions:
     # called as statistics(tap index, accumulator) once a tap's statistics are complete, before its
     # eigenvalues are computed (slim reads the covariance and mean there; the accumulator is freed after)
     statistics: Callable[[int, CovarianceAccumulator], None] | None = field(default=None, repr=False)
+    # called as activations(tap index, [..., D] array) for every batch before it is accumulated (the
+    # array is a reused buffer, valid only during the call); not called for --stats, --resume or Ray
+    activations: Callable[[int, Any], None] | None = field(default=None, repr=False)
 
 
 def accumulator_bytes(widths: Sequence[int]) -> int:
@@ -223,7 +229,7 @@ def _run(src, taps, stream: CalibrationStream, calib: CalibrationSpec, opts: Ana
             desc = f"pass {g + 1}/{len(groups)}" if len(groups) > 1 else "calibrating"
             consistent = True  # False while a batch is half-added: an interrupt then saves nothing
             try:
-                for b, batch in enumerate(stream):
+                for b, batch in enumerate(state.track(stream, g)):  # hashed: checkpoints know their data
                     if b < batches_done:
                         continue  # already in the resumed statistics
                     stop.check()
@@ -233,9 +239,11 @@ def _run(src, taps, stream: CalibrationStream, calib: CalibrationSpec, opts: Ana
                         if i in bad:
                             continue
                         try:
+                            if opts.activations is not None:
+                                opts.activations(i, out)
                             accs[j].update(out, overwrite=True)
                         except NumericalError as exc:
-                            bad[i] = str(exc)
+                            bad[i] = state.rejected(exc, b)
                     tokens_done += batch.tokens
                     batches_done = b + 1
                     consistent = True
@@ -244,25 +252,18 @@ def _run(src, taps, stream: CalibrationStream, calib: CalibrationSpec, opts: Ana
                         opts.progress(tokens_done, stream.budget, desc)
                     if opts.checkpoint and batches_done % opts.checkpoint_every == 0:
                         state.save(opts.checkpoint, g, accs, batches_done, tokens_done, bad, results)
+                state.bad.update(bad)
+                for j, i in enumerate(group):  # a stop here saves the pass's statistics (all its batches)
+                    stop.check()
+                    if opts.progress:  # eigvalsh of a wide layer takes seconds to minutes: say so
+                        opts.progress(tokens_done, stream.budget, f"{desc}: eigenvalues {j + 1}/{len(group)}")
+                    if opts.statistics is not None and i not in bad:
+                        opts.statistics(i, accs[j])
+                    results[i] = ((accs[j].n, None, ["non_finite"], bad[i]) if i in bad
+                                  else stop.call(_finalize, accs[j], threaded=runner.xp is np))
+                stop.check()
             except KeyboardInterrupt:
-                path = opts.checkpoint or Path(f"{Path(src.path).stem}.sui-checkpoint.npz")
-                if not consistent:  # a second Ctrl-C in the middle of a batch
-                    raise Interrupted(
-                        "aborted in the middle of a batch; no new checkpoint written"
-                        + (f" (the last one, if any, is {path})" if opts.checkpoint else "")
-                    ) from None
-                state.save(path, g, accs, batches_done, tokens_done, bad, results)
-                raise Interrupted(
-                    f"interrupted after {tokens_done} tokens; checkpoint saved to {path} "
-                    f"(continue with --resume {path})"
-                ) from None
-            state.bad.update(bad)
-            for j, i in enumerate(group):
-                if opts.progress:  # eigvalsh of a wide layer takes seconds to minutes: say so
-                    opts.progress(tokens_done, stream.budget, f"{desc}: eigenvalues {j + 1}/{len(group)}")
-                if opts.statistics is not None and i not in bad:
-                    opts.statistics(i, accs[j])
-                results[i] = (accs[j].n, None, ["non_finite"], bad[i]) if i in bad else _finalize(accs[j])
+                state.interrupted(opts, src, g, accs, batches_done, tokens_done, bad, results, consistent)
             if opts.checkpoint:
                 state.save(opts.checkpoint, g + 1, [], 0, 0, state.bad, results, complete=g + 1 == len(groups),
                            final_accs=(group, accs))
@@ -345,8 +346,10 @@ def _model_provenance(src, taps, opts: AnalysisOptions) -> dict[str, Any]:
 
 # -- checkpoints ---------------------------------------------------------------------------
 class _RunState:
-    """What a checkpoint holds: finished groups' spectra, the current group's statistics and
-    how far through the (deterministic) batch sequence it got."""
+    """What a checkpoint holds: finished groups' spectra, the current group's statistics, how far
+    through the (deterministic) batch sequence it got, and the SHA-256 of the token ids consumed
+    so far (``stream``; ``stream_full`` once a whole pass is done), which a resume checks before it
+    adds anything: a checkpoint continues only the data it was made on."""
 
     def __init__(self) -> None:
         self.group = 0
@@ -356,6 +359,11 @@ class _RunState:
         self.finished: dict[int, Any] = {}
         self.accs: dict[int, CovarianceAccumulator] = {}
         self.identity: dict[str, Any] = {}
+        self.path: Path | None = None  # the checkpoint resumed from
+        self.stream_prefix: tuple[int, str] | None = None  # (batches, sha256) the resumed pass consumed
+        self.stream_full: tuple[int, str] | None = None  # (batches, sha256) of one whole pass
+        self._hashed = 0
+        self._digests: dict[int, str] = {}  # batches hashed -> digest (the last two)
 
     @classmethod
     def start(cls, opts: AnalysisOptions, sha: str, taps, calib: CalibrationSpec, stream,
@@ -381,8 +389,13 @@ class _RunState:
         return st
 
     def _load(self, path: Path) -> None:
+        from .safeio import printable
+
         accs, meta = load_accumulators(path)
+        label = f"--resume {printable(path)}"
         ident = meta.get("identity", {})
+        if not isinstance(ident, dict):
+            raise SuiError(f"{label}: not a checkpoint (no run identity)")
         planned = ident.get("groups")
         if self.identity["max_memory"] is None and ident.get("max_memory") is None and _is_plan(planned, self.identity):
             self.identity["groups"] = planned  # automatic cap: keep the interrupted run's passes
@@ -391,23 +404,114 @@ class _RunState:
                 continue  # a checkpoint from before plans were recorded: max_memory decides
             if ident.get(key) != value:
                 raise SuiError(
-                    f"--resume {path}: checkpoint was made with a different {key.replace('_', ' ')} "
-                    f"({ident.get(key)!r} vs {value!r})"
+                    f"{label}: checkpoint was made with a different {key.replace('_', ' ')} "
+                    f"({printable(repr(ident.get(key)))[:120]} vs {printable(repr(value))[:120]})"
                 )
-        self.group = int(meta["group"])
-        self.batches_done = int(meta["batches_done"])
-        self.tokens_done = int(meta["tokens_done"])
-        self.bad = {int(k): v for k, v in meta.get("bad", {}).items()}
+        groups = self.identity["groups"] or [list(range(len(self.identity["taps"])))]
+        widths = self.identity["widths"]
+        self.group = _count(meta, "group", label, len(groups))
+        self.batches_done = _count(meta, "batches_done", label)
+        self.tokens_done = _count(meta, "tokens_done", label)
+        if self.tokens_done < self.batches_done or (self.batches_done == 0 and self.tokens_done):
+            raise SuiError(f"{label}: inconsistent checkpoint ({self.tokens_done} tokens in {self.batches_done} batches)")
+        self.path = Path(path)
+        self.stream_prefix = _digest(meta.get("stream"), label, "stream")
+        self.stream_full = _digest(meta.get("stream_full"), label, "stream_full")
+        if self.stream_prefix is None and self.batches_done:
+            raise SuiError(f"{label}: the checkpoint records no digest of the token ids it consumed (written by an "
+                           "older sui-onnx), so it cannot be told whether this calibration data is the same; "
+                           "start afresh without --resume")
+        if self.stream_prefix is not None and self.stream_prefix[0] != self.batches_done:
+            raise SuiError(f"{label}: inconsistent checkpoint (digest of {self.stream_prefix[0]} batches, "
+                           f"{self.batches_done} done)")
+        bad = meta.get("bad", {})
+        if not isinstance(bad, dict) or not all(isinstance(v, str) and _tap_index(k, widths) is not None
+                                                for k, v in bad.items()):
+            raise SuiError(f"{label}: malformed checkpoint ('bad' is not a map of tap index to message)")
+        self.bad = {_tap_index(k, widths): v for k, v in bad.items()}
         by_name = {a.name: a for a in accs}
+        current = set(groups[self.group]) if self.group < len(groups) else set()
         for i, name in enumerate(self.identity["taps"]):
             key = f"{i}:{name}"
             if key in by_name:
-                self.accs[i] = by_name[key]
+                acc = by_name.pop(key)
+                if acc.width != widths[i]:
+                    raise SuiError(f"{label}: statistics of tap {i} have width {acc.width}, the tap {widths[i]}")
+                if i not in current:
+                    raise SuiError(f"{label}: malformed checkpoint (statistics of tap {i}, which is not in the "
+                                   "pass it stopped in)")
+                if i not in self.bad and acc.n != self.tokens_done:
+                    raise SuiError(f"{label}: inconsistent checkpoint (tap {i} holds {acc.n} tokens, the run "
+                                   f"{self.tokens_done})")
+                self.accs[i] = acc
+        if by_name:
+            raise SuiError(f"{label}: statistics for taps this run does not have "
+                           f"({printable(', '.join(sorted(by_name))[:120])})")
+        missing = [i for i in current if i not in self.accs and i not in self.bad and self.batches_done]
+        if missing:
+            raise SuiError(f"{label}: malformed checkpoint (no statistics for tap {missing[0]})")
         self.finished = {}
-        for i_str, item in meta.get("finished", {}).items():
-            i = int(i_str)
-            ev = None if item["eigenvalues"] is None else np.asarray(item["eigenvalues"], dtype=np.float64)
-            self.finished[i] = (item["n"], ev, item["flags"], item.get("message", ""))
+        finished = meta.get("finished", {})
+        if not isinstance(finished, dict):
+            raise SuiError(f"{label}: malformed checkpoint ('finished' is not a map)")
+        for i_str, item in finished.items():
+            i = _tap_index(i_str, widths)
+            if i is None or not isinstance(item, dict):
+                raise SuiError(f"{label}: malformed checkpoint (finished entry {printable(i_str)[:20]!r})")
+            self.finished[i] = _finished_entry(item, widths[i], f"{label}: tap {i}")
+        done = [i for g in groups[: self.group] for i in g]
+        if any(i not in self.finished for i in done):
+            raise SuiError(f"{label}: malformed checkpoint (a finished pass lacks a tap's results)")
+
+    def track(self, stream, group: int):
+        """Iterate ``stream``, hashing each batch's token ids (shape, then int64 little-endian) so a
+        checkpoint records what it consumed. In the pass a resume continues, the batches the
+        checkpoint holds are checked against its digest before anything is added; every pass is
+        checked against the digest of a whole pass once one is known. A difference is a SuiError:
+        the statistics would otherwise mix two data sets."""
+        h = hashlib.sha256()
+        self._hashed, self._digests = 0, {0: h.hexdigest()}
+        want = self.stream_prefix if group == self.group else None
+        for b, batch in enumerate(stream):
+            if want is not None and b == want[0]:
+                self._verify(want, h.hexdigest(), "the part of the calibration data it holds")
+                want = None
+            ids = np.ascontiguousarray(batch.input_ids, dtype="<i8")
+            h.update(np.asarray(ids.shape, dtype="<i8").tobytes())
+            h.update(memoryview(ids).cast("B"))
+            self._hashed = b + 1
+            self._digests = {b: self._digests.get(b, ""), b + 1: h.hexdigest()}
+            yield batch
+        if want is not None:
+            self._verify(want, h.hexdigest() if self._hashed == want[0] else "", "the part of the calibration data it holds",
+                         short=self._hashed < want[0])
+        if self.stream_full is not None:
+            self._verify(self.stream_full, h.hexdigest() if self._hashed == self.stream_full[0] else "",
+                         "the whole calibration data of its finished pass", short=self._hashed < self.stream_full[0])
+        self.stream_full = (self._hashed, h.hexdigest())
+
+    def _verify(self, want: tuple[int, str], got: str, what: str, short: bool = False) -> None:
+        if got == want[1]:
+            return
+        from .safeio import printable
+
+        where = printable(self.path) if self.path is not None else "the checkpoint"
+        why = (f"this data gives only {self._hashed} batches, the checkpoint consumed {want[0]}" if short
+               else f"the token ids of its first {want[0]} batches differ (sha256 {want[1][:12]} in the checkpoint)")
+        raise SuiError(f"--resume {where}: the calibration data is not the data of the interrupted run ({why}; "
+                       f"checked: {what}); resume with the same --calib sources and options, or start afresh")
+
+    def digest(self, batches: int) -> dict[str, Any] | None:
+        """The ``stream`` entry of a checkpoint made after ``batches`` batches of this pass."""
+        sha = self._digests.get(batches)
+        return None if sha is None else {"batches": batches, "sha256": sha}
+
+    @staticmethod
+    def rejected(exc: Exception, batch: int) -> str:
+        """A tap's message once a batch gave NaN/Inf: its statistics are dropped for the whole run
+        (a layer measured on part of the data would be a different measurement)."""
+        return (f"{exc} in batch {batch + 1}; this layer's statistics were discarded, no metrics for it "
+                "(the other layers go on)")
 
     def accumulators_for(self, group, taps, xp, exact: bool) -> list[CovarianceAccumulator]:
         out = []
@@ -433,12 +537,98 @@ class _RunState:
             "bad": {str(k): v for k, v in bad.items()},
             "finished": finished,
             "complete": complete,
+            "stream": self.digest(batches_done) if batches_done else {"batches": 0, "sha256": _EMPTY_SHA},
         }
+        if self.stream_full is not None:
+            meta["stream_full"] = {"batches": self.stream_full[0], "sha256": self.stream_full[1]}
         to_save = list(accs)
         if final_accs is not None and complete and len(final_accs[0]) == len(self.identity["taps"]):
             to_save = list(final_accs[1])  # one-pass run: keep the full statistics for merging
             meta["mergeable"] = True
+            if self.stream_full is not None:  # merge refuses two shards of the same data
+                meta["shards"] = [self.stream_full[1]]
         save_accumulators(path, to_save, meta)
+
+    def interrupted(self, opts: AnalysisOptions, src, group, accs, batches_done, tokens_done, bad, results,
+                    consistent: bool) -> None:
+        """Save the checkpoint of an interrupted run (``--checkpoint``, else the default path) and
+        raise Interrupted saying where it is; a failed save is said too (exit 130 either way)."""
+        from .safeio import printable
+
+        path = opts.checkpoint or default_checkpoint_path(src.path, avoid=opts.resume)
+        shown = printable(path)
+        if not consistent:  # a second signal in the middle of a batch: no whole-batch state to save
+            raise Interrupted(
+                "aborted in the middle of a batch; no new checkpoint written"
+                + (f" (the last one, if any, is {shown})" if opts.checkpoint else "")
+            )
+        try:
+            self.save(path, group, accs, batches_done, tokens_done, bad, results)
+        except (SuiError, OSError) as exc:
+            raise Interrupted(
+                f"interrupted after {tokens_done} tokens; no checkpoint saved ({printable(str(exc))}); "
+                "pass --checkpoint FILE in a writable folder to keep the statistics of an interrupted run"
+            ) from None
+        raise Interrupted(
+            f"interrupted after {tokens_done} tokens; checkpoint saved to {shown} (continue with --resume {shown})"
+        )
+
+
+_EMPTY_SHA = hashlib.sha256().hexdigest()
+CHECKPOINT_SUFFIX = ".sui-checkpoint.npz"
+
+
+def default_checkpoint_path(model: str | Path, avoid: Path | None = None) -> Path:
+    """Where an interrupted run without --checkpoint saves its statistics: MODEL.sui-checkpoint.npz
+    (the model file's name without .onnx) in the current folder, shown in --help and in the
+    message; a checkpoint being resumed from (``avoid``) is never overwritten: -2, -3, ... then."""
+    stem = Path(model).name.removesuffix(".onnx") or "model"
+    path = Path(f"{stem}{CHECKPOINT_SUFFIX}")
+    k = 2
+    while avoid is not None and os.path.lexists(path) and os.path.lexists(avoid) and os.path.samefile(path, avoid):
+        path = Path(f"{stem}-{k}{CHECKPOINT_SUFFIX}")
+        k += 1
+    return path
+
+
+def _count(meta: dict, key: str, label: str, most: int | None = None) -> int:
+    v = meta.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (most is not None and v > most):
+        raise SuiError(f"{label}: malformed checkpoint ({key!r} is not a count{'' if most is None else f' <= {most}'})")
+    return v
+
+
+def _digest(entry: Any, label: str, key: str) -> tuple[int, str] | None:
+    if entry is None:
+        return None
+    if (not isinstance(entry, dict) or isinstance(entry.get("batches"), bool) or not isinstance(entry.get("batches"), int)
+            or entry["batches"] < 0 or not isinstance(entry.get("sha256"), str) or len(entry["sha256"]) != 64):
+        raise SuiError(f"{label}: malformed checkpoint ({key!r} is not a token-stream digest)")
+    return entry["batches"], entry["sha256"]
+
+
+def _tap_index(key: Any, widths: Sequence[int]) -> int | None:
+    try:
+        i = int(key)
+    except (TypeError, ValueError):
+        return None
+    return i if 0 <= i < len(widths) and str(i) == str(key) else None
+
+
+def _finished_entry(item: dict, width: int, label: str) -> tuple[int, Any, list[str], str]:
+    n, ev, flags, message = item.get("n"), item.get("eigenvalues"), item.get("flags"), item.get("message", "")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise SuiError(f"{label}: malformed checkpoint (token count {n!r})")
+    if not (isinstance(flags, list) and all(isinstance(f, str) for f in flags)) or not isinstance(message, str):
+        raise SuiError(f"{label}: malformed checkpoint (flags or message)")
+    if ev is not None:
+        if not isinstance(ev, list) or len(ev) != width or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in ev):
+            raise SuiError(f"{label}: malformed checkpoint (eigenvalues are not {width} numbers)")
+        ev = np.asarray(ev, dtype=np.float64)
+        if not np.isfinite(ev).all() or (ev < 0).any():
+            raise SuiError(f"{label}: malformed checkpoint (eigenvalues must be finite and >= 0)")
+    return n, ev, flags, message
 
 
 def _is_plan(groups: Any, identity: dict) -> bool:
@@ -453,6 +643,12 @@ def _is_plan(groups: Any, identity: dict) -> bool:
 def _load_stats(path: Path, sha: str, names, widths):
     accs, meta = load_accumulators(path)
     ident = meta.get("identity", {})
+    if not isinstance(ident, dict):
+        raise SuiError(f"--stats {path}: not a statistics file of a run (no run identity)")
+    if not accs and meta.get("complete") and meta.get("finished"):
+        raise SuiError(f"--stats {path}: a run made in several passes keeps the eigenvalues, not the statistics, so it "
+                       f"cannot be reported with --stats; rebuild its report with --resume {path} (same calibration "
+                       "options: no batch is run again), or rerun in one pass with a larger --max-memory")
     if ident.get("model_sha256") not in (None, sha):
         raise SuiError(f"--stats {path}: statistics belong to another model (sha256 differs)")
     if [a.width for a in accs] != list(widths) or ident.get("taps", names) != list(names):
@@ -464,7 +660,9 @@ def _load_stats(path: Path, sha: str, names, widths):
 
 class _StopOnSignal:
     """SIGINT and SIGTERM request a stop at the next batch boundary, so the statistics saved in
-    the checkpoint are always whole batches; a second signal aborts at once."""
+    the checkpoint are always whole batches; a second signal aborts at once. ``call`` runs a long
+    computation (eigvalsh of a wide layer: minutes) in a worker thread while this thread keeps
+    handling signals, so a stop is honoured during it too."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -478,6 +676,29 @@ class _StopOnSignal:
     def check(self) -> None:
         if self.requested:
             raise KeyboardInterrupt
+
+    def call(self, fn: Callable[..., Any], *args: Any, threaded: bool = True) -> Any:
+        """``fn(*args)``; with ``threaded`` (host arrays only) in a daemon thread, polled every
+        0.1 s: a requested stop raises KeyboardInterrupt here at once, abandoning the result."""
+        if not threaded or not self._old or threading.current_thread() is not threading.main_thread():
+            return fn(*args)
+        self.check()
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["value"] = fn(*args)
+            except BaseException as exc:  # handed to the waiting thread
+                box["error"] = exc
+
+        worker = threading.Thread(target=work, name="sui-onnx-eigenvalues", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.1)
+            self.check()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
 
     def __enter__(self) -> "_StopOnSignal":
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -28,6 +28,58 @@ DEFAULT_RIDGE = 1e-3  # relative to the mean variance of the kept neurons (docs/
 _PIVOT_TOL = 1e-10  # residual variance below this share of the largest is treated as zero
 
 
+class WeightedMoments:
+    """Weighted mean and covariance of activation rows, batch by batch: sum w, sum w (h - s) and
+    sum w (h - s)(h - s)^T around a shift fixed by the first batch, in float64 (batches may be
+    float32). Slim weights each token by 1 / (mean square of its FFN output) when that output is
+    normalized on its own (Gemma's post-FFN RMSNorm, nGPT): the error the model sees is then the
+    relative one, and tokens with a small FFN output would otherwise count for nothing."""
+
+    def __init__(self, width: int) -> None:
+        self.width = int(width)
+        self.weight = 0.0
+        self.rows = 0
+        self.shift: np.ndarray | None = None
+        self.sum = np.zeros(self.width)
+        self.gram = np.zeros((self.width, self.width))
+
+    def update(self, rows: np.ndarray, weights: np.ndarray) -> None:
+        x = np.asarray(rows).reshape(-1, self.width)
+        w = np.asarray(weights, dtype=x.dtype if x.dtype in (np.float32, np.float64) else np.float64).reshape(-1)
+        if x.shape[0] != w.shape[0]:
+            raise ValueError(f"{x.shape[0]} rows but {w.shape[0]} weights")
+        if not x.shape[0]:
+            return
+        if self.shift is None:
+            self.shift = x.mean(axis=0, dtype=np.float64)
+        c = x - self.shift.astype(x.dtype)
+        self.gram += (c * w[:, None]).T @ c
+        self.sum += w @ c
+        self.weight += float(w.sum(dtype=np.float64))
+        self.rows += int(x.shape[0])
+
+    def mean(self) -> np.ndarray:
+        return self.shift + self.sum / self.weight
+
+    def covariance(self) -> np.ndarray:
+        """sum w (h - mu)(h - mu)^T / sum w (symmetric, float64)."""
+        m = self.sum / self.weight
+        cov = self.gram / self.weight - np.outer(m, m)
+        return (cov + cov.T) / 2
+
+
+def norm_weights(outputs: np.ndarray, kind: str, cap: float = 1e3) -> np.ndarray:
+    """Per-token weights 1 / (mean square of the FFN output, centred for a LayerNorm), capped at
+    ``cap`` times their median so that a token whose output is almost zero cannot take over."""
+    y = np.asarray(outputs, dtype=np.float64)
+    if kind == "layer":
+        y = y - y.mean(axis=1, keepdims=True)
+    ms = (y * y).mean(axis=1)
+    w = 1.0 / np.maximum(ms, 1e-12)
+    med = float(np.median(w)) if w.size else 1.0
+    return np.minimum(w, cap * med)
+
+
 @dataclass(frozen=True)
 class Selection:
     """Neurons of one layer in the order they are kept, and the output-space error left after

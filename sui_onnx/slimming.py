@@ -21,7 +21,8 @@ import onnx
 
 from . import __version__
 from .errors import SuiError
-from .slim import DEFAULT_RIDGE, METHODS, Refit, Selection, allocate, projection, refit, select
+from .slim import (DEFAULT_RIDGE, METHODS, Refit, Selection, WeightedMoments, allocate, norm_weights, projection,
+                   refit, select)
 
 SLIM_SCHEMA = "sui-onnx/slim"
 SLIM_SCHEMA_VERSION = 1
@@ -53,7 +54,7 @@ class Variant:
 class SlimStudy:
     """One model's FFN statistics, ready to build narrower variants of it (see module doc)."""
 
-    def __init__(self, model: str | Path, calib, options, ridge: float = DEFAULT_RIDGE):
+    def __init__(self, model: str | Path, calib, options, ridge: float = DEFAULT_RIDGE, weighting: bool = True):
         from .analyze import analyze
         from .graph import load_model
         from .graph.surgery import FFNSurgery
@@ -65,8 +66,22 @@ class SlimStudy:
         self.surgery = FFNSurgery(self.src)  # refuses unsupported graphs before any calibration
         self.cov: dict[int, np.ndarray] = {}
         self.mean: dict[int, np.ndarray] = {}
-        opts = replace(options, site="post", include=None, exclude=None, explicit=(), statistics=self._keep)
+        self.warnings: list[str] = []
+        # FFN outputs normalized on their own: token-weighted statistics, gathered in the same run
+        self.weighting = {i: p.post_norm for i, p in enumerate(self.surgery.plans) if p.post_norm and weighting}
+        if self.weighting and (options.stats is not None or options.resume is not None or options.ray is not None):
+            self.warnings.append("the FFN outputs are normalized per token but --stats/--resume/--ray give only "
+                                 "unweighted statistics: slim minimises the plain output error (less accurate here)")
+            self.weighting = {}
+        self._moments = {i: WeightedMoments(self.surgery.plans[i].width) for i in self.weighting}
+        self._down = {i: self._down_arrays(i) for i in self.weighting}
+        opts = replace(options, site="post", include=None, exclude=None, explicit=(), statistics=self._keep,
+                       activations=self._observe if self.weighting else None)
         self.report = analyze(model, calib, opts)
+        for i, m in self._moments.items():
+            if m.weight > 0:
+                self.cov[i], self.mean[i] = m.covariance(), m.mean()
+        self._moments.clear()
         widths = [p.width for p in self.surgery.plans]
         if [x.width for x in self.report.layers] != widths:
             raise SuiError("the calibration taps do not match the FFN blocks found for slimming")
@@ -79,8 +94,30 @@ class SlimStudy:
     def _keep(self, i: int, acc) -> None:
         from .xp import to_numpy
 
+        if i in self._moments and self._moments[i].weight > 0:
+            return  # the token-weighted statistics of this layer are used instead
         self.cov[i] = np.asarray(to_numpy(acc.covariance()), dtype=np.float64)
         self.mean[i] = np.asarray(to_numpy(acc.shift + acc.sum / acc.n), dtype=np.float64)
+
+    def _down_arrays(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """The down projection (float32 W [D, m], bias [m]) that gives layer i's FFN output."""
+        plan = self.surgery.plans[i]
+        w = self.surgery.down_weight(i).astype(np.float32)
+        b = np.zeros(plan.out_width, dtype=np.float32)
+        if plan.down_bias is not None:
+            b = b + self.surgery.array(plan.down_bias.name).astype(np.float32).reshape(-1) * (
+                plan.down_beta if plan.down_bias.node == plan.down_node else 1.0)
+        return w, b
+
+    def _observe(self, i: int, out) -> None:
+        """Per batch: weight each token by 1 / (mean square of its FFN output) (slim.norm_weights)."""
+        if i not in self._moments:
+            return
+        from .xp import to_numpy
+
+        h = np.asarray(to_numpy(out), dtype=np.float32).reshape(-1, self.surgery.plans[i].width)
+        w, b = self._down[i]
+        self._moments[i].update(h, norm_weights(h @ w + b, self.weighting[i]).astype(np.float32))
 
     @property
     def widths(self) -> list[int]:
@@ -222,7 +259,8 @@ def slim_record(study: SlimStudy, variant: Variant, request: dict, out_model: Pa
     for x, k, keep, share, left in zip(study.report.layers, variant.widths, variant.keep, variant.residual_share,
                                        variant.residual):
         layers.append({"layer": x.layer, "tensor": x.tensor, "width_before": x.width, "width_after": int(k),
-                       "kept": [int(i) for i in keep], "residual_share": share, "residual": left})
+                       "kept": [int(i) for i in keep], "residual_share": share, "residual": left,
+                       "token_weighting": study.weighting.get(x.layer)})
     return {
         "schema": SLIM_SCHEMA,
         "schema_version": SLIM_SCHEMA_VERSION,
@@ -245,7 +283,7 @@ def slim_record(study: SlimStudy, variant: Variant, request: dict, out_model: Pa
         },
         "search": search,
         "eval": evaluation,
-        "warnings": warnings,
+        "warnings": list(study.warnings) + list(warnings),
     }
 
 
@@ -319,7 +357,7 @@ def measured_advice(study: SlimStudy, evaluator, align: int, max_loss: float, es
         "recommended_widths": best["widths"] if best else None,
         "recommended_label": best["label"] if best else None,
         "ffn_param_saving": best["ffn_param_saving"] if best else 0.0,
-        "warnings": warnings,
+        "warnings": list(study.warnings) + list(warnings),
     }
 
 

@@ -151,3 +151,30 @@ def test_selection_rejects_bad_input():
         select(np.eye(3), "magic")
     with pytest.raises(ValueError):
         refit(np.eye(3), np.zeros(3), np.ones((3, 2)), np.array([5]))
+
+
+def test_weighted_moments_equal_the_weighted_covariance_computed_directly():
+    from sui_onnx.slim import WeightedMoments
+
+    rng = np.random.default_rng(11)
+    h = (rng.standard_normal((900, 8)) @ rng.standard_normal((8, 8)) + 50.0).astype(np.float32)
+    w = rng.uniform(0.1, 3.0, size=900)
+    acc = WeightedMoments(8)
+    for part in np.array_split(np.arange(900), 7):
+        acc.update(h[part], w[part].astype(np.float32))
+    x = h.astype(np.float64)
+    mu = (w[:, None] * x).sum(0) / w.sum()
+    cov = ((x - mu) * w[:, None]).T @ (x - mu) / w.sum()
+    np.testing.assert_allclose(acc.mean(), mu, rtol=1e-6)
+    np.testing.assert_allclose(acc.covariance(), cov, rtol=1e-4, atol=1e-4 * np.abs(cov).max())
+    assert acc.rows == 900
+
+
+def test_norm_weights_are_the_inverse_mean_square_capped_at_the_median():
+    from sui_onnx.slim import norm_weights
+
+    y = np.array([[1.0, -1.0], [2.0, 2.0], [3.0, 1.0], [1e-9, 0.0]])
+    w = norm_weights(y, "rms", cap=10.0)
+    np.testing.assert_allclose(w[:3], [1.0, 0.25, 0.2])
+    assert w[3] == pytest.approx(10.0 * np.median(1.0 / np.maximum((y * y).mean(axis=1), 1e-12)))
+    np.testing.assert_allclose(norm_weights(np.array([[3.0, 1.0]]), "layer"), [1.0])  # centred: (1, -1)

@@ -23,7 +23,7 @@ def cli(*args, cwd=None):
                           env=dict(os.environ, COLUMNS="100"))
 
 
-def relu_lm(folder: Path, vocab=50, d_model=12, k=6, copies=4, n_layers=2, seed=0, gemm=False) -> Path:
+def relu_lm(folder: Path, vocab=50, d_model=12, k=6, copies=4, n_layers=2, seed=0, gemm=False, post_norm=False) -> Path:
     """A residual stack of ReLU FFNs whose D = k * copies neurons are positive multiples of k base
     neurons (relu(c z) = c relu(z)): every hidden vector lies in the span of k neurons, so a width-k
     FFN with the least-squares refit computes exactly the same outputs."""
@@ -61,7 +61,17 @@ def relu_lm(folder: Path, vocab=50, d_model=12, k=6, copies=4, n_layers=2, seed=
                       helper.make_node("Relu", [f"{p}.up"], [f"{p}.act"]),
                       helper.make_node("MatMul", [f"{p}.act", f"{p}.w2"], [f"{p}.mm2"]),
                       helper.make_node("Add", [f"{p}.mm2", f"{p}.b2"], [f"{p}.down"])]
-        nodes.append(helper.make_node("Add", [x, f"{p}.down"], [f"x{i + 1}"]))
+        out = f"{p}.down"
+        if post_norm:  # Gemma-style: the FFN output is RMS-normalized before it joins the residual
+            inits += [numpy_helper.from_array(np.array(2.0, np.float32), f"{p}.two"),
+                      numpy_helper.from_array(np.array(1e-6, np.float32), f"{p}.eps")]
+            nodes += [helper.make_node("Pow", [out, f"{p}.two"], [f"{p}.sq"]),
+                      helper.make_node("ReduceMean", [f"{p}.sq"], [f"{p}.ms"], axes=[-1], keepdims=1),
+                      helper.make_node("Add", [f"{p}.ms", f"{p}.eps"], [f"{p}.mse"]),
+                      helper.make_node("Sqrt", [f"{p}.mse"], [f"{p}.rms"]),
+                      helper.make_node("Div", [out, f"{p}.rms"], [f"{p}.normed"])]
+            out = f"{p}.normed"
+        nodes.append(helper.make_node("Add", [x, out], [f"x{i + 1}"]))
         x = f"x{i + 1}"
     nodes.append(helper.make_node("MatMul", [x, "emb_t"], ["logits"]))
     graph = helper.make_graph(nodes, "relu_lm", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "s"])],
@@ -81,9 +91,10 @@ def logits(path: Path, ids: np.ndarray) -> np.ndarray:
     return sess.run(["logits"], {"input_ids": ids.astype(np.int64)})[0]
 
 
-@pytest.mark.parametrize("gemm", [False, True], ids=["matmul", "gemm"])
-def test_slimmed_to_the_span_the_model_computes_the_same_outputs(tmp_path, gemm):
-    model = relu_lm(tmp_path / "m", gemm=gemm)
+@pytest.mark.parametrize("gemm,post_norm", [(False, False), (True, False), (False, True)],
+                         ids=["matmul", "gemm", "post-norm"])
+def test_slimmed_to_the_span_the_model_computes_the_same_outputs(tmp_path, gemm, post_norm):
+    model = relu_lm(tmp_path / "m", gemm=gemm, post_norm=post_norm)
     ids_file = tmp_path / "m_ids.npy"
     r = cli("slim", model, tmp_path / "out", "--width", 6, "--calib", ids_file, "--ridge", 0, "-q")
     assert r.returncode == 0, r.stderr
@@ -94,6 +105,8 @@ def test_slimmed_to_the_span_the_model_computes_the_same_outputs(tmp_path, gemm)
     assert record["schema"] == "sui-onnx/slim"
     assert [x["width_after"] for x in record["layers"]] == [6, 6]
     assert [x["width_before"] for x in record["layers"]] == [24, 24]
+    # an FFN output normalized on its own is fitted token-weighted (the relative error counts)
+    assert [x["token_weighting"] for x in record["layers"]] == (["rms", "rms"] if post_norm else [None, None])
     # FFN weights: 2 layers x (12 x 24 up + 24 x 12 down) before, (12 x 6 + 6 x 12) after
     assert record["parameters"]["ffn_before"] == 2 * (12 * 24 + 24 * 12)
     assert record["parameters"]["ffn_after"] == 2 * (12 * 6 + 6 * 12)

@@ -74,6 +74,7 @@ class BlockPlan:
     down_beta: float
     down_bias: _Operand | None      # a Gemm's C or a bias Add's constant; None: add one
     down_node: int
+    post_norm: str | None = None    # "rms" | "layer" | "l2" when the FFN output is normalized on its own (Gemma, nGPT)
     ups: list[tuple[_Operand, bool, bool]] = field(default_factory=list)  # (weight, transposed, fused 2D)
     columns: list[tuple[_Operand, int]] = field(default_factory=list)      # constants along the width, (op, factor)
     shapes: list[tuple[_Operand, int]] = field(default_factory=list)       # width-spelling shape vectors
@@ -132,8 +133,11 @@ class FFNSurgery:
         beta = float(attr(down, "beta", 1.0)) if down.op_type == "Gemm" else 1.0
         if alpha == 0.0:
             raise self._refuse(layer, "its down projection Gemm has alpha 0")
+        bias = self._down_bias(layer, block)
         plan = BlockPlan(layer=layer, width=d, out_width=block.down.n, down=w, down_transposed=trans,
-                         down_alpha=alpha, down_beta=beta, down_bias=self._down_bias(layer, block), down_node=block.down.node)
+                         down_alpha=alpha, down_beta=beta, down_bias=bias, down_node=block.down.node,
+                         post_norm=self._post_norm(ix.nodes[bias.node].output[0] if bias is not None and bias.node != block.down.node
+                                                   else down.output[0]))
         for up in block.ups:
             node = ix.nodes[up.node]
             op = self._weight(layer, up.node, 1, "up")
@@ -146,6 +150,34 @@ class FFNSurgery:
                 raise self._refuse(layer, f"its up projection is {up.n} wide for {d} neurons")
         self._plan_region(layer, block, plan)
         return plan
+
+    def _post_norm(self, out: str) -> str | None:
+        """How the FFN output ``out`` is normalized on its own before it joins the residual stream
+        (Gemma's post_feedforward_layernorm, nGPT's L2 normalization), if it is: "rms", "layer",
+        "l2"; None when it is added to the residual first (pre-norm models)."""
+        ix = self.ix
+        t = ix.canon(out)
+        for _ in range(4):  # through Cast
+            cons = ix.consumer_nodes(t)
+            if len(cons) == 1 and ix.nodes[cons[0]].op_type == "Cast":
+                t = ix.canon(ix.nodes[cons[0]].output[0])
+                continue
+            break
+        ops = {ix.nodes[c].op_type: ix.nodes[c] for c in ix.consumer_nodes(t)}
+        for op, kind in (("RMSNormalization", "rms"), ("SimplifiedLayerNormalization", "rms"),
+                         ("LayerNormalization", "layer"), ("ReduceL2", "l2"), ("LpNormalization", "l2")):
+            if op in ops and ix.canon(ops[op].input[0]) == t:
+                return kind
+        if "ReduceMean" in ops:
+            mean_out = ix.canon(ops["ReduceMean"].output[0])
+            if any(ix.nodes[c].op_type == "Sub" for c in ix.consumer_nodes(mean_out)):
+                return "layer"
+        square = ops.get("Pow") or (ops.get("Mul") if "Mul" in ops and len(set(ix.canon(i) for i in ops["Mul"].input)) == 1 else None)
+        if square is not None:
+            nxt = [ix.nodes[c].op_type for c in ix.consumer_nodes(square.output[0])]
+            if "ReduceMean" in nxt or "ReduceSum" in nxt:
+                return "rms"
+        return None
 
     def _constant_operand(self, layer: int, node_idx: int, slot: int) -> _Operand:
         name = self.ix.canon(self.ix.nodes[node_idx].input[slot])
