@@ -10,8 +10,6 @@ One code path serves NumPy and CuPy arrays.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import NumericalError, SuiError
+from .safeio import printable
 from .xp import array_namespace, to_numpy
 
 STATE_FORMAT = "sui-onnx/accumulator"
@@ -277,20 +276,13 @@ class CovarianceAccumulator:
 
 
 def atomic_write_bytes(path: str | Path, write: Any) -> Path:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Call ``write(fileobj)`` on a temp file beside ``path``, then rename it over ``path``
+    (safeio.atomic_write: the permissions an ordinary write gives, never onto a special file; a
+    failure is one SuiError line and leaves nothing behind)."""
+    from .safeio import atomic_write
+
+    atomic_write(path, write)
+    return Path(path)
 
 
 def save_accumulators(
@@ -313,29 +305,140 @@ def save_accumulators(
     return atomic_write_bytes(path, lambda fh: np.savez(fh, **arrays))
 
 
+MAX_TOKENS = 2**53  # a token count above this is no real run (and float64 no longer counts it exactly)
+_MAX_SMALL_MEMBER = 1 << 28  # names, meta and the vectors: far below this in any real file
+
+
 def load_accumulators(path: str | Path, xp: Any = np) -> tuple[list[CovarianceAccumulator], dict[str, Any]]:
-    """Load what ``save_accumulators`` wrote; never unpickles (allow_pickle=False)."""
-    import json
+    """Load what ``save_accumulators`` wrote; never unpickles (allow_pickle=False).
+
+    Everything is validated before it is used (SuiError naming the file and the problem): a
+    regular file (never a FIFO or a device), a zip of .npy members of the declared sizes, a JSON
+    object as metadata, and per accumulator an integer token count 0 <= n <= 2^53, finite real
+    vectors shift and sum of one width D and a finite, real, symmetric D x D gram whose diagonal
+    (sums of squares) is non-negative and bounds the sums (Cauchy-Schwarz)."""
     import zipfile
 
+    from .safeio import open_input
+
     path = Path(path)
+    label = printable(path)
+    with open_input(path) as fh:
+        try:
+            with np.load(fh, allow_pickle=False) as z:
+                return _read_state(z, label, xp)
+        except SuiError:
+            raise
+        except MemoryError:
+            raise SuiError(f"{label}: statistics too large for the memory available") from None
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, KeyError, OSError, EOFError, TypeError,
+                IndexError, NotImplementedError) as exc:
+            raise SuiError(f"{label} is not a readable accumulator file ({exc.__class__.__name__})") from None
+
+
+def _invalid(label: str, what: str) -> SuiError:
+    return SuiError(f"{label} is not a valid accumulator file: {what}")
+
+
+def _member(z: Any, key: str, label: str, max_bytes: int = _MAX_SMALL_MEMBER) -> np.ndarray:
+    """One .npy member, after checking its size in the zip directory (no zip bomb is unpacked)."""
+    name = key + ".npy"
+    if key not in z.files:
+        raise _invalid(label, f"member {key!r} is missing")
+    info = z.zip.getinfo(name)
+    if info.file_size > max_bytes:
+        raise _invalid(label, f"member {key!r} is {info.file_size:,} bytes, more than its shape allows")
+    return z[key]
+
+
+def _scalar_text(z: Any, key: str, label: str) -> str:
+    a = _member(z, key, label)
+    if a.ndim != 0 or a.dtype.kind != "U":
+        raise _invalid(label, f"{key!r} is not a string")
+    return str(a)
+
+
+def _read_state(z: Any, label: str, xp: Any) -> tuple[list[CovarianceAccumulator], dict[str, Any]]:
+    import json
+
+    if "format" not in z.files or _scalar_text(z, "format", label) != STATE_FORMAT:
+        raise SuiError(f"{label} is not a sui-onnx accumulator file")
+    version = _member(z, "version", label)
+    if version.ndim != 0 or version.dtype.kind not in "iu":
+        raise _invalid(label, "'version' is not an integer")
+    if int(version) > STATE_VERSION:
+        raise SuiError(f"{label} was written by a newer sui-onnx (state version {int(version)})")
+    names_arr = _member(z, "names", label)
+    if names_arr.ndim != 1 or (names_arr.size and names_arr.dtype.kind != "U"):
+        raise _invalid(label, "'names' is not a list of strings")
+    names = [str(n) for n in names_arr]
+    if len(set(names)) != len(names):
+        raise _invalid(label, "two accumulators have the same name")
+
+    def no_constant(token: str):
+        raise ValueError(f"non-finite number {token}")
+
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if "format" not in z.files or str(z["format"]) != STATE_FORMAT:
-                raise SuiError(f"{path} is not a sui-onnx accumulator file")
-            version = int(z["version"])
-            if version > STATE_VERSION:
-                raise SuiError(f"{path} was written by a newer sui-onnx (state version {version})")
-            names = [str(n) for n in z["names"]]
-            meta = json.loads(str(z["meta"]))
-            accs = [
-                CovarianceAccumulator.from_state(
-                    {k: z[f"{i}/{k}"] for k in ("n", "shift", "sum", "gram")}, name, xp
-                )
-                for i, name in enumerate(names)
-            ]
-    except FileNotFoundError:
-        raise SuiError(f"{path}: no such file") from None
-    except (zipfile.BadZipFile, ValueError, KeyError, OSError) as exc:
-        raise SuiError(f"{path} is not a readable accumulator file ({exc.__class__.__name__})") from None
+        meta = json.loads(_scalar_text(z, "meta", label), parse_constant=no_constant)
+    except RecursionError:
+        raise _invalid(label, "its metadata is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError is a ValueError
+        raise _invalid(label, f"its metadata is not valid JSON ({printable(str(exc))[:80]})") from None
+    if not isinstance(meta, dict):
+        raise _invalid(label, "its metadata is not a JSON object")
+    accs = [_accumulator(z, i, name, label, xp) for i, name in enumerate(names)]
     return accs, meta
+
+
+def _accumulator(z: Any, i: int, name: str, label: str, xp: Any) -> CovarianceAccumulator:
+    where = f"accumulator {i} ({printable(name)[:80]})"
+    n = _member(z, f"{i}/n", label)
+    if n.ndim != 0 or n.dtype.kind not in "iu":
+        raise _invalid(label, f"{where}: the token count n is not an integer")
+    count = int(n)
+    if not 0 <= count <= MAX_TOKENS:
+        raise _invalid(label, f"{where}: token count n = {count} is out of range (0 .. 2^53)")
+    vectors = {}
+    for key in ("shift", "sum"):
+        v = _member(z, f"{i}/{key}", label)
+        if v.ndim != 1 or v.size < 1 or v.dtype.kind != "f":
+            raise _invalid(label, f"{where}: {key!r} is not a real vector (shape {v.shape}, {v.dtype})")
+        vectors[key] = np.asarray(v, dtype=np.float64)
+    width = vectors["sum"].size
+    if vectors["shift"].size != width:
+        raise _invalid(label, f"{where}: 'shift' has {vectors['shift'].size} entries, 'sum' {width}")
+    gram = _member(z, f"{i}/gram", label, max_bytes=8 * width * width + (1 << 16))
+    if gram.shape != (width, width) or gram.dtype.kind != "f":
+        raise _invalid(label, f"{where}: 'gram' is not a real {width} x {width} matrix (shape {gram.shape}, {gram.dtype})")
+    gram = np.asarray(gram, dtype=np.float64)
+    if not (np.isfinite(vectors["shift"]).all() and np.isfinite(vectors["sum"]).all() and _finite(gram)):
+        raise _invalid(label, f"{where}: the statistics hold NaN or Inf")
+    diag = np.diagonal(gram)
+    scale = max(float(np.abs(diag).max(initial=0.0)), 1e-300)
+    if count == 0:
+        if np.any(vectors["sum"]) or np.any(diag):
+            raise _invalid(label, f"{where}: n is 0 but the sums are not")
+    else:
+        if (diag < -1e-9 * scale).any():
+            raise _invalid(label, f"{where}: 'gram' has a negative sum of squares on its diagonal")
+        if not _symmetric(gram, 1e-9 * scale):
+            raise _invalid(label, f"{where}: 'gram' is not symmetric")
+        # Cauchy-Schwarz per coordinate: (sum x)^2 <= n sum x^2
+        if (vectors["sum"] ** 2 > count * np.maximum(diag, 0) * (1 + 1e-2) + 1e-12 * scale).any():
+            raise _invalid(label, f"{where}: the sums do not fit the token count and the sums of squares")
+    return CovarianceAccumulator.from_state({"n": np.asarray(count), "shift": vectors["shift"], "sum": vectors["sum"],
+                                             "gram": gram}, name, xp)
+
+
+def _blocks(d: int, step: int = 512):
+    for lo in range(0, d, step):
+        yield lo, min(d, lo + step)
+
+
+def _finite(a: np.ndarray) -> bool:
+    return all(np.isfinite(a[lo:hi]).all() for lo, hi in _blocks(a.shape[0]))
+
+
+def _symmetric(a: np.ndarray, tol: float) -> bool:
+    """|a - a^T| <= tol everywhere, in row blocks (no D x D temporary)."""
+    return all(np.abs(a[lo:hi] - a[:, lo:hi].T).max(initial=0.0) <= tol for lo, hi in _blocks(a.shape[0]))

@@ -1,0 +1,237 @@
+"""Files in, files out and text to the terminal: the one definition of what sui-onnx may read, what
+it may replace and how user-supplied text is shown (docs/security.md).
+
+Inputs: every file sui-onnx reads is opened by ``open_input``, which refuses anything that is not a
+regular file (a FIFO would block the read forever, ``/dev/zero`` never ends, a socket or a device is
+not data). The check is made on the opened descriptor (opened without blocking), so nothing can be
+swapped in between; ``read_input`` also bounds how much is read.
+
+Outputs: ``atomic_write`` writes a temporary file beside the destination, fsyncs it and renames it
+over the destination, so a reader never sees half a file. The file gets the permissions an ordinary
+write would give: those of the file it replaces, else 0666 less the umask. A destination that is a
+symlink is written through (the link stays, its target is replaced); one that is a FIFO, a device or
+another special file is refused.
+
+Text: ``printable`` makes text from files, models and arguments safe to print (control characters,
+escape sequences and lone surrogates become visible escapes, so the text stays one line);
+``markup`` does the same and escapes rich markup, for everything user-supplied that goes into rich.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import stat
+import sys
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator
+
+from .errors import SuiError
+
+# C0 controls (newline and tab included: one line stays one line), DEL, C1 controls, the Unicode
+# line/paragraph separators, bidirectional overrides (which reorder what the terminal shows) and
+# lone surrogates (which cannot be encoded to the terminal at all)
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+# characters XML 1.0 cannot hold (JUnit reports): controls other than tab/newline/CR, surrogates, U+FFFE/F
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _escape_char(m: re.Match) -> str:
+    c = ord(m.group(0))
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def printable(text: Any) -> str:
+    """``text`` with every control character, escape sequence and lone surrogate written as a
+    visible escape (``\\x1b``, ``\\n``, ``\\ud800``): safe for a terminal, and one line."""
+    return _UNPRINTABLE.sub(_escape_char, str(text))
+
+
+def markup(text: Any) -> str:
+    """User-supplied text for a rich markup string or table cell: printable, and rich's markup
+    (``[bold]``, ``[/]``) shown as written instead of interpreted."""
+    from rich.markup import escape
+
+    return escape(printable(text))
+
+
+def xml_text(text: Any) -> str:
+    """Text XML 1.0 can hold: the characters it forbids written as visible escapes."""
+    return _NOT_XML.sub(_escape_char, str(text))
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+def file_kind(mode: int) -> str:
+    """What a stat mode describes, in words."""
+    for test, name in ((stat.S_ISREG, "regular file"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO (named pipe)"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def special_kind(path: str | os.PathLike) -> str | None:
+    """None when ``path`` is a regular file, a folder or absent; else what it is (symlinks followed)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return file_kind(mode)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or exc.__class__.__name__
+
+
+def open_input(path: str | os.PathLike, error: type[SuiError] = SuiError) -> IO[bytes]:
+    """Open a regular file for reading; anything else (missing, a folder, a FIFO, a device, a
+    socket, unreadable) raises ``error`` with one line naming the path."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise error(f"{printable(path)}: no such file") from None
+    except IsADirectoryError:
+        raise error(f"{printable(path)}: is a folder, not a file") from None
+    except OSError as exc:
+        raise error(f"{printable(path)}: cannot read ({_reason(exc)})") from None
+    except ValueError:  # a NUL byte in the path
+        raise error(f"{printable(path)}: not a valid path") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = file_kind(mode)
+            raise error(f"{printable(path)}: is a {kind}, not a regular file"
+                        + (" (sui-onnx reads regular files only)" if kind != "folder" else ""))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_input(path: str | os.PathLike, error: type[SuiError] = SuiError) -> None:
+    """Refuse a path that exists but is neither a regular file nor a folder (without opening it)."""
+    kind = special_kind(path)
+    if kind is not None:
+        raise error(f"{printable(path)}: is a {kind}, not a regular file (sui-onnx reads regular files only)")
+
+
+def read_input(path: str | os.PathLike, limit: int, error: type[SuiError] = SuiError, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (``open_input``'s checks, then a
+    bounded read: a larger file is an error, never a read without end)."""
+    with open_input(path, error) as fh:
+        try:
+            data = fh.read(limit + 1)
+        except OSError as exc:
+            raise error(f"{printable(path)}: cannot read ({_reason(exc)})") from None
+    if len(data) > limit:
+        raise error(f"{printable(path)}: larger than {limit / 2**20:g} MiB, too large for a {what}")
+    return data
+
+
+# -- outputs ---------------------------------------------------------------------------------------
+def umask() -> int:
+    """This process's umask (read from /proc where it can be, so it is never changed, even briefly)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode(target: str | os.PathLike) -> int:
+    """The permissions an ordinary write to ``target`` would leave: those of the regular file it
+    replaces, else 0666 less the umask."""
+    try:
+        st = os.stat(target)
+        if stat.S_ISREG(st.st_mode):
+            return stat.S_IMODE(st.st_mode)
+    except (OSError, ValueError):
+        pass
+    return 0o666 & ~umask()
+
+
+def output_target(path: str | os.PathLike) -> Path:
+    """The file a write to ``path`` replaces: ``path`` itself, or the file a symlink names."""
+    p = Path(path)
+    return Path(os.path.realpath(p)) if p.is_symlink() else p
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], error: type[SuiError] = SuiError) -> Path:
+    """Call ``write(fileobj)`` on a temporary file beside ``path``'s target, fsync it and rename it
+    over the target (see the module doc). Returns the path written; a failure raises ``error``
+    with one line and leaves neither a partial file nor the temporary one."""
+    target = output_target(path)
+    kind = special_kind(path) or special_kind(target)  # the path itself first: /dev/stdout is a magic link
+    if kind is not None and kind != "folder":
+        raise error(f"refusing to write {printable(path)}: it is a {kind}, not a regular file"
+                    + (" (use '-' for standard output)" if kind in ("character device", "FIFO (named pipe)") else ""))
+    if kind == "folder":
+        raise error(f"cannot write {printable(path)}: it is a folder")
+    folder = target.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise error(f"cannot write {printable(path)}: {_reason(exc)}") from None
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, new_file_mode(target))
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise error(f"cannot write {printable(path)}: {_reason(exc)}") from None
+        raise
+    return target
+
+
+# -- native code writing to the process's stderr -----------------------------------------------------
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    """Send what native code (a Rust panic message, onnxruntime's log) writes to file descriptor 2
+    to a temporary file instead of the terminal while the block runs; the list yielded holds that
+    text afterwards. Python's own sys.stderr is flushed first and restored after."""
+    box: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no fd 2 to redirect
+        yield box
+        return
+    try:
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield box
+            finally:
+                try:
+                    sys.stderr.flush()
+                except (OSError, ValueError):
+                    pass
+                os.dup2(saved, 2)
+                try:
+                    tmp.seek(0)
+                    box.append(tmp.read(1 << 16).decode("utf-8", "replace"))
+                except OSError:
+                    pass
+    finally:
+        os.close(saved)
