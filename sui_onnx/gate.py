@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -278,21 +279,28 @@ def _toml_loads(text: str) -> dict[str, Any]:
     return tomllib.loads(text)
 
 
+MAX_CONFIG_BYTES = 4 << 20  # a threshold table is a few hundred bytes; a pyproject.toml a few KiB
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a dict; any problem (not a regular file: a FIFO or a device is refused, never
+    read; over 4 MiB; not UTF-8; not TOML; nested too deeply) is one ConfigError line."""
+    from .safeio import printable, read_input
+
+    label = printable(path)
+    if not os.path.lexists(path):
+        raise ConfigError(f"{label}: no such config file")
+    data = read_input(path, MAX_CONFIG_BYTES, error=ConfigError, what="configuration file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, not a TOML file") from None
+        text = data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+        raise ConfigError(f"{label}: not UTF-8 text") from None
     try:
         return _toml_loads(text)
+    except RecursionError:
+        raise ConfigError(f"{label}: not valid TOML (nested too deeply)") from None
     except ValueError as exc:  # tomllib.TOMLDecodeError is a ValueError
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        raise ConfigError(f"{label}: not valid TOML ({printable(str(exc))[:160]})") from None
 
 
 def find_pyproject(cwd: Path) -> Path | None:
@@ -589,25 +597,29 @@ def evaluate(report: Report, thresholds: Thresholds, baseline: Report | None = N
 
 def to_junit(result: GateResult, suite_name: str | None = None) -> str:
     """JUnit XML: one testcase per rule and scope (classname = rule id with dots, name = scope),
-    a <failure> for each breach, warnings as passing testcases with a <system-out> line."""
+    a <failure> for each breach, warnings as passing testcases with a <system-out> line. Text XML
+    1.0 cannot hold (control characters from a path or a tensor name) is written as escapes, so
+    the document always parses."""
+    from .safeio import xml_text as x
+
     name = suite_name or (f"sui-onnx check {result.target}".strip())
     n, nfail = len(result.checks), len(result.failures)
     counts = {"tests": str(n), "failures": str(nfail), "errors": "0", "skipped": "0", "time": "0"}
     suites = ET.Element("testsuites", {"name": "sui-onnx check", **counts})
-    suite = ET.SubElement(suites, "testsuite", {"name": name, **counts})
+    suite = ET.SubElement(suites, "testsuite", {"name": x(name), **counts})
     props = ET.SubElement(suite, "properties")
     for key, value in (("target", result.target), ("baseline", result.baseline or ""),
                        ("model_sha256", str(result.model.get("sha256", "")))):
-        ET.SubElement(props, "property", {"name": key, "value": value})
+        ET.SubElement(props, "property", {"name": key, "value": x(value)})
     for c in result.checks:
-        case = ET.SubElement(suite, "testcase", {"classname": c.rule_id.replace("/", "."), "name": c.scope_label,
+        case = ET.SubElement(suite, "testcase", {"classname": x(c.rule_id.replace("/", ".")), "name": x(c.scope_label),
                                                  "time": "0"})
         if not c.passed:
-            fail = ET.SubElement(case, "failure", {"message": c.message, "type": c.rule_id})
-            fail.text = (f"{c.rule_id} at {c.scope_label}: value {_fmt(c.value)}, limit {c.comparator} "
-                         f"{_fmt(c.limit)}".rstrip() + f"\n{c.message}")
+            fail = ET.SubElement(case, "failure", {"message": x(c.message), "type": x(c.rule_id)})
+            fail.text = x(f"{c.rule_id} at {c.scope_label}: value {_fmt(c.value)}, limit {c.comparator} "
+                          f"{_fmt(c.limit)}".rstrip() + f"\n{c.message}")
         elif c.level == "warning":
-            ET.SubElement(case, "system-out").text = f"warning: {c.message}"
+            ET.SubElement(case, "system-out").text = x(f"warning: {c.message}")
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
 
@@ -696,7 +708,11 @@ def artifact_uri(path: Path | str, cwd: Path | str) -> str:
 
 
 def _escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    from .safeio import printable
+
+    # workflow commands are one line: %, CR and LF as GitHub escapes them, other controls as visible escapes
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return printable(text)
 
 
 def _escape_property(text: str) -> str:

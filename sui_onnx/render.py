@@ -7,7 +7,7 @@ from typing import Any
 
 from rich import box
 from rich.console import Group
-from rich.markup import escape
+from .safeio import markup as escape, printable
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -41,12 +41,12 @@ def header(report: Report) -> Panel:
     lines = [
         f"[bold]model[/]  {escape(str(m.get('path')))}  [dim]sha256 {str(m.get('sha256', ''))[:12]} · opset {m.get('opset')}[/]",
         f"[bold]calib[/]  {c.get('tokens', 0):,} tokens · seq {c.get('seq_len', '-')} · "
-        + ", ".join(s.get("path", "?") for s in c.get("sources", [])),
-        f"[bold]run[/]    {r.get('device', '-')} ({', '.join(r.get('providers', [])) or '-'}) · "
-        f"{r.get('elapsed_s', 0):.1f} s · {r.get('tokens_per_s', 0) or 0:,.0f} tok/s · site {report.settings.get('site')}",
+        + ", ".join(escape(s.get("path", "?")) for s in c.get("sources", [])),
+        f"[bold]run[/]    {escape(r.get('device', '-'))} ({escape(', '.join(r.get('providers', [])) or '-')}) · "
+        f"{r.get('elapsed_s', 0):.1f} s · {r.get('tokens_per_s', 0) or 0:,.0f} tok/s · site {escape(report.settings.get('site'))}",
     ]
     if m.get("encoder"):
-        lines.insert(1, f"[bold]enc[/]    {m['encoder'].get('path')}  [dim]sha256 {str(m['encoder'].get('sha256', ''))[:12]}[/]")
+        lines.insert(1, f"[bold]enc[/]    {escape(m['encoder'].get('path'))}  [dim]sha256 {str(m['encoder'].get('sha256', ''))[:12]}[/]")
     if (r.get("passes") or 1) > 1:
         why = ("statistics over half the free memory" if r.get("max_memory_source") == "auto"
                else "--max-memory")
@@ -58,7 +58,7 @@ def header(report: Report) -> Panel:
         lines.append(f"[yellow]no tokens from {', '.join(unused)}: the budget was spent on the sources before it "
                      "(--mix even gives each source an equal share)[/]")
     if m.get("dequantized_from"):
-        lines.append(f"[yellow]weights dequantized from {m['dequantized_from']}[/]")
+        lines.append(f"[yellow]weights dequantized from {escape(m['dequantized_from'])}[/]")
     return Panel("\n".join(lines), title="sui-onnx report", title_align="left", box=box.ROUNDED)
 
 
@@ -84,7 +84,7 @@ def layer_table(report: Report) -> Table:
             _fmt(layer.sui, ".3f"),
             Text(bar(layer.sui), style="cyan"),
             _fmt(layer.energy_widths.get("k95"), "d"),
-            Text(layer.status, style=style),
+            Text(printable(layer.status), style=style),
         )
     s = report.summary
     if s.get("sui"):
@@ -153,7 +153,7 @@ def _delta(value: float | None) -> str:
 
 
 def flags_note(report: Report) -> Text | None:
-    notes = [f"layer {x.layer}: {x.message}" for x in report.layers if x.message]
+    notes = [f"layer {x.layer}: {printable(x.message)}" for x in report.layers if x.message]
     if not notes:
         return None
     if len(notes) > 4:
@@ -170,13 +170,18 @@ def report_renderable(report: Report) -> Group:
     return Group(*parts)
 
 
+def _md_code(text: Any) -> str:
+    """User text for inline markdown code: printable, and no backtick to end the span early."""
+    return printable(text).replace("`", "'")
+
+
 def to_markdown(report: Report) -> str:
     """A compact markdown summary for PR comments."""
     m, c, s, a = report.model, report.calibration, report.summary, report.advice
     out = [
         "## sui-onnx report",
         "",
-        f"Model `{m.get('path')}` (sha256 `{str(m.get('sha256', ''))[:12]}`), "
+        f"Model `{_md_code(m.get('path'))}` (sha256 `{str(m.get('sha256', ''))[:12]}`), "
         f"{c.get('tokens', 0):,} calibration tokens, site `{report.settings.get('site')}`.",
         "",
     ]

@@ -1,14 +1,19 @@
 """Command-line interface: the only module that parses arguments, prints, and picks exit codes.
 
 Exit codes (every command, every output format): 0 success; 1 a gate threshold was breached;
-2 usage, input or configuration error (one line on stderr; --debug shows the traceback);
-130 interrupted by SIGINT/SIGTERM (a checkpoint was saved; --resume continues).
+2 usage, input or configuration error (one line on stderr; --debug, before or after the command,
+also shows the traceback, and the exit code stays 2); 130 interrupted by SIGINT/SIGTERM (a checkpoint
+was saved; --resume continues). Error lines are printable text: control characters and escape
+sequences from file names, tensor names or arguments are shown as escapes, never sent raw.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import traceback
 from typing import Callable, Sequence
 
 from .._version import __version__
@@ -22,7 +27,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse that exits 2 with one line on usage errors (its default prints usage too)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+        from ..safeio import printable
+
+        self.exit(EXIT_ERROR, f"{printable(self.prog)}: error: {printable(message)}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for register in _commands():
         register(sub)
+    for command in sub.choices.values():  # --debug after the command too (`sui-onnx report --debug`)
+        if not any("--debug" in a.option_strings for a in command._actions):
+            command.add_argument("--debug", dest="sub_debug", action="store_true", default=False,
+                                 help="show the full traceback on errors (the exit code stays the same)")
     return parser
 
 
@@ -50,34 +61,81 @@ def _commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     return commands.REGISTRY
 
 
+def _say(text: str) -> None:
+    """One line on stderr: printable (no raw control characters or escape sequences), never raising."""
+    from ..safeio import printable
+
+    try:
+        print(f"sui-onnx: {printable(text)}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # stderr closed: the exit code still tells
+        pass
+
+
+def _interrupt_on_sigterm() -> Callable[[], None]:
+    """SIGTERM, like SIGINT, raises KeyboardInterrupt in every phase of a command (the run loop
+    installs its own handlers, which stop at a batch boundary), so that temporary files are removed
+    and the exit code is 130 instead of a kill by signal. Returns the undo."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError, AttributeError):  # not the main thread, or no SIGTERM
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, old)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    debug = "--debug" in argv[: argv.index("--")] if "--" in argv else "--debug" in argv
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except SystemExit:  # argparse's own exits (usage errors: 2, --help and --version: 0)
+        raise
+    except Exception as exc:  # noqa: BLE001 - an argument type that raised something unexpected
+        if debug:
+            traceback.print_exc()
+        _say(f"error: {exc.__class__.__name__}: {exc}")
+        return EXIT_ERROR
     if args.command is None:
         parser.print_help()
         return EXIT_ERROR
     debug = args.debug or getattr(args, "sub_debug", False)
-    from ..analyze import Interrupted
-
+    if debug:  # onnxruntime's own log goes to stderr only then (runner.session_options)
+        os.environ["SUI_ONNX_DEBUG"] = "1"
+    restore = _interrupt_on_sigterm()
     try:
-        return int(args.run(args) or EXIT_OK)
-    except Interrupted as exc:
-        print(f"sui-onnx: {exc}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except SuiError as exc:
-        if debug:
-            raise
-        print(f"sui-onnx: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        from ..analyze import Interrupted
+
+        try:
+            return int(args.run(args) or EXIT_OK)
+        except Interrupted as exc:
+            _say(str(exc))
+            return EXIT_INTERRUPTED
+        except SuiError as exc:
+            if debug:
+                traceback.print_exc()
+            _say(f"error: {exc}")
+            return EXIT_ERROR
     except KeyboardInterrupt:
-        print("sui-onnx: interrupted", file=sys.stderr)
+        _say("interrupted")
         return EXIT_INTERRUPTED
-    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, never a traceback
+    except MemoryError:
         if debug:
-            raise
-        print(f"sui-onnx: error: unexpected {exc.__class__.__name__}: {exc} (rerun with --debug)", file=sys.stderr)
+            traceback.print_exc()
+        _say("error: out of memory (lower --batch-size or --seq-len, or pass --max-memory)")
         return EXIT_ERROR
+    except (SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - last line of defence (a Rust panic is a BaseException)
+        if debug:
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _say(f"error: unexpected {exc.__class__.__name__}: {first[:300]} (rerun with --debug)")
+        return EXIT_ERROR
+    finally:
+        restore()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -101,7 +101,8 @@ def resolve_thresholds(args: argparse.Namespace, cwd: Path) -> tuple[gate.Thresh
 
 def run(args: argparse.Namespace) -> int:
     from .._version import __version__
-    from ..report import load_report
+    from ..report import MAX_REPORT_BYTES, load_report
+    from ..safeio import read_input
 
     cwd = Path.cwd()
     thresholds, config_path = resolve_thresholds(args, cwd)
@@ -109,19 +110,15 @@ def run(args: argparse.Namespace) -> int:
     is_report = target.suffix.lower() == ".json"
     if not target.exists():
         raise SuiError(f"{target}: no such {'report' if is_report else 'model file or folder'}")
-    outputs = [args.junit, args.sarif, args.json, args.save_report, args.checkpoint]
-    if sum(1 for o in outputs if o is not None and str(o) == "-") > 1:
-        raise SuiError("only one output can go to stdout ('-')")
-    named = [o.resolve() for o in outputs if o is not None and str(o) != "-"]
-    if len(named) != len(set(named)):
-        raise SuiError("two outputs name the same file")
+    outputs = [("--junit", args.junit), ("--sarif", args.sarif), ("--json", args.json),
+               ("--save-report", args.save_report), ("--checkpoint", args.checkpoint)]
     guard_outputs([target, companion_encoder(target), thresholds.baseline, config_path, *args.calib, args.encoder,
                    args.resume, args.stats], outputs)
     if is_report and args.save_report is not None:
         raise SuiError("--save-report needs a model to analyze; the target is already a report")
 
     baseline = load_report(thresholds.baseline) if thresholds.baseline is not None else None
-    to_stdout = any(o is not None and str(o) == "-" for o in outputs)
+    to_stdout = any(o is not None and str(o) == "-" for _, o in outputs)
     quiet = args.quiet or to_stdout
     if is_report:
         report = load_report(target)
@@ -137,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
                            baseline_label=None if thresholds.baseline is None else str(thresholds.baseline))
     located = target / "model.onnx" if target.is_dir() and (target / "model.onnx").is_file() else target
     uri = gate.artifact_uri(located, cwd)
-    lines = gate.report_json_lines(target.read_text(encoding="utf-8")) if is_report else {}
+    lines = gate.report_json_lines(read_input(target, MAX_REPORT_BYTES).decode("utf-8")) if is_report else {}
     if args.junit is not None:
         write_text_atomic(args.junit, gate.to_junit(result))
     if args.sarif is not None:
@@ -177,7 +174,9 @@ def render(result: gate.GateResult):
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=f"sui-onnx check: {result.target}", title_justify="left", box=box.SIMPLE_HEAD,
+    from ..safeio import markup, printable
+
+    table = Table(title=f"sui-onnx check: {markup(result.target)}", title_justify="left", box=box.SIMPLE_HEAD,
                   show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
     table.add_column("", no_wrap=True)
     table.add_column("rule", no_wrap=True)
@@ -202,21 +201,21 @@ def render(result: gate.GateResult):
                     detail = _detail(c)
                     if c.value is None:
                         notes.append(c.message)
-                table.add_row(marks[c.level], name, c.scope_label, value, limit, detail)
+                table.add_row(marks[c.level], markup(name), markup(c.scope_label), value, limit, markup(detail))
         if layer_pass:
             w = gate.worst(layer_pass)
             others = len(layer_pass) < sum(1 for c in checks if c.layer is not None)
             scope = f"{len(layer_pass)} {'other ' if others else ''}layers"
             if w is None:
-                table.add_row(marks["none"], name, scope, "", "", "ok")
+                table.add_row(marks["none"], markup(name), scope, "", "", "ok")
             else:
-                table.add_row(marks["none"], name, scope, _value(w.value, rel),
-                              f"{w.comparator} {_value(w.limit, rel)}", f"worst {w.scope_label}")
+                table.add_row(marks["none"], markup(name), scope, _value(w.value, rel),
+                              f"{w.comparator} {_value(w.limit, rel)}", f"worst {markup(w.scope_label)}")
     n, nf, nw = len(result.checks), len(result.failures), len(result.warnings)
     warn = f", {nw} warning{'s' if nw != 1 else ''}" if nw else ""
     if result.passed:
         verdict = Text(f"PASS: {n} check{'s' if n != 1 else ''} passed{warn}", style="bold green")
     else:
         breached = ", ".join(dict.fromkeys(c.rule_id for c in result.failures))
-        verdict = Text(f"FAIL: {nf} of {n} checks breached ({breached}){warn}", style="bold red")
-    return Group(table, *[Text(f"note: {m}", style="yellow") for m in notes], verdict)
+        verdict = Text(f"FAIL: {nf} of {n} checks breached ({printable(breached)}){warn}", style="bold red")
+    return Group(table, *[Text(f"note: {printable(m)}", style="yellow") for m in notes], verdict)

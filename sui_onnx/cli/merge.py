@@ -6,7 +6,10 @@ import argparse
 from pathlib import Path
 
 from ..errors import SuiError
+from ..safeio import markup
 from .options import guard_outputs, make_console
+
+IDENTITY = ("model_sha256", "taps", "widths")  # what two shards must share to be merged
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "merge",
         help="merge finished statistics files (shards of one calibration set) exactly",
         description="Add up the per-layer sufficient statistics of runs made with --checkpoint on "
-                    "the same model and taps (e.g. shards of a calibration set on several machines). "
+                    "the same model and taps (e.g. shards of a calibration set on several machines). Each shard "
+                    "counts once: a file given twice, or two files of the same calibration data, are refused. "
                     "Report from the result with: sui-onnx report MODEL --stats OUT.npz",
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="STATS.npz")
@@ -23,36 +27,58 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..safeio import printable
     from ..spectrum import load_accumulators, save_accumulators
+    from .options import _FileSet
 
-    guard_outputs(args.inputs, [args.output])
+    guard_outputs(args.inputs, [("--output", args.output)])
     if len(args.inputs) < 2:
         raise SuiError("merge needs at least two statistics files")
-    merged, meta0 = None, None
+    seen = _FileSet()
     for path in args.inputs:
+        if path in seen:
+            raise SuiError(f"{printable(path)} is given twice: each shard may be counted once")
+        seen.add(path)
+    merged, meta0 = None, None
+    shards: dict[str, str] = {}  # token-stream digest -> the file that brought it
+    for path in args.inputs:
+        label = printable(path)
         accs, meta = load_accumulators(path)
         if not meta.get("mergeable"):
-            raise SuiError(f"{path}: not a finished single-pass run's statistics (run report with --checkpoint to the end)")
-        ident = meta.get("identity", {})
+            raise SuiError(f"{label}: not a finished single-pass run's statistics (run report with --checkpoint to the end)")
+        ident = meta.get("identity")
+        if not isinstance(ident, dict) or not all(k in ident for k in IDENTITY):
+            raise SuiError(f"{label}: statistics without a run identity (model, taps, widths); cannot merge")
+        if [a.width for a in accs] != ident["widths"] or len(accs) != len(ident["taps"]):
+            raise SuiError(f"{label}: its statistics do not match the taps it names; cannot merge")
+        parts = meta.get("shards")
+        if parts is not None and not (isinstance(parts, list) and all(isinstance(x, str) for x in parts)):
+            raise SuiError(f"{label}: malformed statistics file ('shards' is not a list of digests)")
+        for digest in parts or []:
+            if digest in shards:
+                raise SuiError(f"{label} holds the same calibration data as {printable(shards[digest])} "
+                               f"(token-stream sha256 {digest[:12]}): merging would count it twice")
+            shards[digest] = str(path)
         if merged is None:
             merged, meta0 = accs, meta
         else:
             base = meta0["identity"]
-            for key in ("model_sha256", "taps", "widths"):
+            for key in IDENTITY:
                 if ident.get(key) != base.get(key):
-                    raise SuiError(f"{path}: different {key.replace('_', ' ')} than {args.inputs[0]}; cannot merge")
+                    raise SuiError(f"{label}: different {key.replace('_', ' ')} than {printable(args.inputs[0])}; cannot merge")
             for a, b in zip(merged, accs):
                 a.merge(b)
     meta_out = {
-        "identity": {k: meta0["identity"][k] for k in ("model_sha256", "taps", "widths")},
+        "identity": {k: meta0["identity"][k] for k in IDENTITY},
         "merged": True,
         "mergeable": True,
         "complete": True,
         "parts": [str(p) for p in args.inputs],
+        "shards": list(shards),
         "calibration": {"tokens": merged[0].n if merged else 0, "merged_from": [str(p) for p in args.inputs]},
     }
     save_accumulators(args.output, merged, meta_out)
-    make_console(stderr=True).print(
+    make_console(stderr=True).print(markup(
         f"merged {len(args.inputs)} files: {merged[0].n if merged else 0:,} tokens per layer -> {args.output}"
-    )
+    ))
     return 0

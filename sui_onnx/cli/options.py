@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from ..calib import DEFAULT_BATCH_SIZE, DEFAULT_SEQ_LEN, MIXES, CalibrationSpec
 from ..errors import SuiError
 from ..metrics import DEFAULT_TOP_FRACTION
+from ..safeio import atomic_write, check_input, output_target, printable, special_kind
 
 
 def demo_model() -> Path:
@@ -48,9 +50,26 @@ def _memory(text: str) -> int:
         value = float(t[:-1] if t[-1:] in units else t) * mult
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a size like 512M or 4G, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite size like 512M or 4G, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least one byte, got {text!r}")
+    if value > MAX_MEMORY:
+        raise argparse.ArgumentTypeError(f"{text!r} is more memory than any machine has (at most 1P)")
     return int(value)
+
+
+MAX_MEMORY = 2**50  # 1 PiB: a larger cap is a typo, not a machine
+
+
+def _thread_count(text: str) -> int:
+    from ..runner import max_threads
+
+    value = _positive_int(text)
+    limit = max_threads()
+    if value > limit:
+        raise argparse.ArgumentTypeError(f"at most {limit} (4 per core), got {value}")
+    return value
 
 
 def add_tap_args(p: argparse.ArgumentParser) -> None:
@@ -90,7 +109,8 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("device")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: CUDA when onnxruntime-gpu and a GPU are usable, else CPU")
-    g.add_argument("--threads", type=_positive_int, metavar="N", help="onnxruntime intra-op threads (default: all cores)")
+    g.add_argument("--threads", type=_thread_count, metavar="N",
+                   help="onnxruntime intra-op threads (default: all cores; at most 4 per core)")
     g.add_argument("--precision", choices=("fp32", "fp64"), default="fp32",
                    help="per-batch X^T X in float32 (default, fast; sums are always float64) or float64 (exact)")
 
@@ -109,7 +129,10 @@ def add_metric_args(p: argparse.ArgumentParser) -> None:
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("long runs")
-    g.add_argument("--checkpoint", type=Path, metavar="FILE", help="save statistics to FILE every --checkpoint-every batches and at the end")
+    g.add_argument("--checkpoint", type=Path, metavar="FILE",
+                   help="save statistics to FILE every --checkpoint-every batches and at the end. Without it, "
+                        "an interrupted run (Ctrl-C, SIGTERM) saves them to MODEL.sui-checkpoint.npz in the current "
+                        "folder (MODEL: the model file's name without .onnx)")
     g.add_argument("--checkpoint-every", type=_positive_int, default=50, metavar="K", help="batches between checkpoints (default 50)")
     g.add_argument("--resume", type=Path, metavar="FILE", help="continue an interrupted run from its checkpoint")
     g.add_argument("--stats", type=Path, metavar="FILE",
@@ -157,36 +180,229 @@ def model_argument(args: argparse.Namespace) -> Path:
     return Path(args.model) if args.model else demo_model()
 
 
-def guard_outputs(inputs: Iterable[Path | None], outputs: Iterable[Path | None]) -> None:
-    """Refuse to write over an input file (the model, calibration data, a checkpoint being read),
-    and check output folders exist before any work starts."""
-    ins: set[Path] = set()
-    for p in inputs:
-        if p is None or not p.exists():
+# files beside a model that belong to it: what a run reads (tokenizer, seq2seq encoder, onnxruntime-genai
+# configuration) and the rest of an exported model folder (its config); none of them is ever an output
+MODEL_COMPANIONS = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+    "merges.txt", "vocab.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "config.json",
+    "generation_config.json", "genai_config.json", "preprocessor_config.json", "encoder_model.onnx",
+)
+NOT_TO_STDOUT = ("--checkpoint", "--output")  # checkpoints and merged statistics: files, never '-'
+_MAX_FOLDER_FILES = 200_000  # a folder input with more files than this is not walked further
+
+
+class _FileSet:
+    """Files compared by real path (symlinks resolved) and, where they exist, by device and inode
+    (hard links, bind mounts, case-insensitive file systems)."""
+
+    def __init__(self) -> None:
+        self.paths: set[str] = set()
+        self.inodes: set[tuple[int, int]] = set()
+
+    @staticmethod
+    def _keys(p: Path) -> tuple[str | None, tuple[int, int] | None]:
+        try:
+            real = os.path.realpath(p)
+        except (OSError, ValueError):
+            return None, None
+        try:
+            st = os.stat(real)
+            inode = (st.st_dev, st.st_ino) if not stat.S_ISDIR(st.st_mode) else None
+        except (OSError, ValueError):
+            inode = None
+        return real, inode
+
+    def add(self, p: Path) -> None:
+        real, inode = self._keys(p)
+        if real is not None:
+            self.paths.add(real)
+        if inode is not None:
+            self.inodes.add(inode)
+
+    def __contains__(self, p: Path) -> bool:
+        real, inode = self._keys(p)
+        return real in self.paths or (inode is not None and inode in self.inodes)
+
+
+def _folder_files(folder: Path) -> Iterator[Path]:
+    """Every file under ``folder``, symlinked folders followed once; unreadable parts are skipped
+    (they cannot be read, so they cannot be the run's input either)."""
+    seen: set[str] = set()
+    count = 0
+    for root, dirs, files in os.walk(folder, followlinks=True, onerror=lambda exc: None):
+        real = os.path.realpath(root)
+        if real in seen:  # a symlink loop, or a folder reached twice
+            dirs[:] = []
             continue
-        ins.add(p.resolve())
+        seen.add(real)
+        for name in files:
+            count += 1
+            if count > _MAX_FOLDER_FILES:
+                return
+            yield Path(root) / name
+
+
+def _external_locations(model_file: Path) -> set[str]:
+    """The external-data locations a model's graph names (function bodies and subgraphs included),
+    read without its weights; empty for a file that does not parse (the run then refuses it)."""
+    import onnx
+
+    from ..graph import lean
+    from ..graph.source import external_info, model_tensors
+
+    try:
+        data, _ = lean.read_lean(Path(os.path.realpath(model_file)))
+        model = onnx.ModelProto.FromString(data)
+    except Exception:  # not a model: the analysis says so before anything is written
+        return set()
+    tensors = list(model_tensors(model))
+    return {loc for t in tensors if (loc := external_info(t).get("location"))}
+
+
+def model_inputs(model: Path | None) -> list[Path]:
+    """Every file a run on ``model`` (a file or folder, symlinks such as a Hugging Face cache
+    snapshot's included) reads, or that belongs to the model beside it: the model file and the file
+    it links to, its external data, its tokenizer, a seq2seq encoder and that encoder's external data,
+    the model folder's configuration files."""
+    if model is None:
+        return []
+    from ..graph.source import resolve_model_path
+    from ..runner import ENCODER_FILE
+
+    model = Path(model)
+    files = [model]
+    try:
+        file = resolve_model_path(model)
+    except SuiError:
+        return files  # the run refuses it before anything is written
+    models = [file]
+    folders = list(dict.fromkeys([file.parent, Path(os.path.realpath(file)).parent]))
+    for folder in folders:
+        files += [folder / name for name in MODEL_COMPANIONS]
+        if folder.name == "onnx":  # transformers.js layout: the tokenizer one level up
+            files += [folder.parent / name for name in MODEL_COMPANIONS]
+        if (folder / ENCODER_FILE).is_file():
+            models.append(folder / ENCODER_FILE)
+    for m in dict.fromkeys(models):
+        files.append(m)
+        m_folders = list(dict.fromkeys([m.parent, Path(os.path.realpath(m)).parent]))
+        for location in _external_locations(m):
+            files += [folder / location for folder in m_folders]
+    return files
+
+
+def _label(item: Any) -> tuple[str, Path | None]:
+    if isinstance(item, tuple):
+        flag, path = item
+        return f"{flag} ", None if path is None else Path(path)
+    return "", None if item is None else Path(item)
+
+
+def _check_writable_folder(label: str, out: Path, folder: Path) -> None:
+    if not folder.is_dir():
+        raise SuiError(f"cannot write {label}{printable(out)}: folder {printable(folder)} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SuiError(f"cannot write {label}{printable(out)}: folder {printable(folder)} is not writable")
+
+
+def guard_outputs(inputs: Iterable[Path | None], outputs: Iterable[Any],
+                  folders: Iterable[tuple[str, Path | None, Iterable[str]]] = ()) -> None:
+    """Check every output before any work starts, so that nothing is written when one is wrong
+    (docs/security.md). ``outputs`` are paths or (flag, path) pairs (None: not asked for); ``-`` is
+    standard output. Refused, with one line:
+
+    - an output that is an input of the run: any of ``inputs``, any file inside an input folder, and
+      for a model (a file or folder) every file :func:`model_inputs` names (a symlink or hard link
+      to one of them counts as that file);
+    - two outputs on the same file, or more than one on standard output;
+    - an output that is a folder, a FIFO, a device or another special file (``-`` is the way to
+      standard output);
+    - an output whose folder does not exist or is not writable.
+
+    ``folders`` holds (flag, DIR, file names) for outputs that are folders (``--plot DIR``): DIR
+    may be created, but must not be a file, and the files written into it are checked like the
+    other outputs. Inputs that exist but are special files (a FIFO, a device) are refused too.
+    """
+    ins = _FileSet()
+    for item in inputs:
+        if item is None:
+            continue
+        p = Path(item)
+        check_input(p)
+        ins.add(p)
         if p.is_dir():  # a model folder (model.onnx, external data, tokenizer) or a folder of text
-            ins.update(f.resolve() for f in p.rglob("*") if f.is_file())
-    for out in outputs:
-        if out is None or str(out) == "-":
+            for f in _folder_files(p):
+                ins.add(f)
+        if p.suffix.lower() == ".onnx" or p.is_dir():
+            for f in model_inputs(p):
+                ins.add(f)
+    named = [_label(o) for o in outputs]
+    created: set[Path] = set()  # folder outputs not there yet: their files' folder is checked above them
+    for flag, d, names in folders:
+        if d is None:
             continue
-        if out.resolve() in ins:
-            raise SuiError(f"refusing to write {out}: it is an input of this run")
-        if out.is_dir():
-            raise SuiError(f"cannot write {out}: it is a folder")
-        parent = out.resolve().parent
-        if not parent.is_dir():
-            raise SuiError(f"cannot write {out}: folder {parent} does not exist")
+        d = Path(d)
+        if d.exists() and not d.is_dir():
+            raise SuiError(f"{flag} {printable(d)}: exists and is not a folder")
+        anc = Path(os.path.realpath(d))
+        while not anc.exists() and anc != anc.parent:
+            anc = anc.parent
+        _check_writable_folder(f"{flag} ", d, anc)
+        if not d.exists():
+            created.add(d)
+        named += [(f"{flag} ", d / name) for name in names]
+    seen = _FileSet()
+    stdout = 0
+    for label, out in named:
+        if out is None:
+            continue
+        if str(out) == "-":
+            if label.strip() in NOT_TO_STDOUT:
+                raise SuiError(f"{label}-: this output is a file; standard output cannot take it")
+            stdout += 1
+            if stdout > 1:
+                raise SuiError("only one output can go to standard output ('-')")
+            continue
+        if not str(out):
+            raise SuiError(f"{label}: empty output path")
+        target = output_target(out)
+        kind = special_kind(out) or special_kind(target)  # the path itself first: /dev/stdout is a magic link
+        if kind == "folder":
+            raise SuiError(f"cannot write {label}{printable(out)}: it is a folder")
+        if kind is not None:
+            raise SuiError(f"refusing to write {label}{printable(out)}: it is a {kind}, not a regular file "
+                           "(use '-' for standard output)")
+        if out in ins:
+            raise SuiError(f"refusing to write {label}{printable(out)}: it is an input of this run")
+        first = next((lab for lab, o in named[: named.index((label, out))] if o is not None and str(o) != "-"
+                      and _FileSet._keys(o)[0] == _FileSet._keys(out)[0]), None)
+        if out in seen:
+            both = f"{first.strip() or 'an output'} and {label.strip() or 'another'}" if first is not None else "two outputs"
+            raise SuiError(f"{both} name the same file {printable(out)}: one would overwrite the other")
+        seen.add(out)
+        if out.parent not in created:
+            _check_writable_folder(label, out, target.parent)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    from ..spectrum import atomic_write_bytes
-
+    """Write ``text`` (UTF-8) to ``path`` atomically (safeio.atomic_write), or to standard output
+    for ``-``."""
     if str(path) == "-":
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    atomic_write_bytes(path, lambda fh: fh.write(text.encode("utf-8")))
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def write_bytes_atomic(path: Path, write: Any) -> None:
+    """Call ``write(fileobj)`` for ``path``: a file written atomically (safeio.atomic_write), or
+    standard output for ``-``."""
+    if str(path) == "-":
+        sys.stdout.flush()
+        write(sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        return
+    atomic_write(path, write)
 
 
 def make_console(quiet: bool = False, stderr: bool = False, file: Any = None):

@@ -14,6 +14,9 @@ from ..slimming import DEFAULT_MAX_LOSS
 from .options import (TokenProgress, _positive_int, add_analysis_args, analysis_options, calibration_spec, guard_outputs, make_console, model_argument, write_text_atomic)
 
 
+PLOT_FILES = ("spectra.png", "utilization.png", "energy.png")  # what --plot DIR receives (plots.py)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
@@ -26,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_analysis_args(p)
     g = p.add_argument_group("outputs")
     g.add_argument("--json", type=Path, metavar="OUT", help="write the report JSON (schema sui-onnx/report); '-' for stdout")
-    g.add_argument("--spectra", type=Path, metavar="OUT.npz", help="write the eigenvalues of every layer")
-    g.add_argument("--markdown", type=Path, metavar="OUT", help="write a markdown summary (PR comments)")
+    g.add_argument("--spectra", type=Path, metavar="OUT.npz", help="write the eigenvalues of every layer; '-' for stdout")
+    g.add_argument("--markdown", type=Path, metavar="OUT", help="write a markdown summary (PR comments); '-' for stdout")
     g.add_argument("--plot", type=Path, metavar="DIR", help="write PNG plots (needs the `plot` extra)")
     g.add_argument("-q", "--quiet", action="store_true", help="no terminal report or progress bar")
     g = p.add_argument_group(
@@ -50,13 +53,15 @@ def run(args: argparse.Namespace) -> int:
     from ..analyze import analyze
 
     model = model_argument(args)
-    outputs = [args.json, args.spectra, args.markdown, args.checkpoint]
-    guard_outputs([model, companion_encoder(model), *args.calib, *args.eval, args.encoder, args.resume, args.stats], outputs)
+    outputs = [("--json", args.json), ("--spectra", args.spectra), ("--markdown", args.markdown),
+               ("--checkpoint", args.checkpoint)]
+    guard_outputs([model, companion_encoder(model), *args.calib, *args.eval, args.encoder, args.resume, args.stats], outputs,
+                  folders=[("--plot", args.plot, PLOT_FILES)])
     if args.plot is not None:
         from ..plots import require_matplotlib
 
         require_matplotlib()
-    quiet = args.quiet or (args.json is not None and str(args.json) == "-")
+    quiet = args.quiet or any(o is not None and str(o) == "-" for _, o in outputs)
     if args.eval:
         report = measured_report(model, args, quiet)
     else:
@@ -122,7 +127,7 @@ def write_outputs(report, args: argparse.Namespace) -> None:
 
 def save_spectra(path: Path, report) -> None:
     """Eigenvalues per layer (descending) as layer_<i>, with tensor names and token counts."""
-    from ..spectrum import atomic_write_bytes
+    from .options import write_bytes_atomic
 
     arrays = {
         "tensors": np.asarray([x.tensor for x in report.layers]),
@@ -131,4 +136,4 @@ def save_spectra(path: Path, report) -> None:
     }
     for x, ev in zip(report.layers, report.eigenvalues or []):
         arrays[f"layer_{x.layer}"] = np.zeros(0) if ev is None else np.asarray(ev)
-    atomic_write_bytes(path, lambda fh: np.savez(fh, **arrays))
+    write_bytes_atomic(path, lambda fh: np.savez(fh, **arrays))

@@ -13,6 +13,7 @@ from typing import Any
 from ..errors import SuiError
 from .options import (TokenProgress, add_analysis_args, add_run_args, analysis_options, calibration_spec, guard_outputs, make_console, write_text_atomic)
 
+PLOT_FILES = ("scaling_ranks.png", "scaling_sui.png")  # what --plot DIR receives (plots_scaling.py)
 PAPER_REFERENCE = ("paper reference (GPT-2 160M, AdamW, D = 768..6144, post): "
                    "beta_soft 0.661 (R^2 0.971), beta_hard 0.289 (R^2 0.338)")
 
@@ -84,13 +85,11 @@ def run(args: argparse.Namespace) -> int:
     if len(paths) < MIN_WIDTHS:
         raise SuiError(f"scaling needs at least {MIN_WIDTHS} inputs of distinct FFN widths; got {len(paths)}")
     kinds = [classify(p) for p in paths]
-    guard_outputs([*paths, *args.calib], [args.json])
+    guard_outputs([*paths, *args.calib], [("--json", args.json)], folders=[("--plot", args.plot, PLOT_FILES)])
     if args.plot is not None:
         from ..plots import require_matplotlib
 
         require_matplotlib()
-        if args.plot.exists() and not args.plot.is_dir():
-            raise SuiError(f"--plot {args.plot}: exists and is not a folder")
     quiet = args.quiet or (args.json is not None and str(args.json) == "-")
 
     reports: list[Any] = [load_report(p) if kind == "report" else None for p, kind in zip(paths, kinds)]
@@ -142,9 +141,12 @@ def scaling_renderables(result) -> list[Any]:
     from rich.table import Table
     from rich.text import Text
 
+    from ..safeio import printable
+
     family = ", ".join(f"{k} {v if isinstance(v, str) else '/'.join(v)}" for k, v in result.family.items())
-    head = Text(f"Spectral scaling over {len(result.models)} widths, {result.n_layers} FFN layers"
-                f"{', site ' + result.site if result.site else ''}{' (' + family + ')' if family else ''}",
+
+    head = Text(printable(f"Spectral scaling over {len(result.models)} widths, {result.n_layers} FFN layers"
+                f"{', site ' + result.site if result.site else ''}{' (' + family + ')' if family else ''}"),
                 style="bold")
 
     widths = Table(title="Per width (median over usable layers)", title_justify="left")

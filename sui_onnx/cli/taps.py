@@ -27,16 +27,18 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ..graph import find_taps, load_model
+    from ..safeio import markup
 
     src = load_model(Path(args.model), lean=True)  # structure only: the weights stay in the file
     taps = find_taps(src.model, site=args.site, include=args.include, exclude=args.exclude, explicit=tuple(args.tap))
     if args.json:
         print(json.dumps([t.to_dict() for t in taps], indent=2))
         return 0
-    table = Table(box=box.SIMPLE_HEAD, title=f"{len(taps)} FFN taps in {src.path} (site {args.site})", title_justify="left")
+    table = Table(box=box.SIMPLE_HEAD, title=f"{len(taps)} FFN taps in {markup(src.path)} (site {args.site})",
+                  title_justify="left")
     for col in ("layer", "width", "activation", "op", "tensor"):
         table.add_column(col, justify="right" if col in ("layer", "width") else "left", overflow="fold")
-    for t in taps:
-        table.add_row(str(t.layer), str(t.width), t.activation, t.op, t.tensor)
+    for t in taps:  # names come from the model file: data, never markup or terminal control
+        table.add_row(str(t.layer), str(t.width), markup(t.activation), markup(t.op), markup(t.tensor))
     make_console().print(table)
     return 0
