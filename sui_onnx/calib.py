@@ -71,58 +71,128 @@ class CalibrationSpec:
             raise CalibrationError(f"--tokens must be at least 2 (a covariance needs two tokens), got {self.tokens}")
 
 
+def _is_file(p: Path) -> bool:
+    """A regular file (symlinks followed); False for what cannot be examined (an unreadable link)."""
+    try:
+        return p.is_file()
+    except OSError:
+        return False
+
+
 def _text_files(path: Path) -> list[Path]:
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        files = sorted(p for p in path.rglob("*.txt") if _is_file(p))
         if not files:
             raise CalibrationError(f"{path}: folder holds no .txt files")
         return files
     return [path]
 
 
-def _read_text(path: Path) -> Iterator[str]:
-    """Yield pieces of a UTF-8 text file; binary or non-UTF-8 content is a clear error."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise CalibrationError(f"{path}: cannot read ({exc.strerror})") from None
-    if b"\x00" in raw[:65536]:
-        raise CalibrationError(f"{path}: looks binary (NUL bytes), expected UTF-8 text")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CalibrationError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
-    if not text.strip():
-        raise CalibrationError(f"{path}: empty calibration text")
+_READ_CHUNK = 1 << 20
+_MAX_RECORD_CHARS = 64 << 20  # one .jsonl line; a longer one is refused, never read whole
+
+
+def _pieces(text: str, final: bool) -> Iterator[tuple[str, str]]:
+    """Cut ``text`` into pieces of about _TEXT_CHUNK_CHARS (after a newline where there is one, so
+    words are not split): yields (piece, ""), and, unless ``final``, leaves the unfinished tail to
+    the caller as a last (\"\", tail)."""
     start = 0
-    while start < len(text):
+    while len(text) - start > _TEXT_CHUNK_CHARS:
         end = start + _TEXT_CHUNK_CHARS
-        if end < len(text):  # cut after a newline, so words are not split across pieces
-            cut = text.rfind("\n", start, end)
-            end = cut + 1 if cut > start else end
-        yield text[start:end]
+        cut = text.rfind("\n", start, end)
+        end = cut + 1 if cut > start else end
+        yield text[start:end], ""
         start = end
+    if final:
+        if start < len(text):
+            yield text[start:], ""
+    else:
+        yield "", text[start:]
+
+
+def _read_text(path: Path) -> Iterator[str]:
+    """Yield pieces of a UTF-8 text file, read in chunks (memory does not grow with the file);
+    binary or non-UTF-8 content is a clear error, and so is anything but a regular file (a FIFO or
+    a device is refused, never read)."""
+    import codecs
+
+    from .safeio import open_input
+
+    fh = open_input(path, CalibrationError)
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    consumed, tail, text_seen = 0, "", False
+    with fh:
+        while True:
+            try:
+                raw = fh.read(_READ_CHUNK)
+            except OSError as exc:
+                raise CalibrationError(f"{path}: cannot read ({exc.strerror})") from None
+            if consumed == 0 and b"\x00" in raw[:65536]:
+                raise CalibrationError(f"{path}: looks binary (NUL bytes), expected UTF-8 text")
+            try:
+                text = decoder.decode(raw, final=not raw)
+            except UnicodeDecodeError as exc:
+                raise CalibrationError(f"{path}: not UTF-8 text (bad byte at offset {consumed + exc.start})") from None
+            consumed += len(raw)
+            if consumed == len(raw):
+                text = text.removeprefix("\ufeff")  # a byte order mark is not text
+            text_seen = text_seen or bool(text.strip())
+            for piece, rest in _pieces(tail + text, final=not raw):
+                if piece:
+                    yield piece
+                tail = rest
+            if not raw:
+                break
+    if not text_seen:
+        raise CalibrationError(f"{path}: empty calibration text")
 
 
 def _read_jsonl(path: Path) -> Iterator[str]:
-    try:
-        fh = path.open("r", encoding="utf-8")
-    except OSError as exc:
-        raise CalibrationError(f"{path}: cannot read ({exc.strerror})") from None
+    """The "text" field of each line of a .jsonl file, in pieces (a long record is tokenized in
+    pieces like a .txt file, so memory stays that of the text); a BOM is skipped; a line that is
+    not a JSON object with a string "text" (nested too deeply, a lone surrogate, over 64 Mi
+    characters) is an error naming the line."""
+    import io
+
+    from .safeio import open_input
+
+    raw = open_input(path, CalibrationError)
+    fh = io.TextIOWrapper(raw, encoding="utf-8", newline="")
     with fh:
         try:
-            for lineno, line in enumerate(fh, 1):
+            lineno = 0
+            while True:
+                line = fh.readline(_MAX_RECORD_CHARS + 1)
+                if not line:
+                    break
+                lineno += 1
+                if len(line) > _MAX_RECORD_CHARS and not line.endswith("\n"):
+                    raise CalibrationError(f"{path}:{lineno}: record longer than {_MAX_RECORD_CHARS >> 20} Mi "
+                                           "characters (split the text into several records)")
+                line = line.lstrip("\ufeff")
                 if not line.strip():
                     continue
                 try:
                     record = json.loads(line)
-                except json.JSONDecodeError:
-                    raise CalibrationError(f"{path}:{lineno}: not a JSON object") from None
+                except RecursionError:
+                    raise CalibrationError(f"{path}:{lineno}: JSON nested too deeply") from None
+                except json.JSONDecodeError as exc:
+                    raise CalibrationError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
                 if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                     raise CalibrationError(f"{path}:{lineno}: expected an object with a string \"text\" field")
-                yield record["text"] + "\n"
+                text = record["text"]
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise CalibrationError(
+                        f"{path}:{lineno}: \"text\" holds a lone surrogate (\\u{ord(text[exc.start]):04x}), "
+                        "not valid Unicode") from None
+                for piece, _ in _pieces(text + "\n", final=True):
+                    yield piece
         except UnicodeDecodeError:
             raise CalibrationError(f"{path}: not UTF-8 text") from None
+        except OSError as exc:
+            raise CalibrationError(f"{path}: cannot read ({exc.strerror})") from None
 
 
 def source_digest(path: Path) -> str:
@@ -161,10 +231,47 @@ def load_tokenizer(folder: Path):
             f"text calibration needs a tokenizer: no tokenizer.json beside the model in {folder}{above} "
             "(copy the model's tokenizer.json there, or pass token ids as a .npy file)"
         )
+    from .safeio import captured_stderr, check_input, printable
+
+    check_input(path, CalibrationError)
     try:
-        return Tokenizer.from_file(str(path))
-    except Exception as exc:  # tokenizers raises plain Exception subclasses for bad files
-        raise CalibrationError(f"{path}: not a valid tokenizer.json ({str(exc).splitlines()[0][:120]})") from None
+        with captured_stderr():  # a Rust panic prints its own message and backtrace on fd 2
+            tokenizer = Tokenizer.from_file(str(path))
+        # sui-onnx packs the windows itself: a tokenizer.json's truncation or padding would cut or pad
+        # the calibration text (and a bad truncation setting panics inside encode)
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # plain Exception subclasses for bad files, pyo3 PanicException for panics
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise CalibrationError(f"{path}: not a valid tokenizer.json ({printable(first)[:120]})") from None
+    return _GuardedTokenizer(tokenizer, path)
+
+
+class _GuardedTokenizer:
+    """A `tokenizers.Tokenizer` whose ``encode`` failures (errors, and Rust panics, whose message
+    goes to fd 2 otherwise) are one CalibrationError line; everything else is the tokenizer's."""
+
+    def __init__(self, tokenizer, path: Path):
+        self._tokenizer = tokenizer
+        self._path = path
+
+    def encode(self, *args, **kwargs):
+        from .safeio import captured_stderr, printable
+
+        try:
+            with captured_stderr():
+                return self._tokenizer.encode(*args, **kwargs)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+            raise CalibrationError(f"{self._path}: the tokenizer failed on the calibration text "
+                                   f"({printable(first)[:120]})") from None
+
+    def __getattr__(self, name: str):
+        return getattr(self._tokenizer, name)
 
 
 class CalibrationStream:
@@ -175,11 +282,16 @@ class CalibrationStream:
         self.spec = spec
         self.sources = spec.sources or [bundled_corpus()]
         self.tokenizer_folder = tokenizer_folder
+        from .safeio import check_input
+
         for s in self.sources:
             if not s.exists():
                 raise CalibrationError(f"{s}: no such calibration file or folder")
-            if s.is_file() and s.suffix.lower() not in (".txt", ".jsonl", ".npy"):
+            check_input(s, CalibrationError)  # a FIFO or a device (/dev/zero) is never read
+            if not s.is_dir() and s.suffix.lower() not in (".txt", ".jsonl", ".npy"):
                 raise CalibrationError(f"{s}: unsupported calibration file (use .txt, .jsonl, .npy or a folder of .txt)")
+            if s.is_dir() and s.suffix.lower() in (".jsonl", ".npy"):
+                raise CalibrationError(f"{s}: is a folder, expected a {s.suffix.lower()} file")
         self.token_ids = [self._open_npy(s) for s in self.sources if s.suffix.lower() == ".npy"]
         self.has_text = any(s.suffix.lower() != ".npy" for s in self.sources)
         self.tokenizer = load_tokenizer(tokenizer_folder) if self.has_text and tokenizer_folder else None
@@ -197,10 +309,16 @@ class CalibrationStream:
 
     @staticmethod
     def _open_npy(path: Path) -> np.ndarray:
+        from .safeio import open_input
+
+        with open_input(path, CalibrationError):  # a regular file: never a FIFO or a device
+            pass
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, EOFError, TypeError, SyntaxError, OverflowError, MemoryError) as exc:
             raise CalibrationError(f"{path}: not a readable .npy array ({exc.__class__.__name__})") from None
+        if not isinstance(arr, np.ndarray):  # an .npz archive under a .npy name
+            raise CalibrationError(f"{path}: not a .npy array (an .npz archive?)")
         if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
             raise CalibrationError(f"{path}: token ids must have shape [n_sequences, seq_len], got {arr.shape}")
         if not np.issubdtype(arr.dtype, np.integer):

@@ -45,15 +45,40 @@ def is_encoder_states_input(name: str) -> bool:
     return bool(_ENCODER_STATES.match(name))
 
 
+def ort_debug() -> bool:
+    """True when onnxruntime's own log may reach stderr (the CLI's --debug sets SUI_ONNX_DEBUG=1)."""
+    return os.environ.get("SUI_ONNX_DEBUG", "") not in ("", "0")
+
+
 def import_onnxruntime():
-    """Import onnxruntime, or explain which extra to install."""
+    """Import onnxruntime, or say why it cannot be: not installed (which extra to install), or
+    installed but not loadable (its shared library: memory or address-space limits, a broken
+    install). Its default logger is silenced unless --debug (one error line, not its log)."""
     try:
         import onnxruntime as ort
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "onnxruntime":
+            raise SuiError(f"onnxruntime cannot be imported: {exc}") from None
         raise SuiError(
             "onnxruntime is not installed: pip install 'sui-onnx[cpu]' (or 'sui-onnx[gpu]' for CUDA)"
         ) from None
+    except (ImportError, OSError, MemoryError) as exc:
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+        memory = isinstance(exc, MemoryError) or any(w in first.lower() for w in ("memory", "map segment", "mmap"))
+        why = "not enough memory or address space (ulimit -v?)" if memory else "a broken installation?"
+        raise SuiError(f"onnxruntime is installed but cannot be loaded: {why} ({first})") from None
+    if not ort_debug():
+        try:
+            ort.set_default_logger_severity(4)  # fatal only: errors reach the user as one line instead
+        except Exception:  # noqa: BLE001 - an onnxruntime without it: its log stays as it is
+            pass
     return ort
+
+
+def max_threads() -> int:
+    """The most intra-op threads a session may get: 4 per usable core, at least 16 (far more
+    threads than cores only slow a run down, and 100000 of them crash onnxruntime)."""
+    return max(16, 4 * physical_cores())
 
 
 def physical_cores() -> int:
@@ -78,6 +103,8 @@ def session_options(ort: Any, threads: int | None = None) -> Any:
     """CPU-friendly options: all cores for intra-op, no spinning (idle ORT threads would steal the
     cores from the BLAS reduction that runs between batches), extended graph optimizations, which keep
     every tapped tensor intact (measured: docs/performance.md)."""
+    if threads is not None and not 1 <= threads <= max_threads():
+        raise SuiError(f"--threads must be between 1 and {max_threads()} (4 per core), got {threads}")
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or physical_cores()
     so.inter_op_num_threads = 1
@@ -85,7 +112,7 @@ def session_options(ort: Any, threads: int | None = None) -> Any:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    so.log_severity_level = 3
+    so.log_severity_level = 3 if ort_debug() else 4  # its log reaches stderr only with --debug
     return so
 
 
@@ -239,6 +266,172 @@ class FeedBuilder:
         return tuple(shape)
 
 
+@dataclass(frozen=True)
+class TableLimits:
+    """What a model's lookup tables allow, read from its graph: ``vocab`` rows in the table that
+    input_ids index (every id must be below it) and ``positions``, the longest window its position
+    table covers (None: no such table found, nothing is checked)."""
+
+    vocab: int | None = None
+    vocab_tensor: str = ""
+    positions: int | None = None
+    positions_tensor: str = ""
+
+    def check(self, ids: np.ndarray, what: str = "the model") -> None:
+        """CalibrationError (one line) before a batch is run when it does not fit the tables:
+        onnxruntime would otherwise fail on it (or, on CUDA, read past the table)."""
+        if self.vocab is not None and ids.size:
+            top = int(ids.max())
+            if top >= self.vocab:
+                raise CalibrationError(
+                    f"token id {top} is outside the vocabulary of {what} ({self.vocab} rows in "
+                    f"{self.vocab_tensor!r}): the calibration ids were made for another tokenizer or model")
+        if self.positions is not None and ids.ndim == 2 and ids.shape[1] > self.positions:
+            raise CalibrationError(
+                f"windows of {ids.shape[1]} tokens are longer than the position table of {what} "
+                f"({self.positions} positions in {self.positions_tensor!r}): use --seq-len {self.positions} or less "
+                "(or shorter rows in a .npy)")
+
+
+_PASS_THROUGH = ("Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand")
+
+
+def table_limits(model: Any) -> TableLimits:
+    """The :class:`TableLimits` of an onnx ModelProto: Gather nodes (axis 0) on a constant table
+    whose indices are input_ids, or the positions (a position_ids input, Range(0, L, 1), a slice of
+    a constant position buffer, plus a constant offset), passed through value-preserving ops only.
+    Such a Gather fails for any index past the table, so the limits are exactly the model's."""
+    from onnx import numpy_helper
+
+    g = model.graph
+    dims = {t.name: list(t.dims) for t in g.initializer}
+    small: dict[str, np.ndarray] = {}
+    for t in g.initializer:
+        if len(t.dims) <= 1 and (not t.dims or t.dims[0] <= 16) and not t.external_data:
+            try:
+                small[t.name] = numpy_helper.to_array(t)
+            except Exception:  # noqa: BLE001 - an unusual tensor: not an offset we can use
+                pass
+    producer = {}
+    for node in g.node:
+        for o in node.output:
+            producer[o] = node
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value" and a.type == a.TENSOR:
+                    dims[node.output[0]] = list(a.t.dims)
+                    if len(a.t.dims) <= 1:
+                        try:
+                            small[node.output[0]] = numpy_helper.to_array(a.t)
+                        except Exception:  # noqa: BLE001
+                            pass
+    roles = {}
+    for inp in g.input:
+        if inp.name in dims:
+            continue
+        role = FeedBuilder._role(_NameOnly(inp.name))
+        if role in ("ids", "positions"):
+            roles[inp.name] = role
+
+    def scalar(name: str) -> int | None:
+        v = small.get(name)
+        if v is None or v.size != 1 or v.dtype.kind not in "iu":
+            return None
+        return int(v.reshape(-1)[0])
+
+    def is_seq_len(name: str, depth: int = 0) -> bool:
+        """True when ``name`` is the window length L (dimension 1 of an ids or positions input)."""
+        node = producer.get(name)
+        if node is None or depth > 8:
+            return False
+        if node.op_type in ("Cast", "Squeeze", "Unsqueeze", "Reshape", "Identity"):
+            return is_seq_len(node.input[0], depth + 1)
+        if node.op_type == "Gather" and scalar(node.input[1]) == 1:
+            shape = producer.get(node.input[0])
+            return shape is not None and shape.op_type == "Shape" and shape.input[0] in roles and not any(
+                a.name == "start" for a in shape.attribute)
+        return False
+
+    def trace(name: str) -> tuple[str, int, int | None] | None:
+        """(role, constant offset, buffer length) of the values ``name`` holds, or None."""
+        offset = 0
+        for _ in range(32):
+            if name in roles:
+                return roles[name], offset, None
+            node = producer.get(name)
+            if node is None:
+                return None
+            op = node.op_type
+            if op in _PASS_THROUGH and node.domain in ("", "ai.onnx"):
+                name = node.input[0]
+            elif op == "Add" and len(node.input) == 2:
+                a, b = node.input
+                if scalar(b) is not None:
+                    offset, name = offset + scalar(b), a
+                elif scalar(a) is not None:
+                    offset, name = offset + scalar(a), b
+                else:
+                    return None
+            elif op == "Range" and len(node.input) == 3:
+                if scalar(node.input[0]) == 0 and scalar(node.input[2]) == 1 and is_seq_len(node.input[1]):
+                    return "positions", offset, None
+                return None
+            elif op == "Slice" and node.input[0] in dims and node.input[0] not in roles and len(node.input) >= 3:
+                buf = dims[node.input[0]]
+                if scalar(node.input[1]) == 0 and buf and is_seq_len(node.input[2]):
+                    return "positions", offset, int(buf[-1])  # the first L entries of a constant arange
+                return None
+            else:
+                return None
+        return None
+
+    vocab = positions = None
+    vocab_tensor = positions_tensor = ""
+    for node in g.node:
+        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        table = dims.get(node.input[0])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if not table or axis not in (0, -len(table)) or table[0] <= 0:
+            continue
+        found = trace(node.input[1])
+        if found is None:
+            continue
+        role, offset, buffer = found
+        if role == "ids" and offset == 0 and (vocab is None or table[0] < vocab):
+            vocab, vocab_tensor = table[0], node.input[0]
+        elif role == "positions":
+            limit = table[0] - offset
+            if buffer is not None:
+                limit = min(limit, buffer)
+            if limit >= 1 and (positions is None or limit < positions):
+                positions, positions_tensor = limit, node.input[0]
+    return TableLimits(vocab, vocab_tensor, positions, positions_tensor)
+
+
+@dataclass(frozen=True)
+class _NameOnly:
+    name: str
+    shape: tuple = ()
+
+
+def model_table_limits(model: Path | bytes) -> TableLimits:
+    """:func:`table_limits` of a model given as a path or serialized bytes, read without its large
+    weights; no limits when the graph cannot be read here (onnxruntime then reports any failure)."""
+    import onnx
+
+    from .graph import lean
+
+    try:
+        if isinstance(model, (bytes, bytearray, memoryview)):
+            data, _ = lean.lean_model_bytes(model, "model.onnx")
+        else:
+            data, _ = lean.read_lean(Path(os.path.realpath(model)))
+        return table_limits(onnx.ModelProto.FromString(data))
+    except Exception:  # noqa: BLE001 - a limit we cannot read is a check we cannot make
+        return TableLimits()
+
+
 class EncoderFeed:
     """A seq2seq model's encoder, run on each batch to give its decoder ``encoder_hidden_states``."""
 
@@ -251,6 +444,7 @@ class EncoderFeed:
         if self.feed.needs_encoder:
             raise ModelError(f"--encoder {model}: this model takes {self.feed.needs_encoder!r} itself; "
                              "pass the encoder (encoder_model.onnx), not a decoder")
+        self.limits = model_table_limits(Path(model))
         names = [o.name for o in self.session.get_outputs()]
         self.output = "last_hidden_state" if "last_hidden_state" in names else names[0]
         self.width = next(o.shape[-1] for o in self.session.get_outputs() if o.name == self.output)
@@ -263,6 +457,7 @@ class EncoderFeed:
                              f"{decoder_input.name!r} expects {want}: not this model's encoder")
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
+        self.limits.check(ids, "the encoder")
         try:
             return self.session.run([self.output], self.feed(ids))[0]
         except Exception as exc:
@@ -285,6 +480,7 @@ class TapRunner:
         if missing:
             raise ModelError(f"tapped model lacks outputs {missing[:3]}")
         self.feed = FeedBuilder(self.session.get_inputs())
+        self.limits = model_table_limits(model)  # ids and window length checked before each batch
         self.encoder: EncoderFeed | None = None
         if self.feed.needs_encoder:
             if encoder is None:
@@ -316,6 +512,7 @@ class TapRunner:
 
     def run(self, ids: np.ndarray, widths: Sequence[int]) -> list[Any]:
         """Feed one [B, L] batch; returns one [..., D] array per tap (valid until the next run)."""
+        self.limits.check(ids)
         feeds = self.feed(ids, self.encoder(ids) if self.encoder is not None else None)
         if self._bind_outputs:
             try:

@@ -7,7 +7,8 @@ tokenizer.json one level up), or a Hugging Face cache repo folder (``models--org
 live in external files (all models over 2 GB) load in the memory of their graph alone.
 
 Every external-data reference of every tensor (initializers, sparse initializers and Constant
-attributes, in the main graph and in all subgraphs) is checked before anything else happens:
+attributes, in the main graph, in the bodies of local functions and in all subgraphs) is checked
+before anything else happens:
 its ``location`` must be a relative path that stays inside the model folder after resolving
 ``..`` and symlinks, and the file must exist and be long enough for the tensor's
 offset/length.  Anything else raises :class:`ModelError` with one line.  The input file is only
@@ -281,17 +282,41 @@ def all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     for st in graph.sparse_initializer:
         yield st.values
         yield st.indices
-    for node in graph.node:
+    yield from _node_tensors(graph.node)
+
+
+def _attribute_tensors(a: onnx.AttributeProto) -> Iterator[onnx.TensorProto]:
+    if a.type == onnx.AttributeProto.TENSOR:
+        yield a.t
+    elif a.type == onnx.AttributeProto.TENSORS:
+        yield from a.tensors
+    elif a.type == onnx.AttributeProto.SPARSE_TENSOR:
+        yield a.sparse_tensor.values
+        yield a.sparse_tensor.indices
+    elif a.type == onnx.AttributeProto.SPARSE_TENSORS:
+        for st in a.sparse_tensors:
+            yield st.values
+            yield st.indices
+
+
+def _node_tensors(nodes) -> Iterator[onnx.TensorProto]:
+    """The tensors in the attributes of ``nodes`` and in the subgraphs they hold."""
+    for node in nodes:
         for a in node.attribute:
-            if a.type == onnx.AttributeProto.TENSOR:
-                yield a.t
-            elif a.type == onnx.AttributeProto.TENSORS:
-                yield from a.tensors
-            elif a.type == onnx.AttributeProto.SPARSE_TENSOR:
-                yield a.sparse_tensor.values
-                yield a.sparse_tensor.indices
+            yield from _attribute_tensors(a)
         for sub in subgraphs(node):
             yield from all_tensors(sub)
+
+
+def model_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto of a model: its graph's (:func:`all_tensors`) and those of its local
+    functions (``model.functions``: default attribute values, the attributes of their nodes, such
+    as a Constant's value, and every subgraph those nodes hold)."""
+    yield from all_tensors(model.graph)
+    for f in model.functions:
+        for a in f.attribute_proto:
+            yield from _attribute_tensors(a)
+        yield from _node_tensors(f.node)
 
 
 def external_info(tensor: onnx.TensorProto) -> dict[str, str]:
@@ -311,7 +336,8 @@ def validate_external_data(model: onnx.ModelProto, folder: Path, model_name: str
     blobs = hub_blobs(folder)
     sizes: dict[Path, int] = {}
     found = False
-    for tensor in all_tensors(model.graph):
+    # function bodies too: onnxruntime < 1.20 reads their external data without confining it
+    for tensor in model_tensors(model):
         if not uses_external_data(tensor):
             continue
         if skip_location is not None and external_info(tensor).get("location") == skip_location:
