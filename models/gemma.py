@@ -8,6 +8,9 @@
 2. `sui-onnx export --gguf` loads it through transformers' GGUF support (weights DEQUANTIZED from
    Q4_K_M to fp32; the ONNX metadata records it) and exports with optimum (2.5-4 min, ~7 GB RAM on
    2 cores);
+   transformers 4.57 converts the GGUF tokenizer into a Unigram model that splits every word into
+   short pieces; the export rebuilds it as the SentencePiece BPE tokenizer the GGUF describes
+   (sui_onnx.export.spm_bpe_tokenizer), and this recipe repairs an export made before that;
 3. `sui-onnx report` on the bundled calibration text writes models/reports/gemma3_270m.json and
    .md; the report's model provenance says `dequantized_from: Q4_K_M`.
 Licence: the weights are under the Gemma Terms of Use, copied next to the export (GEMMA_TERMS.txt).
@@ -66,6 +69,10 @@ def main() -> None:
     onnx_dir = args.work / "onnx"
     if not (onnx_dir / "model.onnx").is_file():
         run([sys.executable, "-m", "sui_onnx", "export", "--gguf", str(gguf), str(onnx_dir), "--force"])
+    from sui_onnx.export import spm_bpe_tokenizer  # exports made before the fix: transformers' Unigram tokenizer
+
+    if spm_bpe_tokenizer(gguf, onnx_dir / "tokenizer.json"):
+        print("tokenizer.json rebuilt as SentencePiece BPE (it was a Unigram conversion)")
     terms = licence_text(args.work)
     if terms is not None:
         shutil.copyfile(terms, onnx_dir / "GEMMA_TERMS.txt")

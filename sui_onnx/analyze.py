@@ -195,9 +195,10 @@ def analyze(model: str | Path, calib: CalibrationSpec | None = None, options: An
 # -- the calibration run -------------------------------------------------------------------
 def _run(src, taps, stream: CalibrationStream, calib: CalibrationSpec, opts: AnalysisOptions):
     from .graph import tapped_model
-    from .runner import TapRunner
+    from .runner import TapRunner, check_calibration
 
     widths = [t.width for t in taps]
+    check_calibration(src.model, stream, calib.seq_len)  # ids and window length against the model's tables
     budget, auto = opts.max_memory, opts.max_memory is None
     if auto:
         budget = _memory_budget(src, widths, calib, opts.device)
@@ -277,6 +278,7 @@ def _run(src, taps, stream: CalibrationStream, calib: CalibrationSpec, opts: Ana
         "order": "sequential",
         "mix": calib.mix,
         "tokenizer": "tokenizer.json" if stream.tokenizer is not None else None,
+        "prefix": stream.prefix,  # the special tokens each text window starts with (BOS)
     }
     return results, runtime, calibration
 
@@ -288,7 +290,20 @@ def _memory_budget(src, widths: Sequence[int], calib: CalibrationSpec, device: s
     from .runner import import_onnxruntime
 
     cuda = device != "cpu" and "CUDAExecutionProvider" in import_onnxruntime().get_available_providers()
-    return default_max_memory(src.model, widths, calib.batch_size * calib.seq_len, cuda)
+    batch_tokens = calib.batch_size * calib.seq_len
+    if calib.tokens is not None:  # no batch holds more than the budget
+        batch_tokens = min(batch_tokens, calib.tokens)
+    cap = default_max_memory(src.model, widths, batch_tokens, cuda)
+    if cap == 0:  # say what took the memory when one batch's activations alone do not fit
+        from .memory import available_device_memory, available_host_memory
+
+        free = (available_device_memory() if cuda else None) or available_host_memory()
+        need = 4 * batch_tokens * sum(widths)
+        if free is not None and need >= free // 2:
+            raise SuiError(
+                f"one batch of {calib.batch_size} x {calib.seq_len} tokens needs {need / 2**30:.1f} GiB for its FFN "
+                f"activations, more than the {free / 2**30:.1f} GiB available: lower --seq-len or --batch-size")
+    return cap
 
 
 def _finalize(acc: CovarianceAccumulator) -> tuple[int, np.ndarray | None, list[str], str]:
@@ -386,6 +401,9 @@ class _RunState:
             st.identity["encoder_sha256"] = opts.extra_provenance.get("encoder", {}).get("sha256")
         if opts.resume is not None:
             st._load(opts.resume)
+            if st.group >= len(st.identity["groups"] or [0]) and st.stream_full is not None:
+                for _ in st.track(stream, st.group):  # nothing left to run: check the data all the same
+                    pass
         return st
 
     def _load(self, path: Path) -> None:
@@ -692,7 +710,10 @@ class _StopOnSignal:
                 box["error"] = exc
 
         worker = threading.Thread(target=work, name="sui-onnx-eigenvalues", daemon=True)
-        worker.start()
+        try:
+            worker.start()
+        except RuntimeError:  # no thread to be had (thread or memory limits): compute here
+            return fn(*args)
         while worker.is_alive():
             worker.join(0.1)
             self.check()

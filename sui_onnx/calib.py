@@ -213,6 +213,19 @@ def source_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def leading_special_ids(tokenizer) -> list[int]:
+    """The ids the tokenizer's post-processor adds before a single text (its BOS / CLS), if any."""
+    try:
+        plain = tokenizer.encode("a", add_special_tokens=False).ids
+        full = tokenizer.encode("a", add_special_tokens=True).ids
+    except Exception:  # noqa: BLE001 - a post-processor that fails on a plain text adds nothing usable
+        return []
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return [int(i) for i in full[:start]]
+    return []
+
+
 def load_tokenizer(folder: Path):
     """Load tokenizer.json from the model's folder with `tokenizers` (no transformers import).
 
@@ -306,6 +319,7 @@ class CalibrationStream:
             self.budget = npy_tokens  # token ids are used whole unless --tokens is given
         self.tokens_fed = 0
         self.source_tokens: list[int] | None = None  # per source, once iterated
+        self._prefix: list[int] | None = None
 
     @staticmethod
     def _open_npy(path: Path) -> np.ndarray:
@@ -347,15 +361,28 @@ class CalibrationStream:
             yield np.asarray(row, dtype=np.int64)
 
     def _text_windows(self, source: Path, carry: list[int]) -> Iterator[np.ndarray]:
-        L = self.spec.seq_len
+        prefix = self.prefix
+        L = self.spec.seq_len - len(prefix)  # text tokens per window, after the tokenizer's BOS
         pieces = _read_jsonl(source) if source.suffix.lower() == ".jsonl" else (
             piece for f in _text_files(source) for piece in _read_text(f)
         )
         for piece in pieces:
             carry.extend(self.tokenizer.encode(piece, add_special_tokens=False).ids)
             while len(carry) >= L:
-                yield np.asarray(carry[:L], dtype=np.int64)
+                yield np.asarray(prefix + carry[:L], dtype=np.int64)
                 del carry[:L]
+
+    @property
+    def prefix(self) -> list[int]:
+        """The special tokens the tokenizer puts before a text (Gemma's and LLaMA's <bos>, BERT's
+        [CLS]); every text window starts with them, as the model saw in training (Gemma without
+        <bos> is far off its own distribution). Empty for tokenizers without such a template."""
+        if self._prefix is None:
+            self._prefix = leading_special_ids(self.tokenizer) if self.tokenizer is not None else []
+            if self._prefix and len(self._prefix) >= self.spec.seq_len:
+                raise CalibrationError(f"--seq-len {self.spec.seq_len} leaves no room for text after the "
+                                       f"tokenizer's {len(self._prefix)} leading special token(s)")
+        return self._prefix
 
     def _windows(self) -> Iterator[tuple[int, np.ndarray]]:
         """(source index, window) in feeding order. ``even`` gives each source an equal share of
@@ -377,12 +404,12 @@ class CalibrationStream:
                     left -= w.size
                     yield i, w
                 if left >= 2 and len(carry) >= 2:
-                    yield i, np.asarray(carry[:left], dtype=np.int64)
+                    yield i, np.asarray((self.prefix + carry)[:left], dtype=np.int64)
             else:
                 for w in windows:
                     yield i, w
         if not even and len(carry) >= 2:  # the text tail shorter than one window still counts
-            yield len(self.sources) - 1, np.asarray(carry, dtype=np.int64)
+            yield len(self.sources) - 1, np.asarray(self.prefix + carry, dtype=np.int64)
 
     def __iter__(self) -> Iterator[Batch]:
         """Group windows of equal length into batches; stop exactly at the token budget."""

@@ -205,6 +205,7 @@ def run_on_ray(src, taps, calib: CalibrationSpec, opts, max_retries: int = MAX_R
         "order": "sequential",
         "mix": calib.mix,
         "tokenizer": "tokenizer.json" if stream.tokenizer is not None else None,
+        "prefix": stream.prefix,  # the special tokens each text window starts with (BOS)
     }
     if opts.checkpoint:  # the finished statistics, in the format --stats and `merge` read
         state = _RunState.start(opts, src.sha256, taps, calib, stream, groups=groups)

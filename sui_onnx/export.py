@@ -615,6 +615,72 @@ def _gguf_to_hf(opts: ExportOptions, hf: Path, log: Path, meta: dict[str, str]) 
     except BaseException as exc:  # noqa: BLE001 - the tokenizer is optional (calibrate with .npy ids)
         with open(log, "a", encoding="utf-8") as fh:
             fh.write(f"no tokenizer from {name}: {exc.__class__.__name__}: {exc}\n")
+    if (hf / "tokenizer.json").is_file():
+        spm_bpe_tokenizer(opts.gguf, hf / "tokenizer.json", log)
+
+
+def spm_bpe_tokenizer(gguf_path: Path, tokenizer_json: Path, log: Path | None = None) -> bool:
+    """Rewrite ``tokenizer_json`` as the SentencePiece BPE tokenizer the GGUF file describes, when
+    transformers converted it to a Unigram model (it does for Gemma 3 with transformers 4.57).
+
+    A GGUF ``llama`` tokenizer (LLaMA, Mistral, Gemma) stores BPE pieces whose scores are merge
+    priorities (score = -rank), not log-probabilities: read as a Unigram model they split every word
+    into short pieces ("▁capital" -> "▁c ap it al"). The merges are recovered from the scores: each
+    normal piece of two or more characters gives the pairs (a, b) of pieces that concatenate to it,
+    ranked by the piece's score, which is how SentencePiece's BPE encoder chooses its merges. The
+    normalizer, pre-tokenizer, decoder, post-processor and special tokens are kept. Returns True
+    when the file was rewritten."""
+    import json
+
+    import gguf
+    import numpy as np
+
+    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    if data.get("model", {}).get("type") != "Unigram":
+        return False
+    reader = gguf.GGUFReader(str(gguf_path))
+
+    def values(key: str) -> list:
+        f = reader.fields.get(key)
+        return [] if f is None else [f.parts[i] for i in f.data]
+
+    model = values("tokenizer.ggml.model")
+    if not model or bytes(model[0]).decode("utf-8", "replace") != "llama":
+        return False
+    pieces = [bytes(p).decode("utf-8", errors="replace") for p in values("tokenizer.ggml.tokens")]
+    scores = np.array([float(p[0]) for p in values("tokenizer.ggml.scores")])
+    kinds = np.array([int(p[0]) for p in values("tokenizer.ggml.token_type")])
+    if not pieces or len(scores) != len(pieces) or len(kinds) != len(pieces):
+        return False
+    normal = kinds == 1
+    if normal.sum() < 2 or np.corrcoef(np.flatnonzero(normal), scores[normal])[0, 1] > -0.99:
+        return False  # scores are not merge ranks: a real Unigram model
+    vocab: dict[str, int] = {}
+    for i, piece in enumerate(pieces):
+        vocab.setdefault(piece, i)
+    mergeable = {i for i in range(len(pieces)) if kinds[i] in (1, 6)}  # normal and byte pieces
+    ranked = []
+    for i, piece in enumerate(pieces):
+        if kinds[i] != 1 or len(piece) < 2:
+            continue
+        for cut in range(1, len(piece)):
+            a, b = vocab.get(piece[:cut]), vocab.get(piece[cut:])
+            if a in mergeable and b in mergeable:
+                ranked.append((-scores[i], i, a, b))
+    ranked.sort()
+    unk = next((pieces[i] for i in range(len(pieces)) if kinds[i] == 2), None)
+    data["model"] = {"type": "BPE", "dropout": None, "unk_token": unk, "continuing_subword_prefix": None,
+                     "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": bool((kinds == 6).any()),
+                     "ignore_merges": False, "vocab": vocab,
+                     "merges": [[pieces[a], pieces[b]] for _, _, a, b in ranked]}
+    from tokenizers import Tokenizer
+
+    Tokenizer.from_str(json.dumps(data))  # must load before it replaces the converted one
+    tokenizer_json.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    if log is not None:
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(f"tokenizer.json: rebuilt as SentencePiece BPE from {gguf_path.name} ({len(ranked)} merges)\n")
+    return True
 
 
 # --------------------------------------------------------------------------- torch modules
