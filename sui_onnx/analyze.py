@@ -455,6 +455,8 @@ class _RunState:
                 acc = by_name.pop(key)
                 if acc.width != widths[i]:
                     raise SuiError(f"{label}: statistics of tap {i} have width {acc.width}, the tap {widths[i]}")
+                if self.group >= len(groups):
+                    continue  # a finished one-pass run keeps its statistics for merge; a resume needs none
                 if i not in current:
                     raise SuiError(f"{label}: malformed checkpoint (statistics of tap {i}, which is not in the "
                                    "pass it stopped in)")

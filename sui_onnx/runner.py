@@ -64,7 +64,8 @@ def import_onnxruntime():
         ) from None
     except (ImportError, OSError, MemoryError) as exc:
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
-        memory = isinstance(exc, MemoryError) or any(w in first.lower() for w in ("memory", "map segment", "mmap"))
+        memory = isinstance(exc, MemoryError) or any(
+            w in first.lower() for w in ("memory", "map segment", "mmap", "bad_alloc", "allocat"))
         why = "not enough memory or address space (ulimit -v?)" if memory else "a broken installation?"
         raise SuiError(f"onnxruntime is installed but cannot be loaded: {why} ({first})") from None
     if not ort_debug():
@@ -407,6 +408,27 @@ def table_limits(model: Any) -> TableLimits:
             if limit >= 1 and (positions is None or limit < positions):
                 positions, positions_tensor = limit, node.input[0]
     return TableLimits(vocab, vocab_tensor, positions, positions_tensor)
+
+
+def check_calibration(model: Any, stream: Any, seq_len: int) -> None:
+    """Before any batch: .npy token ids against the model's vocabulary and position table (whole
+    arrays, read once), and the text window length ``seq_len`` against the position table
+    (CalibrationError naming the source). Text ids are checked batch by batch (TapRunner)."""
+    limits = table_limits(model)
+    npy = [s for s in stream.sources if Path(s).suffix.lower() == ".npy"]
+    for path, arr in zip(npy, stream.token_ids):
+        if limits.positions is not None and arr.shape[1] > limits.positions:
+            raise CalibrationError(
+                f"{path}: rows of {arr.shape[1]} token ids are longer than the model's position table "
+                f"({limits.positions} positions in {limits.positions_tensor!r})")
+        if limits.vocab is not None and arr.size and int(arr.max()) >= limits.vocab:
+            raise CalibrationError(
+                f"{path}: token id {int(arr.max())} is outside the model's vocabulary ({limits.vocab} rows in "
+                f"{limits.vocab_tensor!r}): the ids were made for another tokenizer or model")
+    if stream.has_text and limits.positions is not None and seq_len > limits.positions:
+        raise CalibrationError(
+            f"--seq-len {seq_len} is longer than the model's position table ({limits.positions} positions in "
+            f"{limits.positions_tensor!r}): use --seq-len {limits.positions} or less")
 
 
 @dataclass(frozen=True)

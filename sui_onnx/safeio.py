@@ -174,6 +174,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], err
     with one line and leaves neither a partial file nor the temporary one."""
     target = output_target(path)
     kind = special_kind(path) or special_kind(target)  # the path itself first: /dev/stdout is a magic link
+    if os.path.isdir(target):
+        kind = "folder"
     if kind is not None and kind != "folder":
         raise error(f"refusing to write {printable(path)}: it is a {kind}, not a regular file"
                     + (" (use '-' for standard output)" if kind in ("character device", "FIFO (named pipe)") else ""))

@@ -341,13 +341,30 @@ def _invalid(label: str, what: str) -> SuiError:
 
 
 def _member(z: Any, key: str, label: str, max_bytes: int = _MAX_SMALL_MEMBER) -> np.ndarray:
-    """One .npy member, after checking its size in the zip directory (no zip bomb is unpacked)."""
+    """One .npy member, after checking its size in the zip directory (no zip bomb is unpacked) and
+    that its header's shape fits the bytes that follow (no allocation a header merely claims)."""
     name = key + ".npy"
     if key not in z.files:
         raise _invalid(label, f"member {key!r} is missing")
     info = z.zip.getinfo(name)
     if info.file_size > max_bytes:
         raise _invalid(label, f"member {key!r} is {info.file_size:,} bytes, more than its shape allows")
+    from numpy.lib import format as npy
+
+    with z.zip.open(name) as fh:
+        version = npy.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = npy.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _, dtype = npy.read_array_header_2_0(fh)
+        else:
+            raise _invalid(label, f"member {key!r} is a .npy of version {version}, not one sui-onnx writes")
+        header = fh.tell()
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    if count * dtype.itemsize > info.file_size - header:
+        raise _invalid(label, f"member {key!r} declares shape {shape}, more than its {info.file_size:,} bytes hold")
     return z[key]
 
 

@@ -7,6 +7,7 @@ import argparse
 import os
 import stat
 import sys
+import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -298,10 +299,26 @@ def _label(item: Any) -> tuple[str, Path | None]:
     return "", None if item is None else Path(item)
 
 
-def _check_writable_folder(label: str, out: Path, folder: Path) -> None:
+def _check_writable_folder(label: str, out: Path, folder: Path, probed: dict[str, bool] | None = None) -> None:
+    """The folder exists and a file can be created in it: os.access first, then (it answers yes
+    for root everywhere but on read-only mounts) a probe file created and removed at once."""
     if not folder.is_dir():
-        raise SuiError(f"cannot write {label}{printable(out)}: folder {printable(folder)} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise SuiError(f"cannot write {label}{printable(out)}: {printable(folder)} {what}")
+    key = os.path.realpath(folder)
+    ok = probed.get(key) if probed is not None else None
+    if ok is None:
+        ok = os.access(folder, os.W_OK | os.X_OK)
+        if ok:
+            try:
+                fd, probe = tempfile.mkstemp(prefix=".sui-onnx-probe-", dir=folder)
+                os.close(fd)
+                os.unlink(probe)
+            except OSError:
+                ok = False
+        if probed is not None:
+            probed[key] = ok
+    if not ok:
         raise SuiError(f"cannot write {label}{printable(out)}: folder {printable(folder)} is not writable")
 
 
@@ -337,6 +354,7 @@ def guard_outputs(inputs: Iterable[Path | None], outputs: Iterable[Any],
             for f in model_inputs(p):
                 ins.add(f)
     named = [_label(o) for o in outputs]
+    probed: dict[str, bool] = {}
     created: set[Path] = set()  # folder outputs not there yet: their files' folder is checked above them
     for flag, d, names in folders:
         if d is None:
@@ -347,7 +365,7 @@ def guard_outputs(inputs: Iterable[Path | None], outputs: Iterable[Any],
         anc = Path(os.path.realpath(d))
         while not anc.exists() and anc != anc.parent:
             anc = anc.parent
-        _check_writable_folder(f"{flag} ", d, anc)
+        _check_writable_folder(f"{flag} ", d, anc, probed)
         if not d.exists():
             created.add(d)
         named += [(f"{flag} ", d / name) for name in names]
@@ -367,7 +385,7 @@ def guard_outputs(inputs: Iterable[Path | None], outputs: Iterable[Any],
             raise SuiError(f"{label}: empty output path")
         target = output_target(out)
         kind = special_kind(out) or special_kind(target)  # the path itself first: /dev/stdout is a magic link
-        if kind == "folder":
+        if os.path.isdir(out):
             raise SuiError(f"cannot write {label}{printable(out)}: it is a folder")
         if kind is not None:
             raise SuiError(f"refusing to write {label}{printable(out)}: it is a {kind}, not a regular file "
@@ -381,7 +399,7 @@ def guard_outputs(inputs: Iterable[Path | None], outputs: Iterable[Any],
             raise SuiError(f"{both} name the same file {printable(out)}: one would overwrite the other")
         seen.add(out)
         if out.parent not in created:
-            _check_writable_folder(label, out, target.parent)
+            _check_writable_folder(label, out, target.parent, probed)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -67,9 +67,13 @@ def _fill_run_defaults(args: argparse.Namespace) -> None:
 def classify(path: Path) -> str:
     """'report' or 'model' for one INPUT; SuiError when it is neither."""
     if path.is_dir():
-        if (path / "model.onnx").is_file():
+        from ..graph.source import resolve_model_path
+
+        try:
+            resolve_model_path(path)  # model.onnx, onnx/model.onnx, a Hugging Face cache repo
             return "model"
-        raise SuiError(f"{path}: folder without model.onnx (give a report JSON, an .onnx file or a model folder)")
+        except SuiError:
+            raise SuiError(f"{path}: folder without model.onnx (give a report JSON, an .onnx file or a model folder)") from None
     if not path.exists():
         raise SuiError(f"{path}: no such file or folder")
     if path.suffix.lower() == ".onnx":

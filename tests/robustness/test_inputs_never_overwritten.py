@@ -1,0 +1,83 @@
+"""Class 1: every file a run reads is an input and is never an output, whichever form MODEL takes
+(a file, its folder, a symlinked Hugging Face cache snapshot): the external data, tokenizer.json,
+config.json and a seq2seq encoder beside a model file included. Refused before any work, exit 2,
+the folder byte-identical."""
+
+import os
+import shutil
+
+import pytest
+
+from tests.robustness.clitools import TOKENIZER, assert_clean_failure, cli, external_model, ids, snapshot
+
+
+@pytest.fixture()
+def layouts(tmp_path):
+    """A model folder with external data, tokenizer, config and an encoder beside it, and the same
+    files as a Hugging Face cache repo (snapshots/<rev>/* are symlinks into blobs/)."""
+    plain = external_model(tmp_path / "plain")
+    shutil.copy(TOKENIZER, plain / "tokenizer.json")
+    (plain / "config.json").write_text('{"model_type": "gpt2"}\n')
+    shutil.copy(plain / "model.onnx", plain / "encoder_model.onnx")
+    repo = tmp_path / "models--org--tiny"
+    snap = repo / "snapshots" / "abc123"
+    (repo / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    for f in plain.iterdir():
+        blob = repo / "blobs" / f"sha-{f.name}"
+        shutil.copy(f, blob)
+        os.symlink(os.path.relpath(blob, snap), snap / f.name)
+    ids(tmp_path / "ids.npy")
+    (tmp_path / "r").mkdir()
+    return tmp_path
+
+
+# (MODEL as given, the output flag, the input it names) -- every victim, every output flag, each layout
+CASES = [
+    ("plain/model.onnx", "--json", "plain/weights.bin"),
+    ("plain/model.onnx", "--markdown", "plain/tokenizer.json"),
+    ("plain/model.onnx", "--spectra", "plain/config.json"),
+    ("plain/model.onnx", "--checkpoint", "plain/encoder_model.onnx"),
+    ("models--org--tiny/snapshots/abc123/model.onnx", "--json", "models--org--tiny/snapshots/abc123/weights.bin"),
+    ("models--org--tiny/snapshots/abc123/model.onnx", "--markdown", "models--org--tiny/blobs/sha-tokenizer.json"),
+    ("models--org--tiny", "--spectra", "models--org--tiny/blobs/sha-weights.bin"),
+    ("models--org--tiny/snapshots/abc123", "--checkpoint", "models--org--tiny/snapshots/abc123/config.json"),
+]
+
+
+@pytest.mark.parametrize("model,flag,victim", CASES)
+def test_report_never_writes_an_input(layouts, model, flag, victim):
+    before = snapshot(layouts)
+    r = cli("report", model, "--calib", "ids.npy", "-q", flag, victim, cwd=layouts)
+    assert_clean_failure(r, layouts, before, "input of this run")
+
+
+@pytest.mark.parametrize("flag,victim", [("--junit", "plain/tokenizer.json"), ("--sarif", "plain/weights.bin"),
+                                         ("--json", "plain/encoder_model.onnx"), ("--save-report", "plain/config.json")])
+def test_check_never_writes_an_input(layouts, flag, victim):
+    before = snapshot(layouts)
+    r = cli("check", "plain/model.onnx", "--calib", "ids.npy", "--min-sui", "0", "-q", flag, victim, cwd=layouts)
+    assert_clean_failure(r, layouts, before, "input of this run")
+
+
+def test_scaling_never_writes_an_input(layouts):
+    before = snapshot(layouts)
+    r = cli("scaling", "plain/model.onnx", "models--org--tiny", "plain", "--calib", "ids.npy", "-q",
+            "--json", "models--org--tiny/snapshots/abc123/tokenizer.json", cwd=layouts)
+    assert_clean_failure(r, layouts, before, "input of this run")
+
+
+def test_a_hard_link_to_an_input_is_that_input(layouts):
+    os.link(layouts / "plain" / "tokenizer.json", layouts / "r" / "alias.json")
+    before = snapshot(layouts)
+    r = cli("report", "plain/model.onnx", "--calib", "ids.npy", "-q", "--json", "r/alias.json", cwd=layouts)
+    assert_clean_failure(r, layouts, before, "input of this run")
+
+
+def test_outputs_beside_a_model_file_are_still_allowed(layouts):
+    """What is not an input may be written beside the model (reports next to it are common)."""
+    r = cli("report", "plain/model.onnx", "--calib", "ids.npy", "-q", "--json", "plain/report.json", cwd=layouts)
+    assert r.returncode == 0, r.stderr
+    assert (layouts / "plain" / "report.json").is_file()
