@@ -369,3 +369,92 @@ def evaluator_warnings(evaluator) -> list[str]:
         out.append("only one eval domain measured: narrowing is specific to the calibration domain; "
                    "add held-out text from another domain")
     return out
+
+
+class _CrossMoments:
+    """Weighted sums for regressing the original FFN output y (m wide) on the kept neurons h' of
+    the narrowed model (k wide), around shifts fixed by the first batch: sum w, sum w h', sum w y,
+    sum w h' h'^T, sum w h' y^T (float64)."""
+
+    def __init__(self, k: int, m: int) -> None:
+        self.weight = 0.0
+        self.shift_h: np.ndarray | None = None
+        self.shift_y: np.ndarray | None = None
+        self.sum_h, self.sum_y = np.zeros(k), np.zeros(m)
+        self.hh, self.hy = np.zeros((k, k)), np.zeros((k, m))
+
+    def update(self, h: np.ndarray, y: np.ndarray, w: np.ndarray) -> None:
+        if self.shift_h is None:
+            self.shift_h, self.shift_y = h.mean(axis=0, dtype=np.float64), y.mean(axis=0, dtype=np.float64)
+        ch = h - self.shift_h.astype(h.dtype)
+        cy = y - self.shift_y.astype(y.dtype)
+        chw = ch * w[:, None]
+        self.hh += chw.T @ ch
+        self.hy += chw.T @ cy
+        self.sum_h += w @ ch
+        self.sum_y += w @ cy
+        self.weight += float(w.sum(dtype=np.float64))
+
+    def fit(self, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+        """(W'' [k, m], intercept [m]) of the weighted least-squares fit y ~ h' W'' + c."""
+        from .slim import _solve_psd
+
+        mh, my = self.sum_h / self.weight, self.sum_y / self.weight
+        chh = self.hh / self.weight - np.outer(mh, mh)
+        chy = self.hy / self.weight - np.outer(mh, my)
+        chh = (chh + chh.T) / 2
+        scale = float(np.trace(chh)) / chh.shape[0]
+        if ridge > 0 and scale > 0:
+            chh[np.diag_indices_from(chh)] += ridge * scale
+        weight = _solve_psd(chh, chy)
+        return weight, (self.shift_y + my) - (self.shift_h + mh) @ weight
+
+
+def refine(study: SlimStudy, variant: Variant, calib, device: str = "cpu", threads: int | None = None,
+           progress: Callable[[int, int, str], None] | None = None) -> Variant:
+    """Refit every narrowed down projection on the inputs the narrowed model gives it (one more
+    calibration pass, the original and the narrowed model side by side): the kept neurons are
+    taken from the narrowed model, the target from the original (y = h W + b), so each layer also
+    corrects the error the layers before it left. The neurons kept stay the same."""
+    from dataclasses import replace as dc_replace
+
+    from .calib import CalibrationStream
+    from .graph import find_taps, tapped_model
+    from .graph.surgery import LayerEdit
+    from .runner import TapRunner
+
+    orig_taps = find_taps(study.src.model, site="post")
+    slim_taps = find_taps(variant.model, site="post")
+    if [t.width for t in slim_taps] != list(variant.widths):
+        raise SuiError("the narrowed model's FFN taps do not match its widths; cannot refine it")
+    runners = []
+    for src, taps in ((study.src, orig_taps), (dc_replace(study.src, model=variant.model), slim_taps)):
+        runners.append(TapRunner(tapped_model(src, taps).SerializeToString(), [t.tensor for t in taps], device, threads,
+                                 external_folder=study.src.data_folder))
+    downs = [study._down_arrays(i) for i in range(len(study.widths))]
+    moments = [_CrossMoments(k, p.out_width) for k, p in zip(variant.widths, study.surgery.plans)]
+    stream = CalibrationStream(calib, study.src.folder, study.widths)
+    from .xp import to_numpy
+
+    done = 0
+    for batch in stream:
+        outs = runners[0].run(batch.input_ids, study.widths)
+        full = [np.asarray(to_numpy(o), dtype=np.float32).reshape(-1, d) for o, d in zip(outs, study.widths)]
+        narrow = runners[1].run(batch.input_ids, variant.widths)
+        for i, (h, hs) in enumerate(zip(full, narrow)):
+            w, b = downs[i]
+            y = h @ w + b
+            hs = np.asarray(to_numpy(hs), dtype=np.float32).reshape(-1, variant.widths[i])
+            kind = study.weighting.get(i)
+            weights = norm_weights(y, kind).astype(np.float32) if kind else np.ones(y.shape[0], np.float32)
+            moments[i].update(hs, y, weights)
+        done += batch.tokens
+        if progress:
+            progress(done, stream.budget, "refining on the narrowed model")
+    edits = {}
+    for i, (m, keep) in enumerate(zip(moments, variant.keep)):
+        weight, intercept = m.fit(study.ridge)
+        _, bias = downs[i]
+        edits[i] = LayerEdit(keep, weight, intercept - bias.astype(np.float64))
+    return Variant(variant.label + " refined", "slim", variant.method, list(variant.widths), study.surgery.apply(edits),
+                   list(variant.keep), list(variant.residual_share), list(variant.residual))

@@ -91,18 +91,19 @@ def logits(path: Path, ids: np.ndarray) -> np.ndarray:
     return sess.run(["logits"], {"input_ids": ids.astype(np.int64)})[0]
 
 
-@pytest.mark.parametrize("gemm,post_norm", [(False, False), (True, False), (False, True)],
-                         ids=["matmul", "gemm", "post-norm"])
-def test_slimmed_to_the_span_the_model_computes_the_same_outputs(tmp_path, gemm, post_norm):
+@pytest.mark.parametrize("gemm,post_norm,refine", [(False, False, False), (True, False, False), (False, True, False),
+                                                   (False, True, True)], ids=["matmul", "gemm", "post-norm", "refine"])
+def test_slimmed_to_the_span_the_model_computes_the_same_outputs(tmp_path, gemm, post_norm, refine):
     model = relu_lm(tmp_path / "m", gemm=gemm, post_norm=post_norm)
     ids_file = tmp_path / "m_ids.npy"
-    r = cli("slim", model, tmp_path / "out", "--width", 6, "--calib", ids_file, "--ridge", 0, "-q")
+    r = cli("slim", model, tmp_path / "out", "--width", 6, "--calib", ids_file, "--ridge", 0, "-q",
+            *(["--refine"] if refine else []))
     assert r.returncode == 0, r.stderr
     probe = np.random.default_rng(9).integers(0, 50, size=(3, 17))
     a, b = logits(model, probe), logits(tmp_path / "out" / "model.onnx", probe)
     assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(a).max())
     record = json.loads((tmp_path / "out" / "slim.json").read_text())
-    assert record["schema"] == "sui-onnx/slim"
+    assert record["schema"] == "sui-onnx/slim" and record["refined"] is refine
     assert [x["width_after"] for x in record["layers"]] == [6, 6]
     assert [x["width_before"] for x in record["layers"]] == [24, 24]
     # an FFN output normalized on its own is fitted token-weighted (the relative error counts)

@@ -74,6 +74,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "by each layer's output-space residual")
     g.add_argument("--align", type=_positive_int, default=64, metavar="N",
                    help="widths are multiples of N for --ratio, --schedule per-layer and the search (default 64)")
+    g.add_argument("--refine", action="store_true",
+                   help="one more calibration pass with the original and the narrowed model side by side: each down "
+                        "projection is refitted on the inputs the narrowed model gives it, so a layer also corrects "
+                        "the error of the layers before it (same neurons kept)")
     g.add_argument("--ridge", type=_nats, default=DEFAULT_RIDGE, metavar="R",
                    help=f"ridge of the refit, relative to the kept neurons' mean variance (default {DEFAULT_RIDGE:g})")
     add_calib_args(p, encoder=False)
@@ -98,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate import Evaluator, ModelInput
     from ..graph.source import file_sha256, resolve_model_path
     from ..graph.surgery import write_model_folder
-    from ..slimming import SlimStudy, eval_summary, search_width, slim_record, worst_delta
+    from ..slimming import SlimStudy, eval_summary, refine, search_width, slim_record, worst_delta
 
     model = resolve_model_path(args.model)
     out_dir: Path = args.out_dir
@@ -120,6 +124,13 @@ def run(args: argparse.Namespace) -> int:
                               tokens=args.eval_tokens, device=args.device, threads=args.threads,
                               calibration_digests=digests, kl=False)  # search probes: the reference runs once
 
+    def build(widths: list[int]):
+        v = study.variant(widths, args.method)
+        if args.refine:
+            with TokenProgress(enabled=not quiet) as bar:
+                v = refine(study, v, calibration_spec(args), args.device, args.threads, bar)
+        return v
+
     def widths_for(uniform: list[int]) -> list[int]:
         if args.schedule == "per-layer":
             return study.per_layer_widths(uniform, args.method, args.align)
@@ -136,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         widest = max(study.widths)
 
         def probe(k: int) -> float | None:
-            v = study.variant(widths_for([min(k, d) for d in study.widths]), args.method)
+            v = build(widths_for([min(k, d) for d in study.widths]))
             result = measure(v)
             if result.kind != "decoder":
                 raise SuiError("--max-loss-increase needs a decoder (an output named logits); for an encoder use "
@@ -154,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         uniform = study.uniform_widths(args.width, args.ratio, args.align)
         request = {"width": args.width} if args.width is not None else {"ratio": args.ratio}
-    variant = study.variant(widths_for(uniform), args.method)
+    variant = build(widths_for(uniform))
     evaluation = None
     if evaluator is not None:
         evaluator.kl = True  # the written model is measured in full, KL included
@@ -166,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
                         f"--reference {model})")
     record = slim_record(study, variant, request, None, None, evaluation, search, warnings, args.method,
                          args.schedule, args.align)
+    record["refined"] = bool(args.refine)
     written = write_model_folder(variant.model, study.src, out_dir,
                                  {"slim.json": (json.dumps(record, indent=2, allow_nan=False) + "\n").encode()},
                                  copy_from=study.src.folder)
