@@ -285,3 +285,49 @@ def test_per_layer_schedule_keeps_the_total_and_varies_the_widths(tmp_path):
     # the schedule minimises the summed output-space residual: never worse than the uniform one
     assert [x["width_after"] for x in uniform] == [64, 64]
     assert sum(x["residual"] for x in layers) <= sum(x["residual"] for x in uniform) * (1 + 1e-9)
+
+
+def to_float16(path: Path) -> Path:
+    """The same graph with float16 weights and activations (ids stay int64)."""
+    m = onnx.load(str(path))
+    for t in m.graph.initializer:
+        if t.data_type == TensorProto.FLOAT:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+    for vi in m.graph.output:
+        vi.type.tensor_type.elem_type = TensorProto.FLOAT16
+    out = path.parent.parent / "fp16" / "model.onnx"
+    out.parent.mkdir()
+    onnx.save(m, str(out))
+    return out
+
+
+def test_float16_weights_are_narrowed_in_float16(tmp_path):
+    model = to_float16(relu_lm(tmp_path / "m"))
+    r = cli("slim", model, tmp_path / "out", "--width", 6, "--calib", tmp_path / "m_ids.npy", "--ridge", 0, "-q")
+    assert r.returncode == 0, r.stderr
+    slim = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    assert {t.data_type for t in slim.graph.initializer if t.data_type != TensorProto.INT64} == {TensorProto.FLOAT16}
+    probe = np.random.default_rng(4).integers(0, 50, size=(2, 9))
+    a = logits(model, probe).astype(np.float32)
+    b = logits(tmp_path / "out" / "model.onnx", probe).astype(np.float32)
+    assert np.abs(a - b).max() <= 2e-2 * np.abs(a).max()  # float16 arithmetic, same function
+
+
+def test_large_models_are_written_with_external_data(tmp_path, monkeypatch):
+    """Above the single-file limit the narrowed model's weights go to model.onnx_data, copied
+    range by range from the original file (here the limit is lowered to a few bytes)."""
+    from sui_onnx.analyze import AnalysisOptions
+    from sui_onnx.calib import CalibrationSpec
+    from sui_onnx.graph import surgery
+    from sui_onnx.slimming import SlimStudy
+
+    model = relu_lm(tmp_path / "m")
+    study = SlimStudy(model, CalibrationSpec([tmp_path / "m_ids.npy"]), AnalysisOptions(device="cpu"), ridge=0.0)
+    variant = study.variant([6, 6])
+    monkeypatch.setattr(surgery, "_SINGLE_FILE_LIMIT", 16)
+    written = surgery.write_model_folder(variant.model, study.src, tmp_path / "big", {"note.txt": b"x"})
+    assert (tmp_path / "big" / "model.onnx_data").stat().st_size > 0
+    assert (tmp_path / "big" / "note.txt").read_bytes() == b"x"
+    onnx.checker.check_model(str(written))
+    probe = np.random.default_rng(5).integers(0, 50, size=(2, 7))
+    assert np.abs(logits(model, probe) - logits(written, probe)).max() <= 1e-4 * np.abs(logits(model, probe)).max()
