@@ -349,6 +349,9 @@ def atomic_write(data: bytes, dest: Path) -> None:
             "(a model with external data must be tapped in its own folder; copy the folder somewhere writable)"
         ) from None
     try:
+        from ..safeio import new_file_mode
+
+        os.fchmod(fd, new_file_mode(dest))  # what an ordinary write gives (umask), not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
