@@ -15,6 +15,7 @@ from .. import gate
 from ..errors import ConfigError, SuiError
 from ..runner import companion_encoder
 from .options import (TokenProgress, add_analysis_args, analysis_options, calibration_spec, guard_outputs, make_console, write_text_atomic)
+from .report import warn_unfilled_budget
 
 # flag dest -> config key; values are validated by gate.validate_value (one definition)
 THRESHOLD_FLAGS = {
@@ -72,16 +73,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="apply thresholds to model medians, each layer, or both (default both)")
     g.add_argument("--fail-on-status", action=argparse.BooleanOptionalAction, default=None,
                    help="degenerate / non_finite layers fail the gate (default: they warn)")
+    g.add_argument("--allow-low-tokens", action=argparse.BooleanOptionalAction, default=None,
+                   help="rank_capped layers (fewer calibration tokens than their width) warn instead of failing")
+    g.add_argument("--allow-calibration-change", action=argparse.BooleanOptionalAction, default=None,
+                   help="compare with a --baseline calibrated on a different token count or data (default: exit 2)")
     g.add_argument("--config", type=Path, metavar="FILE",
                    help="TOML file with a [check] table (default: [tool.sui-onnx.check] of the nearest pyproject.toml)")
     g.add_argument("--no-config", action="store_true", help="ignore pyproject.toml; use the flags only")
     add_analysis_args(p)
     o = p.add_argument_group("outputs")
-    o.add_argument("--junit", type=Path, metavar="OUT.xml", help="write JUnit XML (one testcase per rule and scope)")
-    o.add_argument("--sarif", type=Path, metavar="OUT.sarif", help="write SARIF 2.1.0 (GitHub code scanning)")
+    o.add_argument("--junit", type=Path, metavar="OUT.xml", help="write JUnit XML (one testcase per rule and scope); '-' for stdout")
+    o.add_argument("--sarif", type=Path, metavar="OUT.sarif", help="write SARIF 2.1.0 (GitHub code scanning); '-' for stdout")
     o.add_argument("--json", type=Path, metavar="OUT", help="write the gate result as JSON; '-' for stdout")
     o.add_argument("--save-report", type=Path, metavar="OUT.json",
-                   help="also write the analysis report JSON (e.g. to keep as the next --baseline)")
+                   help="also write the analysis report JSON (e.g. to keep as the next --baseline); '-' for stdout")
     o.add_argument("-q", "--quiet", action="store_true", help="no table or progress bar (annotations still print)")
     p.set_defaults(run=run)
 
@@ -94,6 +99,8 @@ def resolve_thresholds(args: argparse.Namespace, cwd: Path) -> tuple[gate.Thresh
     flags = {key: getattr(args, key) for key in THRESHOLD_FLAGS}
     flags["scope"] = args.scope
     flags["fail_on_status"] = args.fail_on_status
+    flags["allow_low_tokens"] = args.allow_low_tokens
+    flags["allow_calibration_change"] = args.allow_calibration_change
     thresholds = thresholds.override(**flags)
     thresholds.validate()
     return thresholds, source
@@ -127,11 +134,12 @@ def run(args: argparse.Namespace) -> int:
 
         with TokenProgress(enabled=not quiet) as progress:
             report = analyze(target, calibration_spec(args), analysis_options(args, progress))
-        if args.save_report is not None:
-            write_text_atomic(args.save_report, report.to_json())
+        warn_unfilled_budget(report, args.tokens)
 
     result = gate.evaluate(report, thresholds, baseline, target=str(target),
                            baseline_label=None if thresholds.baseline is None else str(thresholds.baseline))
+    if args.save_report is not None:  # after the comparison: a refused baseline (exit 2) writes nothing
+        write_text_atomic(args.save_report, report.to_json())
     located = target / "model.onnx" if target.is_dir() and (target / "model.onnx").is_file() else target
     uri = gate.artifact_uri(located, cwd)
     lines = gate.report_json_lines(read_input(target, MAX_REPORT_BYTES).decode("utf-8")) if is_report else {}

@@ -322,6 +322,19 @@ def _check_writable_folder(label: str, out: Path, folder: Path, probed: dict[str
         raise SuiError(f"cannot write {label}{printable(out)}: folder {printable(folder)} is not writable")
 
 
+def _check_name_length(label: str, out: Path, target: Path) -> None:
+    """The temporary file beside the output (".NAME.xxxxxxxx.tmp") must fit the file system's name
+    limit too, or the write would fail after the work."""
+    folder = target.parent if target.parent.is_dir() else Path(".")
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    if len(os.fsencode(target.name)) + 14 > limit:
+        raise SuiError(f"cannot write {label}{printable(out)}: the file name is too long for this file system "
+                       f"(at most {limit - 14} bytes for an output)")
+
+
 def guard_outputs(inputs: Iterable[Path | None], outputs: Iterable[Any],
                   folders: Iterable[tuple[str, Path | None, Iterable[str]]] = ()) -> None:
     """Check every output before any work starts, so that nothing is written when one is wrong
@@ -383,6 +396,8 @@ def guard_outputs(inputs: Iterable[Path | None], outputs: Iterable[Any],
             continue
         if not str(out):
             raise SuiError(f"{label}: empty output path")
+        if "\x00" in str(out):
+            raise SuiError(f"{label}{printable(out)}: not a valid path (a NUL byte)")
         target = output_target(out)
         kind = special_kind(out) or special_kind(target)  # the path itself first: /dev/stdout is a magic link
         if os.path.isdir(out):
@@ -400,6 +415,7 @@ def guard_outputs(inputs: Iterable[Path | None], outputs: Iterable[Any],
         seen.add(out)
         if out.parent not in created:
             _check_writable_folder(label, out, target.parent, probed)
+        _check_name_length(label, out, target)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -81,3 +81,13 @@ def test_outputs_beside_a_model_file_are_still_allowed(layouts):
     r = cli("report", "plain/model.onnx", "--calib", "ids.npy", "-q", "--json", "plain/report.json", cwd=layouts)
     assert r.returncode == 0, r.stderr
     assert (layouts / "plain" / "report.json").is_file()
+
+
+def test_transformers_js_layout(tmp_path):
+    """repo/onnx/model.onnx reads repo/tokenizer.json: that file is an input too."""
+    external_model(tmp_path / "repo" / "onnx")
+    shutil.copy(TOKENIZER, tmp_path / "repo" / "tokenizer.json")
+    ids(tmp_path / "ids.npy")
+    before = snapshot(tmp_path)
+    r = cli("report", "repo/onnx/model.onnx", "--calib", "ids.npy", "-q", "--json", "repo/tokenizer.json", cwd=tmp_path)
+    assert_clean_failure(r, tmp_path, before, "input of this run")

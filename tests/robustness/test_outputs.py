@@ -75,9 +75,31 @@ def test_dash_is_standard_output_for_every_report_output(work):
     assert not (work / "-").exists()  # never a file named '-'
     r = cli(*RUN, "--checkpoint", "-", cwd=work)
     one_error_line(r, "standard output")
-    for command in ("report", "check", "scaling"):
-        help_text = " ".join(cli(command, "--help", cwd=work).stdout.split())
-        assert "'-' for stdout" in help_text, command
+    assert cli(*RUN, "--json", "out/r.json", cwd=work).returncode == 0
+    for flag in ("--junit", "--sarif", "--json"):
+        r = cli("check", "out/r.json", "--min-sui", "0", "-q", flag, "-", cwd=work)
+        assert r.returncode == 0 and r.stdout.lstrip().startswith("<?xml" if flag == "--junit" else "{"), (flag, r.stderr)
+    r = cli("check", "m", "--calib", "ids.npy", "--min-sui", "0", "--save-report", "-", cwd=work)
+    assert r.returncode == 0 and json.loads(r.stdout)["schema"] == "sui-onnx/report"
+    r = cli("scaling", "out/r.json", "out/r.json", "out/r.json", "--json", "-", cwd=work)
+    assert "Traceback" not in r.stderr  # (three equal widths: refused as a family, but not for the '-')
+    for command, flags in (("report", ("--json", "--spectra", "--markdown")), ("scaling", ("--json",)),
+                           ("check", ("--junit", "--sarif", "--json", "--save-report"))):
+        help_text = cli(command, "--help", cwd=work).stdout
+        for flag in flags:
+            assert "'-' for stdout" in _option_help(help_text, flag), (command, flag)
+
+
+def _option_help(help_text: str, flag: str) -> str:
+    """The help of one option: its line of argparse's help and the indented lines that continue it."""
+    lines = help_text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith(f"{flag} "))
+    out = [lines[start]]
+    for line in lines[start + 1:]:
+        if not line.startswith(" " * 6) or line.lstrip().startswith("-"):
+            break
+        out.append(line)
+    return " ".join(" ".join(out).split())
 
 
 # -- class 3: every output checked before the analysis --------------------------------------------
