@@ -9,8 +9,9 @@ swapped in between; ``read_input`` also bounds how much is read.
 Outputs: ``atomic_write`` writes a temporary file beside the destination, fsyncs it and renames it
 over the destination, so a reader never sees half a file. The file gets the permissions an ordinary
 write would give: those of the file it replaces, else 0666 less the umask. A destination that is a
-symlink is written through (the link stays, its target is replaced); one that is a FIFO, a device or
-another special file is refused.
+symlink is replaced by the file (its target is never written: a link planted in a shared folder
+cannot redirect a write); one that is, or links to, a FIFO, a device or another special file is
+refused.
 
 Text: ``printable`` makes text from files, models and arguments safe to print (control characters,
 escape sequences and lone surrogates become visible escapes, so the text stays one line);
@@ -160,7 +161,7 @@ def new_file_mode(target: str | os.PathLike) -> int:
     """The permissions an ordinary write to ``target`` would leave: those of the regular file it
     replaces, else 0666 less the umask."""
     try:
-        st = os.stat(target)
+        st = os.lstat(target)
         if stat.S_ISREG(st.st_mode):
             return stat.S_IMODE(st.st_mode)
     except (OSError, ValueError):
@@ -169,9 +170,10 @@ def new_file_mode(target: str | os.PathLike) -> int:
 
 
 def output_target(path: str | os.PathLike) -> Path:
-    """The file a write to ``path`` replaces: ``path`` itself, or the file a symlink names."""
-    p = Path(path)
-    return Path(os.path.realpath(p)) if p.is_symlink() else p
+    """The directory entry a write to ``path`` replaces: ``path`` itself. A symlink there is
+    replaced by the new file and its target is left alone: a write never follows a link to
+    wherever it points (a link planted in a shared folder cannot redirect it)."""
+    return Path(path)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], error: type[SuiError] = SuiError) -> Path:

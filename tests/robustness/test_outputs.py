@@ -151,14 +151,16 @@ def test_a_replaced_output_keeps_its_mode(work):
     assert json.loads((work / "out" / "r.json").read_text())["schema"] == "sui-onnx/report"
 
 
-def test_an_output_symlink_is_written_through(work):
-    """A link to a regular file (e.g. latest.json -> runs/5.json) keeps pointing at it."""
-    (work / "out" / "run5.json").write_text("old")
-    os.symlink("run5.json", work / "out" / "latest.json")
-    r = cli(*RUN, "--json", "out/latest.json", cwd=work)
+def test_an_output_symlink_is_replaced_never_followed(work):
+    """A write never follows a link to wherever it points (a link planted in a shared folder, or
+    pointing at a file of another run): the link is replaced, its target is untouched."""
+    (work / "elsewhere.json").write_text("precious")
+    os.symlink("../elsewhere.json", work / "out" / "r.json")
+    r = cli(*RUN, "--json", "out/r.json", cwd=work)
     assert r.returncode == 0, r.stderr
-    assert os.readlink(work / "out" / "latest.json") == "run5.json"
-    assert json.loads((work / "out" / "run5.json").read_text())["schema"] == "sui-onnx/report"
+    assert not os.path.islink(work / "out" / "r.json")
+    assert json.loads((work / "out" / "r.json").read_text())["schema"] == "sui-onnx/report"
+    assert (work / "elsewhere.json").read_text() == "precious"
 
 
 if sys.platform != "linux":  # /proc as the folder nobody may write
