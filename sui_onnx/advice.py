@@ -125,6 +125,12 @@ def width_advice(
     for entry, (_, p) in zip(per_layer, usable):
         keep = min(recommended, p.size)
         entry["variance_lost"] = float(max(0.0, p[keep:].sum()))
+    counted = _counted(per_layer, needed, quantile, len(layers))
+    thin = thin_data(layers)
+    if thin is not None:  # starved statistics: the spectra are biased low, a width from them would be too narrow
+        return {"basis": "variance", "q": q, "quantile": quantile, "align": align, "current_width": current,
+                "recommended_width": None, "width_ratio": None, "withheld": thin, "counted": counted,
+                "per_layer": per_layer, "assumptions": assumptions}
     saving = 1.0 - recommended / current if current else 0.0
     return {
         "basis": "variance",  # an estimate from the spectrum; report --eval adds "measured"
@@ -138,6 +144,7 @@ def width_advice(
         "ffn_param_saving": saving,
         "ffn_flop_saving": saving,
         "max_variance_lost": max(e["variance_lost"] for e in per_layer),
+        "counted": counted,
         "per_layer": per_layer,
         "assumptions": assumptions,
     }
@@ -146,3 +153,31 @@ def width_advice(
 def _probabilities(eigenvalues: np.ndarray) -> np.ndarray:
     lam = np.sort(np.clip(np.asarray(eigenvalues, dtype=np.float64), 0, None))[::-1]
     return lam / lam.sum()
+
+
+def thin_data(layers: Sequence[LayerResult]) -> dict[str, Any] | None:
+    """Why the width advice is withheld, or None: a layer with fewer than 4·D calibration tokens
+    (its spectrum is biased low, so k_q and the width from it are too small)."""
+    thin = [x for x in layers if x.tokens < LOW_TOKENS_FACTOR * x.width]
+    if not thin:
+        return None
+    width = max(x.width for x in thin)
+    n = min(x.tokens for x in thin)
+    return {
+        "reason": f"not enough calibration tokens: {n:,} < 4·D = {LOW_TOKENS_FACTOR * width:,}; "
+                  f"pass --tokens ≥ 10·D = {RECOMMENDED_TOKENS_FACTOR * width:,}",
+        "tokens": n,
+        "min_tokens": LOW_TOKENS_FACTOR * width,
+        "recommended_tokens": RECOMMENDED_TOKENS_FACTOR * width,
+        "layers": [x.layer for x in thin],
+    }
+
+
+def _counted(per_layer: Sequence[dict[str, Any]], needed: int, quantile: float, n_layers: int) -> dict[str, Any]:
+    """Which layers the advice counted: the usable ones, those whose k_q is above the needed width
+    (not covered when quantile < 1), and the one that sets it."""
+    used = [e["layer"] for e in per_layer]
+    above = [e["layer"] for e in per_layer if e["k_q"] > needed]
+    setting = [e["layer"] for e in per_layer if e["k_q"] == needed]
+    return {"layers": used, "excluded": n_layers - len(used), "above_needed": above,
+            "set_by": setting[0] if setting else None}

@@ -344,9 +344,12 @@ class CalibrationStream:
     def describe(self) -> list[dict]:
         """Provenance of each source for the report."""
         out = []
+        npys = iter(self.token_ids)  # the .npy sources' arrays, in source order
         for i, s in enumerate(self.sources):
             kind = "npy" if s.suffix.lower() == ".npy" else ("jsonl" if s.suffix.lower() == ".jsonl" else "text")
             entry = {"path": str(s), "kind": kind}
+            if kind == "npy":  # each row is one window whatever --seq-len says
+                entry["seq_len"] = int(next(npys).shape[1])
             if s == bundled_corpus():
                 entry = {"path": "<bundled>/calib.txt", "kind": "text", "bundled": True}
             entry["sha256"] = source_digest(s)  # computed here, on demand: a large corpus is read once more

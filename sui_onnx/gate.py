@@ -51,7 +51,8 @@ LIMIT_KEYS = {
     "max_concentration": ("concentration", "max"),
 }
 STATUS_ERRORS = ("non_finite", "degenerate")  # failures with fail_on_status, else warnings
-STATUS_WARNINGS = ("rank_capped", "low_tokens")  # always warnings
+STATUS_STARVED = ("rank_capped",)  # failures unless allow_low_tokens: N - 1 < D, the spectrum is truncated
+STATUS_WARNINGS = ("low_tokens",)  # always warnings
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,8 @@ RULES: dict[str, Rule] = {r.id: r for r in [
     *[_drop_rule(m, rel) for rel in (False, True) for m in DROP_METRICS],
     Rule("sui-onnx/layer-status", "LayerStatus", "a layer's measurement is unusable or unreliable",
          "degenerate / non_finite layers (no usable spectrum) fail with --fail-on-status and warn otherwise; "
-         "rank_capped / low_tokens layers (too few calibration tokens for the width) always warn."),
+         "rank_capped layers (fewer calibration tokens than the width) fail unless --allow-low-tokens; "
+         "low_tokens layers (fewer than 4 x the width) warn."),
 ]}
 
 
@@ -183,6 +185,8 @@ VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "drop_metrics": _metrics,
     "scope": _scope,
     "fail_on_status": _bool,
+    "allow_low_tokens": _bool,
+    "allow_calibration_change": _bool,
 }
 CONFIG_KEYS = tuple(VALIDATORS)
 
@@ -216,6 +220,8 @@ class Thresholds:
     drop_metrics: tuple[str, ...] = DEFAULT_DROP_METRICS
     scope: str = "both"
     fail_on_status: bool = False
+    allow_low_tokens: bool = False  # rank_capped layers warn instead of failing
+    allow_calibration_change: bool = False  # compare with a baseline calibrated on other data / token counts
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any], source: str = "config", base_dir: Path | None = None) -> "Thresholds":
@@ -252,7 +258,7 @@ class Thresholds:
             raise ConfigError("max_drop / max_drop_rel need a baseline report (--baseline REPORT.json)")
         if not self.has_limits and self.baseline is None and not self.fail_on_status:
             raise ConfigError("nothing to check: give a threshold or --baseline "
-                              "(e.g. --min-sui 0.3; see sui-onnx check --help)")
+                              "(e.g. --baseline REPORT.json or --min-sui 0.02; see sui-onnx check --help)")
         if self.max_width_ratio is not None and self.scope == "layer":
             raise ConfigError("max_width_ratio is a model-level threshold: it needs scope model or both")
 
@@ -498,22 +504,28 @@ def _drop_check(metric: str, relative: bool, layer: int | None, current: float |
     return Check(rule_id, scope, layer, value, limit, ok, "none" if ok else "error", msg, "<=", base, current)
 
 
-def _status_check(layer, fail_on_status: bool) -> Check:
+def _status_check(layer, fail_on_status: bool, allow_low_tokens: bool = False) -> Check:
     status = layer.status
     if status in STATUS_ERRORS:
         level = "error" if fail_on_status else "warning"
+    elif status in STATUS_STARVED:
+        level = "warning" if allow_low_tokens else "error"
     elif status in STATUS_WARNINGS:
         level = "warning"
     else:
         level = "none"
     detail = layer.message or status
     msg = f"layer {layer.layer}: status {status}" + (f" ({detail})" if detail and detail != status else "")
+    if level == "error" and status in STATUS_STARVED:
+        msg += "; raise --tokens, or pass --allow-low-tokens to let it warn"
     return Check("sui-onnx/layer-status", "layer", layer.layer, None, None, level != "error", level, msg)
 
 
-def check_comparable(report: Report, baseline: Report, baseline_label: str = "baseline") -> None:
-    """A baseline must have the same layers (indices), widths, tap site and concentration fraction;
-    SuiError (exit 2) otherwise."""
+def check_comparable(report: Report, baseline: Report, baseline_label: str = "baseline",
+                     allow_calibration_change: bool = False) -> None:
+    """A baseline must have the same layers (indices), widths, tap site and concentration fraction,
+    and (unless ``allow_calibration_change``) the same calibration: token count and source digests
+    (``calibration.sources[].sha256``); SuiError (exit 2) otherwise."""
     cur = {x.layer: x.width for x in report.layers}
     base = {x.layer: x.width for x in baseline.layers}
     if len(cur) != len(base) or set(cur) != set(base):
@@ -528,6 +540,29 @@ def check_comparable(report: Report, baseline: Report, baseline_label: str = "ba
         if a is not None and b is not None and a != b:
             raise SuiError(f"baseline {baseline_label} was measured with {key} = {b}, this report with {a}: "
                            "not comparable (rerun one with the other's setting)")
+    if not allow_calibration_change:
+        _check_same_calibration(report.calibration, baseline.calibration, baseline_label)
+
+
+def calibration_digests(calibration: Mapping[str, Any]) -> list[str | None]:
+    """The sha256 of each calibration source, in order (None where a report does not record it)."""
+    sources = calibration.get("sources") if isinstance(calibration, Mapping) else None
+    if not isinstance(sources, list):
+        return []
+    return [s.get("sha256") if isinstance(s, Mapping) and isinstance(s.get("sha256"), str) else None for s in sources]
+
+
+def _check_same_calibration(cur: Mapping[str, Any], base: Mapping[str, Any], label: str) -> None:
+    how = "pin --calib and --tokens to the baseline's, or pass --allow-calibration-change"
+    a, b = cur.get("tokens"), base.get("tokens")
+    if isinstance(a, int) and isinstance(b, int) and a != b:
+        raise SuiError(f"baseline {label} was calibrated on {b:,} tokens, this run on {a:,}: not comparable ({how})")
+    da, db = calibration_digests(cur), calibration_digests(base)
+    if da != db:
+        def show(d: list[str | None]) -> str:
+            return ", ".join((x or "unrecorded")[:12] for x in d) or "none recorded"
+        raise SuiError(f"baseline {label} was calibrated on other data (sha256 {show(db)}; this run {show(da)}): "
+                       f"not comparable ({how})")
 
 
 def _span(d: Mapping[int, int]) -> str:
@@ -560,12 +595,16 @@ def evaluate(report: Report, thresholds: Thresholds, baseline: Report | None = N
     if thresholds.max_width_ratio is not None and want_model:
         ratio = report.advice.get("width_ratio") if isinstance(report.advice, dict) else None
         ratio = float(ratio) if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) else None
-        checks.append(_limit_check("sui-onnx/max-width-ratio", "width_ratio", None, ratio,
-                                   thresholds.max_width_ratio, "max"))
+        check = _limit_check("sui-onnx/max-width-ratio", "width_ratio", None, ratio, thresholds.max_width_ratio, "max")
+        withheld = report.advice.get("withheld") if isinstance(report.advice, dict) else None
+        if ratio is None and isinstance(withheld, dict):
+            check = dataclasses.replace(check, message=f"{METRIC_LABELS['width_ratio']} cannot be checked: the width "
+                                                       f"advice was withheld ({withheld.get('reason', 'thin data')})")
+        checks.append(check)
 
     if baseline is not None:
         label = baseline_label or str(thresholds.baseline or "baseline")
-        check_comparable(report, baseline, label)
+        check_comparable(report, baseline, label, thresholds.allow_calibration_change)
         base_layers = {x.layer: x for x in baseline.layers}
         limits = [(False, thresholds.effective_max_drop()), (True, thresholds.max_drop_rel)]
         for relative, limit in limits:
@@ -581,9 +620,10 @@ def evaluate(report: Report, thresholds: Thresholds, baseline: Report | None = N
                         checks.append(_drop_check(metric, relative, x.layer, getattr(x, metric),
                                                   getattr(b, metric) if b.usable else None, limit))
 
-    if want_layer or thresholds.fail_on_status:
+    starved = not thresholds.allow_low_tokens and any(x.status in STATUS_STARVED for x in report.layers)
+    if want_layer or thresholds.fail_on_status or starved:
         for x in sorted(report.layers, key=lambda x: x.layer):
-            checks.append(_status_check(x, thresholds.fail_on_status))
+            checks.append(_status_check(x, thresholds.fail_on_status, thresholds.allow_low_tokens))
 
     model = {k: report.model.get(k) for k in ("path", "sha256") if isinstance(report.model, dict) and k in report.model}
     return GateResult(checks=checks, thresholds=thresholds, target=target,

@@ -3,6 +3,7 @@ of the terminal; these small functions read it and nothing else."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from rich import box
@@ -36,34 +37,102 @@ def _size(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
+def short_path(path: Any, cwd: str | None = None) -> str:
+    """A path as a reader wants it in a report: relative to the working folder when it lies under it,
+    ``<bundled>/...`` for the package's own data, else as given (absolute when it was)."""
+    text = str(path)
+    if not text or text.startswith("<") or "://" in text:
+        return text
+    here = os.path.abspath(cwd or os.getcwd())
+    full = os.path.abspath(text)
+    bundled = os.path.abspath(os.path.join(os.path.dirname(__file__), "data"))
+    for root, prefix in ((here, ""), (bundled, "<bundled>/")):
+        try:
+            if os.path.commonpath([full, root]) == root and full != root:
+                return prefix + os.path.relpath(full, root)
+        except ValueError:  # another drive (Windows)
+            continue
+    return text
+
+
+def _seq(c: dict[str, Any]) -> str:
+    """The window length: --seq-len for text, the row length of each .npy source."""
+    sources = c.get("sources") or []
+    rows = sorted({s["seq_len"] for s in sources if s.get("kind") == "npy" and isinstance(s.get("seq_len"), int)})
+    text = any(s.get("kind") != "npy" for s in sources)
+    parts = []
+    if text and c.get("seq_len"):
+        parts.append(f"{c['seq_len']}" + (" (text)" if rows else ""))
+    if rows:
+        parts.append("/".join(map(str, rows)) + " (rows of ids)")
+    if not parts and c.get("seq_len") and not sources:
+        parts.append(str(c["seq_len"]))
+    return f"seq {', '.join(parts)}" if parts else ""
+
+
+def _taps(report: Report) -> str:
+    if report.settings.get("taps") == "explicit":
+        return "taps named with --tap"
+    return f"site {escape(report.settings.get('site'))}"
+
+
 def header(report: Report) -> Panel:
     m, c, r = report.model, report.calibration, report.runtime
-    lines = [
-        f"[bold]model[/]  {escape(str(m.get('path')))}  [dim]sha256 {str(m.get('sha256', ''))[:12]} · opset {m.get('opset')}[/]",
-        f"[bold]calib[/]  {c.get('tokens', 0):,} tokens · seq {c.get('seq_len', '-')} · "
-        + ", ".join(escape(s.get("path", "?")) for s in c.get("sources", [])),
-        f"[bold]run[/]    {escape(r.get('device', '-'))} ({escape(', '.join(r.get('providers', [])) or '-')}) · "
-        f"{r.get('elapsed_s', 0):.1f} s · {r.get('tokens_per_s', 0) or 0:,.0f} tok/s · site {escape(report.settings.get('site'))}",
-    ]
+    path = escape(short_path(m.get("path")))
+    ident = f"sha256 {str(m.get('sha256', ''))[:12]} · opset {m.get('opset')}"
+    lines = [f"[bold]model[/]  {path}" + ("\n       " if len(path) + len(ident) > 66 else "  ") + f"[dim]{ident}[/]"]
+    calib = [f"{c.get('tokens', 0):,} tokens"]
+    if _seq(c):
+        calib.append(_seq(c))
+    sources = ", ".join(escape(short_path(x.get("path", "?"))) for x in c.get("sources", []))
+    if c.get("from_stats"):
+        sources = sources or f"statistics {escape(short_path(c['from_stats']))}"
+    if sources:
+        calib.append(sources)
+    lines.append("[bold]calib[/]  " + " · ".join(calib))
+    if r.get("device") == "none":  # --stats: no calibration ran here
+        lines.append(f"[bold]run[/]    from saved statistics {escape(short_path(r.get('source', c.get('from_stats', '?'))))} "
+                     f"(no calibration run) · {_taps(report)}")
+    else:
+        lines.append(f"[bold]run[/]    {escape(r.get('device', '-'))} ({escape(', '.join(r.get('providers', [])) or '-')}) · "
+                     f"{r.get('elapsed_s', 0):.1f} s · {r.get('tokens_per_s', 0) or 0:,.0f} tok/s · {_taps(report)}")
     if m.get("encoder"):
-        lines.insert(1, f"[bold]enc[/]    {escape(m['encoder'].get('path'))}  [dim]sha256 {str(m['encoder'].get('sha256', ''))[:12]}[/]")
+        lines.insert(1, f"[bold]enc[/]    {escape(short_path(m['encoder'].get('path')))}  "
+                        f"[dim]sha256 {str(m['encoder'].get('sha256', ''))[:12]}[/]")
     if (r.get("passes") or 1) > 1:
         why = ("statistics over half the free memory" if r.get("max_memory_source") == "auto"
                else "--max-memory")
         cap = r.get("max_memory")
         lines.append(f"[yellow]{r['passes']} passes over the calibration data ({why}"
                      + (f": {_size(cap)} cap" if cap else "") + ")[/]")
-    unused = [escape(str(x.get("path"))) for x in c.get("sources", []) if x.get("tokens") == 0]
+    unfilled = unfilled_budget(report)
+    if unfilled:
+        lines.append(f"[yellow]{escape(unfilled)}[/]")
+    unused = [escape(short_path(x.get("path"))) for x in c.get("sources", []) if x.get("tokens") == 0]
     if unused:
         lines.append(f"[yellow]no tokens from {', '.join(unused)}: the budget was spent on the sources before it "
                      "(--mix even gives each source an equal share)[/]")
+    withheld = (report.advice or {}).get("withheld")
+    if withheld:
+        lines.append(f"[red]thin data: {withheld['tokens']:,} tokens < 4·D = {withheld['min_tokens']:,}: metrics "
+                     "biased low (flagged), width advice withheld[/]")
     if m.get("dequantized_from"):
         lines.append(f"[yellow]weights dequantized from {escape(m['dequantized_from'])}[/]")
     return Panel("\n".join(lines), title="sui-onnx report", title_align="left", box=box.ROUNDED)
 
 
+def unfilled_budget(report: Report) -> str | None:
+    """A token budget the calibration sources could not fill: the tokens actually used, or None."""
+    c = report.calibration
+    tokens, budget = c.get("tokens"), c.get("token_budget")
+    if isinstance(tokens, int) and isinstance(budget, int) and 0 <= tokens < budget and not c.get("from_stats"):
+        return (f"the sources hold fewer tokens than the budget of {budget:,}: {tokens:,} tokens used "
+                "(add --calib sources or lower --tokens)")
+    return None
+
+
 def layer_table(report: Report) -> Table:
-    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold", collapse_padding=True)
     t.add_column("layer", justify="right")
     t.add_column("D", justify="right")
     t.add_column("hard", justify="right")
@@ -71,10 +140,13 @@ def layer_table(report: Report) -> Table:
     t.add_column("SC", justify="right")
     t.add_column("SUI", justify="right")
     t.add_column("", no_wrap=True)
+    t.add_column("k90", justify="right")
     t.add_column("k95", justify="right")
+    t.add_column("k99", justify="right")
     t.add_column("status", no_wrap=True)
     for layer in report.layers:
         style = _STATUS_STYLE.get(layer.status, "")
+        e = layer.energy_widths
         t.add_row(
             str(layer.layer),
             str(layer.width),
@@ -83,7 +155,9 @@ def layer_table(report: Report) -> Table:
             _fmt(layer.concentration, ".2f"),
             _fmt(layer.sui, ".3f"),
             Text(bar(layer.sui), style="cyan"),
-            _fmt(layer.energy_widths.get("k95"), "d"),
+            _fmt(e.get("k90"), "d"),
+            _fmt(e.get("k95"), "d"),
+            _fmt(e.get("k99"), "d"),
             Text(printable(layer.status), style=style),
         )
     s = report.summary
@@ -92,81 +166,159 @@ def layer_table(report: Report) -> Table:
         t.add_row(
             "median", "", _fmt(s["hard_rank"]["median"]), _fmt(s["soft_rank"]["median"]),
             _fmt(s["concentration"]["median"], ".2f"), _fmt(s["sui"]["median"], ".3f"),
-            Text(bar(s["sui"]["median"]), style="bold cyan"), "", "",
+            Text(bar(s["sui"]["median"]), style="bold cyan"), "", "", "", "",
         )
     return t
 
 
+# the measures' ranges seen in the shipped reports (the demo, Gemma-3-270M, 20 scaling reports;
+# README "CI gate"): a hint of what a value means, never a pass mark
+TYPICAL = "typical of the trained models measured here: SUI 0.01-0.3, SC 0.6-1.0"
+
+
+def legend_lines(report: Report) -> list[tuple[str, str]]:
+    """(column, meaning) per measure of the layer table: its range and which way is more of the width used."""
+    f = report.settings.get("top_fraction", 0.1)
+    return [
+        ("hard", "hard rank (participation ratio), 1..D; higher = more of the width used"),
+        ("soft", "soft rank (Shannon effective rank), 1..D; higher = more of the width used"),
+        ("SC", f"variance share of the top {f:.0%} directions, 0..1; lower = more width used"),
+        ("SUI", "utilization index (the bar), 0..1, 1 = flat spectrum; higher = more used"),
+        ("k90..", "directions keeping 90/95/99% of the variance: width a rank-k FFN needs"),
+    ]
+
+
+def legend(report: Report) -> Text:
+    out = Text(style="dim")
+    for i, (name, meaning) in enumerate(legend_lines(report)):
+        out.append(("\n" if i else "") + f"{name:<6}{meaning}")
+    out.append(f"\n{'':<6}{TYPICAL}")
+    return out
+
+
+def counted_text(a: dict[str, Any], report: Report | None = None) -> str:
+    """Which layers the width advice counted, in words."""
+    counted = a.get("counted") or {}
+    layers = counted.get("layers")
+    n = len(layers) if isinstance(layers, list) else None
+    quantile = a.get("quantile", 1.0)
+    if n is None:  # a report written before "counted" existed
+        return "every usable layer" if quantile >= 1.0 else f"the {quantile:.0%} quantile of layers"
+    excluded = counted.get("excluded") or 0
+    total = n + excluded
+    if quantile >= 1.0:
+        text = f"all {n} usable layers" if n > 1 else "the one usable layer"
+        if counted.get("set_by") is not None and n > 1:
+            text += f" (layer {counted['set_by']} sets it)"
+    else:
+        above = counted.get("above_needed") or []
+        text = f"the {quantile:.0%} quantile of {n} layers"
+        if above:
+            text += f"; layer{'s' if len(above) > 1 else ''} {_list(above)} need{'' if len(above) > 1 else 's'} more"
+    if excluded:
+        text += f"; {excluded} of {total} layers excluded (no usable spectrum)"
+    return text
+
+
+def _span(layers: list[int]) -> str:
+    """0-3 for consecutive layers, else a short list."""
+    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return _list(layers)
+
+
+def _list(items: list[Any], most: int = 6) -> str:
+    shown = ", ".join(str(x) for x in items[:most])
+    return shown + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
 def advice_panel(report: Report) -> Panel:
     a = report.advice
-    if not a or a.get("recommended_width") is None:
+    if a and a.get("withheld") and not a.get("measured"):
+        w = a["withheld"]
+        lines = [f"[red]width advice withheld: {escape(w['reason'])}[/]",
+                 "the spectra of starved layers are biased low: a width read from them would be too narrow"]
+        return Panel("\n".join(lines), title="width advice (withheld)", title_align="left", box=box.ROUNDED)
+    if not a or a.get("recommended_width") is None and not a.get("measured"):
         return Panel("no usable layer: no width advice", title="width advice", title_align="left")
     if a.get("measured"):
         return measured_panel(report)
-    counted = "every layer" if a.get("quantile", 1.0) >= 1.0 else f"the {a['quantile']:.0%} quantile of layers"
     lines = [
-        f"k{round(100 * a['q'])} needs {a.get('needed_width', a['recommended_width'])} of {a['current_width']} "
-        f"neurons ({counted}; {a['recommended_width']} rounded to a multiple of {a.get('align', 64)}), "
-        f"worst layer loses {a['max_variance_lost']:.2%} of its variance",
-        "[yellow]a compressibility estimate, not a deployable width: a narrower FFN without retraining "
-        "costs more than the variance it drops[/]",
-        "measure it: [bold]--eval HELDOUT[/] · build it: [bold]sui-onnx slim MODEL OUT --eval HELDOUT[/]",
+        f"k{round(100 * a['q'])} needs [bold]{a.get('needed_width', a['recommended_width'])}[/] of "
+        f"{a['current_width']} neurons; {a['recommended_width']} after rounding up to a multiple of {a.get('align', 64)}",
+        f"counted: {escape(counted_text(a))}; worst layer loses {a['max_variance_lost']:.2%} of its variance",
+        "[yellow]an estimate, not a deployable width: accuracy must be measured (--eval HELDOUT, or sui-onnx "
+        "slim --eval); a narrower FFN without retraining costs more than the variance it drops[/]",
     ]
     return Panel("\n".join(lines), title="width advice (estimate)", title_align="left", box=box.ROUNDED)
 
 
-def measured_panel(report: Report) -> Panel:
-    """The measured ladder: dCE of the projection (what the spectrum allows) and of slim (a
-    narrower FFN without retraining), worst over the eval sources, and the recommendation."""
-    m = report.advice["measured"]
-    current = report.advice["current_width"]
-    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
-    for name, justify in (("width", "left"), ("", "right"), ("FFN saved", "right"), ("dCE projection", "right"),
-                          ("dCE slim", "right"), ("top-1 slim", "right")):
-        t.add_column(name, justify=justify, no_wrap=True)
-    for row in m["ladder"]:
-        widths = row["widths"]
-        w = str(widths[0]) if len(set(widths)) == 1 else f"{min(widths)}..{max(widths)}"
-        slim_ok = row["slim"]["worst_delta_ce"] is not None and row["slim"]["worst_delta_ce"] <= m["max_loss_increase"]
-        top1 = [s["top1"] for s in row["slim"]["sources"] if s.get("top1") is not None]
-        t.add_row(row["label"], w, f"{row['ffn_param_saving']:.0%}", _delta(row["projection"]["worst_delta_ce"]),
-                  Text(_delta(row["slim"]["worst_delta_ce"]), style="green" if slim_ok else "red"),
-                  f"{100 * min(top1):.1f}%" if top1 else "-")
-    names = ", ".join(str(s.get("path", "?")).rsplit("/", 1)[-1] for s in m.get("eval", []))
-    if m.get("recommended_width") is not None:
-        head = (f"recommended FFN width [bold]{m['recommended_width']}[/] of {current} ({m['recommended_label']}): "
-                f"measured dCE within {m['max_loss_increase']} nats/token on {names}; saves "
-                f"{m['ffn_param_saving']:.0%} of FFN parameters")
-    else:
-        head = (f"no measured width keeps dCE within {m['max_loss_increase']} nats/token on {names}: keep {current} "
-                "(or allow more with --max-loss-increase)")
-    notes = [Text.from_markup(head), t,
-             Text("dCE: held-out cross-entropy increase in nats/token, worst eval source; projection = the top "
-                  "principal directions only (full width, saves nothing); slim = the narrower FFN "
-                  "`sui-onnx slim` writes", style="dim")]
-    notes += [Text(f"warning: {w}", style="yellow") for w in m.get("warnings", [])]
-    return Panel(Group(*notes), title="width advice (measured)", title_align="left", box=box.ROUNDED)
+def command_path(path: Any) -> str:
+    """The model as a next-step command names it: its path relative to the working folder (or as
+    given) when short, else MODEL."""
+    text = short_path(path)
+    if text.startswith("<bundled>/"):
+        text = str(path)
+    if os.path.basename(text) == "model.onnx" and os.path.dirname(text):
+        text = os.path.dirname(text)  # the folder holding model.onnx names the same model, shorter
+    return text if text and len(text) <= 32 and " " not in text and printable(text) == text else "MODEL"
 
 
-def _delta(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.4f}"
+def next_steps(report: Report) -> list[tuple[str, str]]:
+    """(what, command): what to run next, given this report."""
+    path = command_path(report.model.get("path", ""))
+    a = report.advice or {}
+    measured = a.get("measured") or {}
+    steps = []
+    if a.get("withheld"):
+        steps.append(("calibrate", f"sui-onnx report {path} --tokens {a['withheld']['recommended_tokens']}"))
+    heldout = "HELDOUT.txt"
+    bundled = os.path.join(os.path.dirname(__file__), "data")
+    if os.path.abspath(str(report.model.get("path", ""))).startswith(os.path.abspath(bundled) + os.sep):
+        heldout = command_path(os.path.join(bundled, "heldout.txt")).replace("MODEL", "HELDOUT.txt")
+    if not measured:
+        steps.append(("measure", f"sui-onnx report {path} --eval {heldout}"))
+    width = measured.get("recommended_width") if measured else a.get("recommended_width")
+    narrow = f"--width {width}" if width and width < a.get("current_width", 0) else "--max-loss-increase 0.01"
+    steps.append(("narrow", f"sui-onnx slim {path} OUT {narrow} --eval {heldout}"))
+    steps.append(("baseline", f"sui-onnx report {path} --json base.json"))
+    steps.append(("gate", f"sui-onnx check {path} --baseline base.json"))
+    return steps
+
+
+def next_text(report: Report) -> Table:
+    t = Table.grid(padding=(0, 2, 0, 0))
+    t.add_column(style="bold", no_wrap=True)
+    t.add_column(style="bold", no_wrap=True)
+    t.add_column(overflow="fold")
+    for i, (what, cmd) in enumerate(next_steps(report)):
+        t.add_row("next" if i == 0 else "", what, cmd)
+    return t
 
 
 def flags_note(report: Report) -> Text | None:
-    notes = [f"layer {x.layer}: {printable(x.message)}" for x in report.layers if x.message]
-    if not notes:
+    by_message: dict[str, list[int]] = {}
+    for x in report.layers:
+        if x.message:
+            by_message.setdefault(x.message, []).append(x.layer)
+    if not by_message:
         return None
+    notes = [f"layer{'s' if len(ls) > 1 else ''} {_span(ls)}: {printable(msg)}" for msg, ls in by_message.items()]
     if len(notes) > 4:
         notes = notes[:3] + [f"... and {len(notes) - 3} more layers flagged"]
     return Text("\n".join(notes), style="yellow")
 
 
 def report_renderable(report: Report) -> Group:
-    parts: list[Any] = [header(report), layer_table(report)]
+    parts: list[Any] = [header(report), layer_table(report), legend(report)]
     note = flags_note(report)
     if note is not None:
         parts.append(note)
     parts.append(advice_panel(report))
+    if (report.advice or {}).get("measured") and report.advice.get("withheld"):
+        parts.append(Text(f"calibration: {report.advice['withheld']['reason']} (the k95 estimate was not measured)",
+                          style="yellow"))
+    parts.append(next_text(report))
     return Group(*parts)
 
 

@@ -145,16 +145,23 @@ def test_layer_status_warns_unless_fail_on_status():
     layers = [make_layer(0, 0.5), make_layer(1, None, status="degenerate"), make_layer(2, 0.5, status="low_tokens"),
               make_layer(3, 0.5, status="rank_capped")]
     report = make_report(layers)
-    soft = gate.evaluate(report, gate.Thresholds(min_sui=0.1))
+    # a rank_capped layer (N - 1 < D) fails unless allow_low_tokens; low_tokens only warns
+    default = gate.evaluate(report, gate.Thresholds(min_sui=0.1))
+    assert rules(default) == [("sui-onnx/layer-status", "layer 3")]
+    assert "--allow-low-tokens" in default.failures[0].message
+    soft = gate.evaluate(report, gate.Thresholds(min_sui=0.1, allow_low_tokens=True))
     assert soft.passed and soft.exit_code == 0
     assert sorted(c.scope_label for c in soft.warnings) == ["layer 1", "layer 2", "layer 3"]
     assert {c.rule_id for c in soft.warnings} == {"sui-onnx/layer-status"}
-    hard = gate.evaluate(report, gate.Thresholds(min_sui=0.1, fail_on_status=True))
+    hard = gate.evaluate(report, gate.Thresholds(min_sui=0.1, fail_on_status=True, allow_low_tokens=True))
     assert rules(hard) == [("sui-onnx/layer-status", "layer 1")]
     assert sorted(c.scope_label for c in hard.warnings) == ["layer 2", "layer 3"]  # low tokens never fail
     # fail_on_status alone is something to check, and applies at scope model too
-    alone = gate.evaluate(report, gate.Thresholds(fail_on_status=True, scope="model"))
+    alone = gate.evaluate(report, gate.Thresholds(fail_on_status=True, scope="model", allow_low_tokens=True))
     assert rules(alone) == [("sui-onnx/layer-status", "layer 1")]
+    # the rank_capped rule applies at scope model too
+    model_only = gate.evaluate(report, gate.Thresholds(min_sui=0.1, scope="model"))
+    assert rules(model_only) == [("sui-onnx/layer-status", "layer 3")]
 
 
 # --- baseline regression ------------------------------------------------------------------------

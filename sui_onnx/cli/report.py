@@ -15,6 +15,7 @@ from .options import (TokenProgress, _positive_int, add_analysis_args, analysis_
 
 
 PLOT_FILES = ("spectra.png", "utilization.png", "energy.png")  # what --plot DIR receives (plots.py)
+MAX_COLUMNS = 100  # the terminal report is laid out for at most this width
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,12 +68,30 @@ def run(args: argparse.Namespace) -> int:
     else:
         with TokenProgress(enabled=not quiet) as progress:
             report = analyze(model, calibration_spec(args), analysis_options(args, progress))
+    if args.tap:  # named tensors: --site does not describe them
+        report.settings["taps"] = "explicit"
+    warn_unfilled_budget(report, args.tokens)
     write_outputs(report, args)
     if not quiet:
         from ..render import report_renderable
 
-        make_console().print(report_renderable(report))
+        console = make_console()
+        console.width = min(console.width, MAX_COLUMNS)
+        console.print(report_renderable(report))
     return 0
+
+
+def warn_unfilled_budget(report, tokens: int | None) -> None:
+    """A --tokens budget the calibration sources could not fill: one warning line on stderr with the
+    tokens actually used (the report header says so too)."""
+    import sys
+
+    from ..render import unfilled_budget
+
+    if tokens is not None and unfilled_budget(report):
+        used = report.calibration.get("tokens", 0)
+        print(f"sui-onnx: warning: --tokens {tokens:,}: the calibration sources hold only {used:,} tokens; "
+              f"all {used:,} used", file=sys.stderr, flush=True)
 
 
 def _nats(text: str) -> float:
