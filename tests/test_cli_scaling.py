@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -38,10 +39,31 @@ def test_real_entry_point_prints_the_tables_and_writes_json(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     for text in ("Per width", "Power-law fits", "soft rank", "hard rank", "soft - hard", "Per layer",
-                 "saturation", "SUI peak", "0.661", "0.289"):
+                 "saturation", "SUI peak"):
         assert text in proc.stdout
+    # the fitted betas are in the fit rows; the paper's values only in rows labelled as the paper's
+    rows = {cells[0]: cells[1:] for line in proc.stdout.splitlines()
+            if len(cells := [c.strip() for c in line.strip("│ ").split("│")]) > 2}
+    assert rows["soft rank"][0] == "0.661" and rows["hard rank"][0] == "0.289"  # this family was built to match
+    assert rows["paper: soft rank"][0] == "0.661" and rows["paper: hard rank"][0] == "0.289"
+    assert "paper = Jha & Reagen" in proc.stdout
     d = json.loads(out.read_text())
     assert d["schema"] == "sui-onnx/scaling" and d["schema_version"] == 1
+
+
+def test_paper_reference_is_a_labelled_row_not_the_result(tmp_path):
+    """On a family whose fit differs from the paper, the fit rows show the fit (the reference row cannot
+    make a check on the printed numbers pass)."""
+    llama = sorted((ROOT / "models" / "reports" / "scaling").glob("llama_w*.json"))
+    proc = subprocess.run([sys.executable, "-m", "sui_onnx", "scaling", *map(str, llama), "--json", str(tmp_path / "s.json")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120, env={**os.environ, "COLUMNS": "100"})
+    assert proc.returncode == 0, proc.stderr
+    fit = json.loads((tmp_path / "s.json").read_text())["median_fits"]
+    rows = {cells[0]: cells[1:] for line in proc.stdout.splitlines()
+            if len(cells := [c.strip() for c in line.strip("│ ").split("│")]) > 2}
+    assert rows["soft rank"][0] == f"{fit['soft_rank']['beta']:.3f}" != "0.661"
+    assert rows["hard rank"][0] == f"{fit['hard_rank']['beta']:.3f}" != "0.289"
+    assert rows["paper: soft rank"][0] == "0.661" and rows["paper: soft rank"][3] == "0.971"
 
 
 def test_json_content(tmp_path, capsys):

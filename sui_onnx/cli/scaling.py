@@ -14,8 +14,11 @@ from ..errors import SuiError
 from .options import (TokenProgress, add_analysis_args, add_run_args, analysis_options, calibration_spec, guard_outputs, make_console, write_text_atomic)
 
 PLOT_FILES = ("scaling_ranks.png", "scaling_sui.png")  # what --plot DIR receives (plots_scaling.py)
-PAPER_REFERENCE = ("paper reference (GPT-2 160M, AdamW, D = 768..6144, post): "
-                   "beta_soft 0.661 (R^2 0.971), beta_hard 0.289 (R^2 0.338)")
+# Jha & Reagen (EMNLP 2025), GPT-2 160M, AdamW, D = 768..6144, site post: shown as a labelled comparison
+# row of the fits table, never as a result
+PAPER_REFERENCE = {"caption": "paper = Jha & Reagen (EMNLP 2025), GPT-2 160M at D = 768..6144: for comparison, "
+                              "not a result of this fit",
+                   "soft": (0.661, 0.971), "hard": (0.289, 0.338)}
 
 
 def _tau(text: str) -> float:
@@ -171,6 +174,13 @@ def scaling_renderables(result) -> list[Any]:
                      _num(fit.residual_sd, ".3g"), str(fit.n))
     a = result.asymmetry
     fits.add_row("soft - hard", _num(a.beta), _ci(a.beta_ci95), "", "", "", str(a.n))
+    fits.add_section()
+    ref = PAPER_REFERENCE
+    for name, key in (("soft rank", "soft"), ("hard rank", "hard")):
+        fits.add_row(f"paper: {name}", _num(ref[key][0]), "", "", _num(ref[key][1]), "", "", style="dim")
+    fits.add_row("paper: soft - hard", _num(ref["soft"][0] - ref["hard"][0]), "", "", "", "", "", style="dim")
+    fits.caption = ref["caption"]
+    fits.caption_justify = "left"
 
     layers = Table(title="Per layer (beta with its 95% half-width)", title_justify="left")
     for col in ("layer", "beta soft", "R^2", "beta hard", "R^2 ", "soft - hard"):
@@ -196,6 +206,5 @@ def scaling_renderables(result) -> list[Any]:
     peak = result.sui_peak
     edge = {"smallest": " (the smallest measured width: the peak may lie below)",
             "largest": " (the largest measured width: the peak may lie above)", "interior": ""}[peak["position"]]
-    lines.append(f"SUI peak: D = {peak['width']:,}, median SUI {_num(peak['median_sui'])}{edge}\n")
-    lines.append(PAPER_REFERENCE, style="dim")
+    lines.append(f"SUI peak: D = {peak['width']:,}, median SUI {_num(peak['median_sui'])}{edge}")
     return [head, widths, fits, layers, lines]
