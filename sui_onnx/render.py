@@ -253,6 +253,43 @@ def advice_panel(report: Report) -> Panel:
     return Panel("\n".join(lines), title="width advice (estimate)", title_align="left", box=box.ROUNDED)
 
 
+def measured_panel(report: Report) -> Panel:
+    """The measured ladder: dCE of the projection (what the spectrum allows) and of slim (a
+    narrower FFN without retraining), worst over the eval sources, and the recommendation."""
+    m = report.advice["measured"]
+    current = report.advice["current_width"]
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
+    for name, justify in (("width", "left"), ("", "right"), ("FFN saved", "right"), ("dCE projection", "right"),
+                          ("dCE slim", "right"), ("top-1 slim", "right")):
+        t.add_column(name, justify=justify, no_wrap=True)
+    for row in m["ladder"]:
+        widths = row["widths"]
+        w = str(widths[0]) if len(set(widths)) == 1 else f"{min(widths)}..{max(widths)}"
+        slim_ok = row["slim"]["worst_delta_ce"] is not None and row["slim"]["worst_delta_ce"] <= m["max_loss_increase"]
+        top1 = [s["top1"] for s in row["slim"]["sources"] if s.get("top1") is not None]
+        t.add_row(row["label"], w, f"{row['ffn_param_saving']:.0%}", _delta(row["projection"]["worst_delta_ce"]),
+                  Text(_delta(row["slim"]["worst_delta_ce"]), style="green" if slim_ok else "red"),
+                  f"{100 * min(top1):.1f}%" if top1 else "-")
+    names = ", ".join(str(s.get("path", "?")).rsplit("/", 1)[-1] for s in m.get("eval", []))
+    if m.get("recommended_width") is not None:
+        head = (f"recommended FFN width [bold]{m['recommended_width']}[/] of {current} ({m['recommended_label']}): "
+                f"measured dCE within {m['max_loss_increase']} nats/token on {names}; saves "
+                f"{m['ffn_param_saving']:.0%} of FFN parameters")
+    else:
+        head = (f"no measured width keeps dCE within {m['max_loss_increase']} nats/token on {names}: keep {current} "
+                "(or allow more with --max-loss-increase)")
+    notes = [Text.from_markup(head), t,
+             Text("dCE: held-out cross-entropy increase in nats/token, worst eval source; projection = the top "
+                  "principal directions only (full width, saves nothing); slim = the narrower FFN "
+                  "`sui-onnx slim` writes", style="dim")]
+    notes += [Text(f"warning: {w}", style="yellow") for w in m.get("warnings", [])]
+    return Panel(Group(*notes), title="width advice (measured)", title_align="left", box=box.ROUNDED)
+
+
+def _delta(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.4f}"
+
+
 def command_path(path: Any) -> str:
     """The model as a next-step command names it: its path relative to the working folder (or as
     given) when short, else MODEL."""
