@@ -422,21 +422,29 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically (safeio.atomic_write), or to standard output
     for ``-``."""
     if str(path) == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        write_bytes_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
         return
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def write_bytes_atomic(path: Path, write: Any) -> None:
     """Call ``write(fileobj)`` for ``path``: a file written atomically (safeio.atomic_write), or
-    standard output for ``-``."""
-    if str(path) == "-":
+    standard output for ``-`` (closed, or a pipe whose reader went away: one SuiError line)."""
+    if str(path) != "-":
+        atomic_write(path, write)
+        return
+    try:
         sys.stdout.flush()
         write(sys.stdout.buffer)
         sys.stdout.buffer.flush()
-        return
-    atomic_write(path, write)
+    except BrokenPipeError:
+        try:  # the reader (| head) is gone: no "Exception ignored" at exit either
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        raise SuiError("standard output was closed before everything was written (broken pipe)") from None
+    except (AttributeError, OSError, ValueError) as exc:  # no stdout at all (>&-)
+        raise SuiError(f"cannot write to standard output ({exc.__class__.__name__})") from None
 
 
 def make_console(quiet: bool = False, stderr: bool = False, file: Any = None):
