@@ -4,6 +4,7 @@ layer, cumulative energy with the k_q marks."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,76 @@ def plot_folder(folder: Path) -> Path:
     return folder
 
 
+def model_name(report: Report) -> str:
+    """A short name for the model in titles: the folder of a model.onnx, else the file's stem."""
+    path = Path(str((report.model or {}).get("path") or "model"))
+    if path.name in ("model.onnx", "decoder_model.onnx", "encoder_model.onnx") and path.parent.name:
+        name = path.parent.name if path.parent.name != "onnx" else path.parent.parent.name
+        return name if path.name == "model.onnx" else f"{name}/{path.stem}"
+    return path.stem or "model"
+
+
+def subtitle(report: Report) -> str:
+    """Model name, token count and tap site: the line every plot of a report carries."""
+    from .safeio import printable
+
+    c = report.calibration or {}
+    return printable(f"{model_name(report)} · {c.get('tokens', 0):,} calibration tokens · site "
+                     f"{report.settings.get('site', '?')}")
+
+
+def layer_ticks(ax, layers: list[int]) -> None:
+    """Integer layer ticks: every layer when there are few, else integer steps only."""
+    from matplotlib.ticker import MaxNLocator
+
+    if len(layers) <= 16:
+        ax.set_xticks(layers)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def fitted_limits(values, pad: float = 0.08, floor: float | None = None, ceiling: float | None = None):
+    """A y-range around the finite values (never squashed into a fixed 0..1), clipped to the
+    measure's own bounds."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return (0.0, 1.0)
+    lo, hi = float(v.min()), float(v.max())
+    span = hi - lo if hi > lo else max(abs(hi) * 0.1, 1e-3)
+    lo, hi = lo - pad * span, hi + pad * span
+    if floor is not None:
+        lo = max(lo, floor)
+    if ceiling is not None:
+        hi = min(hi, ceiling)
+    return (lo, hi)
+
+
+# the measures of the utilization plot: key, panel title (range and direction)
+UTILIZATION_PANELS = (
+    ("hard_util", "hard rank / D (higher = more of the width used)", 0.0, 1.0),
+    ("soft_util", "soft rank / D (higher = more used)", 0.0, 1.0),
+    ("concentration", "concentration SC (lower = more used)", 0.0, 1.0),
+    ("sui", "SUI (higher = more used)", 0.0, 1.0),
+)
+
+
+def advice_widths(report: Report) -> dict[str, Any]:
+    """The widths the advice recommends, per layer: the k_q estimate and, when measured, the
+    measured width (None where there is none)."""
+    a = report.advice or {}
+    n = len(report.layers)
+    out: dict[str, Any] = {"estimate": None, "measured": None, "needed": a.get("needed_width")}
+    if a.get("recommended_width") is not None:
+        out["estimate"] = [min(a["recommended_width"], x.width) for x in report.layers]
+    m = a.get("measured") or {}
+    widths = m.get("recommended_widths")
+    if isinstance(widths, list) and len(widths) == n:
+        out["measured"] = widths
+    elif m.get("recommended_width") is not None:
+        out["measured"] = [min(m["recommended_width"], x.width) for x in report.layers]
+    return out
+
+
 def write_plots(report: Report, folder: Path) -> list[Path]:
     """Write spectra.png, utilization.png and energy.png into `folder` (created if needed)."""
     plt = require_matplotlib()
@@ -52,49 +123,99 @@ def write_plots(report: Report, folder: Path) -> list[Path]:
     eigs = report.eigenvalues or [None] * len(report.layers)
     cmap = plt.get_cmap("viridis")
     n = max(1, len(report.layers))
+    colors = [cmap(i / max(1, n - 1) * 0.9) for i in range(n)]
+    sub = subtitle(report)
+    legend = len(report.layers) <= 12
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for i, (layer, ev) in enumerate(zip(report.layers, eigs)):
         if ev is None:
             continue
         ev = np.asarray(ev)
         ev = ev[ev > 0]
-        ax.loglog(np.arange(1, ev.size + 1), ev / ev.sum(), color=cmap(i / n), lw=1.2, label=f"layer {layer.layer}")
-    ax.set_xlabel("eigenvalue index i")
-    ax.set_ylabel("p_i = lambda_i / sum lambda")
-    ax.set_title("FFN activation covariance spectra")
-    if len(report.layers) <= 12:
-        ax.legend(fontsize=7)
+        if ev.size:
+            ax.loglog(np.arange(1, ev.size + 1), ev / ev.sum(), color=colors[i], lw=1.2, label=f"layer {layer.layer}")
+    ax.set_xlabel("eigenvalue index i (directions, largest first)")
+    ax.set_ylabel("share of variance p_i = λ_i / Σλ")
+    ax.set_title(f"FFN activation covariance spectra\n{sub}", fontsize=10)
+    _layer_legend(fig, ax, plt, cmap, report, legend)
     written.append(save_png(fig, folder / "spectra.png"))
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     xs = [x.layer for x in report.layers]
-    for key, label in (("hard_util", "hard rank / D"), ("soft_util", "soft rank / D"), ("sui", "SUI"), ("concentration", "concentration")):
+    fig, axes = plt.subplots(2, 2, figsize=(8.0, 5.6), sharex=True)
+    for ax, (key, label, lo, hi) in zip(axes.flat, UTILIZATION_PANELS):
         ys = [np.nan if getattr(x, key) is None else getattr(x, key) for x in report.layers]
-        ax.plot(xs, ys, marker="o", label=label)
-    ax.set_xlabel("layer")
-    ax.set_ylim(0, 1.02)
-    ax.set_title("Utilization by layer")
-    ax.legend(fontsize=8)
+        ax.plot(xs, ys, marker="o", color="tab:blue" if key != "concentration" else "tab:red")
+        ax.set_title(label, fontsize=9)
+        ax.set_ylim(*fitted_limits(ys, floor=lo, ceiling=hi))
+        ax.grid(alpha=0.3)
+        layer_ticks(ax, xs)
+    for ax in axes[-1]:
+        ax.set_xlabel("layer")
+    fig.suptitle(f"Utilization by layer\n{sub}", fontsize=10)
+    fig.tight_layout()
     written.append(save_png(fig, folder / "utilization.png"))
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10.0, 4.4), gridspec_kw={"width_ratios": [3, 2]})
     for i, (layer, ev) in enumerate(zip(report.layers, eigs)):
-        if ev is None:
+        if ev is None or not np.asarray(ev).sum() > 0:
             continue
-        ev = np.asarray(ev)
+        ev = np.clip(np.asarray(ev, dtype=np.float64), 0, None)
         cum = np.cumsum(ev) / ev.sum()
-        ax.plot(np.arange(1, ev.size + 1), cum, color=cmap(i / n), lw=1.2, label=f"layer {layer.layer}")
+        ax.plot(np.arange(1, ev.size + 1), cum, color=colors[i], lw=1.2, label=f"layer {layer.layer}")
         k95 = layer.energy_widths.get("k95")
         if k95:
-            ax.plot([k95], [cum[k95 - 1]], "k|", ms=10)
-    for q in report.settings.get("energy_levels", [0.9, 0.95, 0.99]):
+            ax.plot([k95], [cum[k95 - 1]], "o", color=colors[i], ms=5, mec="black", mew=0.5)
+    levels = report.settings.get("energy_levels", [0.9, 0.95, 0.99])
+    for q in levels:
         ax.axhline(q, color="grey", lw=0.6, ls="--")
+        ax.annotate(f"{q:.0%}", xy=(0.0, q), xycoords=("axes fraction", "data"), xytext=(2, 2),
+                    textcoords="offset points", fontsize=7, color="dimgrey")
+    widths = advice_widths(report)
+    if widths["estimate"]:
+        w = max(widths["estimate"])
+        ax.axvline(w, color="tab:orange", lw=1.0, ls=":", label=f"recommended {w} (k95 estimate)")
+    if widths["measured"]:
+        w = max(widths["measured"])
+        ax.axvline(w, color="tab:green", lw=1.0, ls="-.", label=f"recommended {w} (measured)")
     ax.set_xscale("log")
+    ax.set_ylim(max(0.0, min(levels) - 0.35), 1.005)
     ax.set_xlabel("k (directions kept)")
     ax.set_ylabel("cumulative variance share")
-    ax.set_title("Cumulative energy (| = k95)")
-    if len(report.layers) <= 12:
-        ax.legend(fontsize=7)
+    ax.set_title("Cumulative energy (dots: k95 of each layer)", fontsize=9)
+    if legend:
+        ax.legend(fontsize=7, loc="lower right")
+    # per layer: the widths k90/k95/k99 need, and the recommended width
+    for key, marker, label in (("k90", "v", "k90"), ("k95", "o", "k95"), ("k99", "^", "k99")):
+        ys = [x.energy_widths.get(key, np.nan) for x in report.layers]
+        bx.plot(xs, ys, marker=marker, ls="", color="tab:blue", alpha=1.0 if key == "k95" else 0.5, label=label)
+    for key, color, ls, label in (("estimate", "tab:orange", ":", "recommended (estimate)"),
+                                  ("measured", "tab:green", "-.", "recommended (measured)")):
+        if widths[key]:
+            bx.step(xs, widths[key], where="mid", color=color, ls=ls, lw=1.4, label=label)
+    bx.set_xlabel("layer")
+    bx.set_ylabel("width (neurons)")
+    bx.set_title("Width each layer needs", fontsize=9)
+    all_w = [v for x in report.layers for v in x.energy_widths.values()]
+    all_w += [v for k in ("estimate", "measured") for v in (widths[k] or [])]
+    bx.set_ylim(*fitted_limits(all_w, floor=0))
+    layer_ticks(bx, xs)
+    bx.grid(alpha=0.3)
+    bx.legend(fontsize=7)
+    fig.suptitle(f"Cumulative energy and the width each layer needs\n{sub}", fontsize=10)
+    fig.tight_layout()
     written.append(save_png(fig, folder / "energy.png"))
     return written
+
+
+def _layer_legend(fig, ax, plt, cmap, report: Report, legend: bool) -> None:
+    """A legend for a few layers, a colour bar of layer indices for many."""
+    if legend:
+        ax.legend(fontsize=7)
+        return
+    from matplotlib.colors import Normalize
+
+    layers = [x.layer for x in report.layers]
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=Normalize(min(layers), max(layers) / 0.9 if max(layers) else 1))
+    bar = fig.colorbar(sm, ax=ax, fraction=0.04, pad=0.02)
+    bar.set_label("layer", fontsize=8)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .plots import plot_folder, require_matplotlib, save_png
+from .plots import fitted_limits, plot_folder, require_matplotlib, save_png
 from .scaling import ScalingResult
 
 
@@ -18,6 +18,7 @@ def write_scaling_plots(result: ScalingResult, folder: Path) -> list[Path]:
     widths = np.asarray(result.widths, dtype=np.float64)
     grid = np.geomspace(widths.min(), widths.max(), 200)
     written = []
+    sub = scaling_subtitle(result)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for key, fit, color, label in (("soft", result.soft, "tab:blue", "soft rank"),
@@ -37,9 +38,10 @@ def write_scaling_plots(result: ScalingResult, folder: Path) -> list[Path]:
     ax.set_xscale("log")
     ax.set_yscale("log")
     _width_ticks(ax, widths)
+    _plain_log_ticks(ax.yaxis)
     ax.set_xlabel("FFN width D")
     ax.set_ylabel("effective rank")
-    ax.set_title("Spectral scaling: rank = A * D^beta (faint: single layers)")
+    ax.set_title(f"Spectral scaling: rank = A * D^beta (faint: single layers)\n{sub}", fontsize=10)
     ax.legend(fontsize=7)
     written.append(save_png(fig, folder / "scaling_ranks.png"))
 
@@ -54,13 +56,37 @@ def write_scaling_plots(result: ScalingResult, folder: Path) -> list[Path]:
     ax.plot([peak["width"]], [peak["median_sui"]], "k*", ms=12, label=f"peak at D={peak['width']}")
     ax.set_xscale("log")
     _width_ticks(ax, widths)
-    ax.set_ylim(0, 1.02)
+    suis = [v for m in result.models for v in [m.median_sui, *m.layer_sui] if v is not None]
+    ax.set_ylim(*fitted_limits(suis, floor=0.0, ceiling=1.0))
     ax.set_xlabel("FFN width D")
-    ax.set_ylabel("SUI")
-    ax.set_title("Spectral Utilization Index against width (faint: single layers)")
+    ax.set_ylabel("SUI (higher = more of the width used)")
+    ax.set_title(f"Spectral Utilization Index against width (faint: single layers)\n{sub}", fontsize=10)
     ax.legend(fontsize=8)
     written.append(save_png(fig, folder / "scaling_sui.png"))
     return written
+
+
+def family_name(result: ScalingResult) -> str:
+    """The family in titles: its recorded name or architecture, else what the inputs' names share."""
+    import os
+
+    fam = result.family or {}
+    for key in ("family", "architecture"):
+        if fam.get(key):
+            return str(fam[key])
+    names = [os.path.basename(str(m.label)) for m in result.models]
+    common = os.path.commonprefix(names).rstrip("_-w.")
+    return common or f"{len(names)} models"
+
+
+def scaling_subtitle(result: ScalingResult) -> str:
+    """Family, widths and calibration tokens: the line every scaling plot carries."""
+    from .safeio import printable
+
+    tokens = sorted({m.min_tokens for m in result.models})
+    tok = f"{tokens[0]:,}" if len(tokens) == 1 else f"{tokens[0]:,}..{tokens[-1]:,}"
+    return printable(f"{family_name(result)} · D = {min(result.widths):,}..{max(result.widths):,} · {tok} "
+                     "calibration tokens per model")
 
 
 def _width_ticks(ax, widths: np.ndarray) -> None:
@@ -69,6 +95,15 @@ def _width_ticks(ax, widths: np.ndarray) -> None:
     ax.set_xticks(widths)
     ax.set_xticklabels([f"{int(w)}" for w in widths], fontsize=8)
     ax.xaxis.set_minor_locator(NullLocator())
+
+
+def _plain_log_ticks(axis) -> None:
+    """Log-axis ticks at 1, 2, 5 x 10^k written as plain numbers (20, not 2 x 10^1)."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _fmt(value: float) -> str:
