@@ -118,6 +118,17 @@ def test_every_output_is_checked_before_the_analysis(work, bad):
     assert_clean_failure(r, work, before)  # neither r.json nor ck.npz was written
 
 
+def test_an_output_name_too_long_for_its_temporary_file_is_refused_first(work):
+    before = snapshot(work)
+    r = cli(*RUN, "--json", "out/r.json", "--markdown", "out/" + "x" * 250, cwd=work)
+    assert_clean_failure(r, work, before, "too long")
+
+
+def test_standard_output_closed_or_gone_is_one_line(work):
+    r = cli(*RUN, "--json", "-", cwd=work, preexec=lambda: os.close(1))
+    one_error_line(r, "standard output")
+
+
 def test_check_and_scaling_check_outputs_first_too(work):
     before = snapshot(work)
     r = cli("check", "m", "--calib", "ids.npy", "--min-sui", "0", "-q", "--json", "out/g.json",
