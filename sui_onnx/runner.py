@@ -326,6 +326,23 @@ def table_limits(model: Any) -> TableLimits:
                             small[node.output[0]] = numpy_helper.to_array(a.t)
                         except Exception:  # noqa: BLE001
                             pass
+    tensors = {t.name: t for t in g.initializer}
+    for node in g.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value" and a.type == a.TENSOR:
+                    tensors[node.output[0]] = a.t
+
+    def values(name: str) -> np.ndarray | None:
+        """The values of a constant of at most 2^20 elements held in the graph, else None."""
+        t = tensors.get(name)
+        if t is None or t.external_data or int(np.prod(t.dims, dtype=np.int64)) > 1 << 20:
+            return None
+        try:
+            return numpy_helper.to_array(t)
+        except Exception:  # noqa: BLE001
+            return None
+
     roles = {}
     for inp in g.input:
         if inp.name in dims:
@@ -378,10 +395,14 @@ def table_limits(model: Any) -> TableLimits:
                     return "positions", offset, None
                 return None
             elif op == "Slice" and node.input[0] in dims and node.input[0] not in roles and len(node.input) >= 3:
-                buf = dims[node.input[0]]
-                if scalar(node.input[1]) == 0 and buf and is_seq_len(node.input[2]):
-                    return "positions", offset, int(buf[-1])  # the first L entries of a constant arange
-                return None
+                buf = values(node.input[0])  # a constant position buffer (BERT's position_ids): 0, 1, 2, ...
+                if (buf is None or buf.size == 0 or buf.dtype.kind not in "iu" or scalar(node.input[1]) != 0
+                        or not is_seq_len(node.input[2])):
+                    return None
+                row = buf.reshape(-1, buf.shape[-1])[0] if buf.ndim else buf.reshape(1)
+                if buf.shape[-1:] and np.array_equal(row, np.arange(row.size)):
+                    return "positions", offset, int(row.size)  # its first L entries
+                return None  # another buffer (token types: zeros): not a position table
             else:
                 return None
         return None
