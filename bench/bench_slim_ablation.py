@@ -7,6 +7,8 @@ One calibration on Python documentation (--tokens, and 4x as many for the token-
   - id, weighted by the down projection (the default), at ridge 0, 1e-4, 1e-3 (default), 1e-2, 1e-1;
   - id without the output weighting (plain pivoted Cholesky on the hidden covariance);
   - id with --schedule per-layer (same total width);
+  - id with --refine (refitted on the narrowed model's own inputs);
+  - id without token weighting (for models whose FFN output is normalized on its own);
   - id calibrated on 4x the tokens.
 Writes bench/results/slim_ablation_<name>.json and prints a markdown table. Nothing here is a test.
 """
@@ -40,13 +42,14 @@ def main() -> None:
     from sui_onnx.calib import CalibrationSpec
     from sui_onnx.evaluate import Evaluator, ModelInput
     from sui_onnx.graph.surgery import LayerEdit
-    from sui_onnx.slimming import SlimStudy, aligned, eval_summary
+    from sui_onnx.slimming import SlimStudy, aligned, eval_summary, refine
 
     code_calib, code_heldout = build(ROOT / "models" / "work")
     prose_heldout = ROOT / "sui_onnx" / "data" / "heldout.txt"
 
-    def study_for(tokens: int) -> SlimStudy:
-        return SlimStudy(args.model, CalibrationSpec([code_calib], tokens=tokens), AnalysisOptions(device="cpu"))
+    def study_for(tokens: int, weighting: bool = True) -> SlimStudy:
+        return SlimStudy(args.model, CalibrationSpec([code_calib], tokens=tokens), AnalysisOptions(device="cpu"),
+                         weighting=weighting)
 
     study = study_for(args.tokens)
     ev = Evaluator([code_heldout, prose_heldout], study.src.folder, ModelInput(path=study.src.path), seq_len=args.eval_seq_len,
@@ -79,6 +82,19 @@ def main() -> None:
         rows.append({"width": label, "variant": "id, --schedule per-layer", "widths": per_layer,
                      "dce": measure(study.variant(per_layer, "id").model)})
         print(rows[-1], flush=True)
+        rows.append({"width": label, "variant": "id, --refine",
+                     "dce": measure(refine(study, study.variant(uniform, "id"), CalibrationSpec([code_calib], tokens=args.tokens)).model)})
+        print(rows[-1], flush=True)
+        rows.append({"width": label, "variant": "variance (baseline)", "dce": measure(study.variant(uniform, "variance").model)})
+        print(rows[-1], flush=True)
+    if study.weighting:
+        plain = study_for(args.tokens, weighting=False)
+        for num, den in ((3, 4), (1, 2)):
+            uniform = [aligned(d, num / den, args.align) for d in plain.widths]
+            rows.append({"width": f"{num}/{den}", "variant": "id without token weighting",
+                         "dce": measure(plain.variant(uniform, "id").model)})
+            print(rows[-1], flush=True)
+        del plain
     if not args.skip_more_tokens:
         big = study_for(4 * args.tokens)
         for num, den in ((3, 4), (1, 2)):
