@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--spectra", type=Path, metavar="OUT.npz", help="write the eigenvalues of every layer; '-' for stdout")
     g.add_argument("--markdown", type=Path, metavar="OUT", help="write a markdown summary (PR comments); '-' for stdout")
     g.add_argument("--plot", type=Path, metavar="DIR", help="write PNG plots (needs the `plot` extra)")
+    g.add_argument("--html", type=Path, metavar="OUT.html",
+                   help="write the report as one self-contained HTML file (tables, SVG plots, advice, provenance; "
+                        "nothing fetched); '-' for stdout")
     g.add_argument("-q", "--quiet", action="store_true", help="no terminal report or progress bar")
     g = p.add_argument_group(
         "measured width advice",
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = model_argument(args)
     outputs = [("--json", args.json), ("--spectra", args.spectra), ("--markdown", args.markdown),
-               ("--checkpoint", args.checkpoint)]
+               ("--html", args.html), ("--checkpoint", args.checkpoint)]
     guard_outputs([model, companion_encoder(model), *args.calib, *args.eval, args.encoder, args.resume, args.stats], outputs,
                   folders=[("--plot", args.plot, PLOT_FILES)])
     if args.plot is not None:
@@ -138,6 +141,10 @@ def write_outputs(report, args: argparse.Namespace) -> None:
         write_text_atomic(args.markdown, to_markdown(report))
     if args.spectra is not None:
         save_spectra(args.spectra, report)
+    if args.html is not None:
+        from ..html import report_html
+
+        write_text_atomic(args.html, report_html(report))
     if args.plot is not None:
         from ..plots import write_plots
 

@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("outputs")
     g.add_argument("--json", type=Path, metavar="OUT", help="write the scaling JSON (schema sui-onnx/scaling); '-' for stdout")
     g.add_argument("--plot", type=Path, metavar="DIR", help="write scaling_ranks.png and scaling_sui.png (needs the `plot` extra)")
+    g.add_argument("--html", type=Path, metavar="OUT.html",
+                   help="write the analysis as one self-contained HTML file (tables, SVG plots, provenance; nothing "
+                        "fetched); '-' for stdout")
     g.add_argument("-q", "--quiet", action="store_true", help="no terminal table or progress bar")
     p.set_defaults(run=run)
 
@@ -92,12 +95,13 @@ def run(args: argparse.Namespace) -> int:
     if len(paths) < MIN_WIDTHS:
         raise SuiError(f"scaling needs at least {MIN_WIDTHS} inputs of distinct FFN widths; got {len(paths)}")
     kinds = [classify(p) for p in paths]
-    guard_outputs([*paths, *args.calib], [("--json", args.json)], folders=[("--plot", args.plot, PLOT_FILES)])
+    guard_outputs([*paths, *args.calib], [("--json", args.json), ("--html", args.html)],
+                  folders=[("--plot", args.plot, PLOT_FILES)])
     if args.plot is not None:
         from ..plots import require_matplotlib
 
         require_matplotlib()
-    quiet = args.quiet or (args.json is not None and str(args.json) == "-")
+    quiet = args.quiet or any(o is not None and str(o) == "-" for o in (args.json, args.html))
 
     reports: list[Any] = [load_report(p) if kind == "report" else None for p, kind in zip(paths, kinds)]
     if "model" in kinds:
@@ -113,6 +117,10 @@ def run(args: argparse.Namespace) -> int:
     result = scaling_analysis(reports, labels=[str(p) for p in paths], tau=args.tau)
     if args.json is not None:
         write_text_atomic(args.json, result.to_json())
+    if args.html is not None:
+        from ..html import scaling_html
+
+        write_text_atomic(args.html, scaling_html(result, reports))
     if args.plot is not None:
         from ..plots_scaling import write_scaling_plots
 
