@@ -329,7 +329,7 @@ def next_text(report: Report) -> Table:
     t.add_column(style="bold", no_wrap=True)
     t.add_column(overflow="fold")
     for i, (what, cmd) in enumerate(next_steps(report)):
-        t.add_row("next" if i == 0 else "", what, cmd)
+        t.add_row("next" if i == 0 else "", what, Text(printable(cmd)))  # paths are data, never markup
     return t
 
 
@@ -402,12 +402,14 @@ def to_markdown(report: Report) -> str:
         for row in m["ladder"]:
             out.append(f"| {row['label']} ({max(row['widths'])}) | {row['ffn_param_saving']:.0%} | "
                        f"{_delta(row['projection']['worst_delta_ce'])} | {_delta(row['slim']['worst_delta_ce'])} |")
+    elif a and a.get("withheld"):
+        out += ["", f"**Width advice withheld**: {a['withheld']['reason']}. The metrics above are biased low."]
     elif a and a.get("recommended_width") is not None:
         out += [
             "",
             f"**Width estimate** (unmeasured): k{round(100 * a['q'])} needs {a.get('needed_width', a['recommended_width'])} "
-            f"of {a['current_width']} neurons ({a['recommended_width']} aligned; worst layer loses "
-            f"{a['max_variance_lost']:.2%} of variance). A compressibility estimate, not a deployable width: measure "
+            f"of {a['current_width']} neurons, {a['recommended_width']} aligned (counted: {counted_text(a)}; worst layer "
+            f"loses {a['max_variance_lost']:.2%} of variance). A compressibility estimate, not a deployable width: measure "
             "it with `sui-onnx report --eval HELDOUT` or `sui-onnx slim --eval HELDOUT`. Assumptions: "
             + "; ".join(a.get("assumptions", [])) + ".",
         ]

@@ -104,7 +104,7 @@ def test_advice_quantile_says_which_layers_were_counted(tmp_path):
 
 
 def test_thin_data_withholds_the_advice_but_prints_the_flagged_metrics(tmp_path):
-    r = cli("report", MODEL, "--tokens", 300, "--seq-len", 50, "--json", tmp_path / "r.json")
+    r = cli("report", MODEL, "--tokens", 300, "--seq-len", 50, "--json", tmp_path / "r.json", "--markdown", tmp_path / "r.md")
     assert r.returncode == 0, r.stderr
     data = json.loads((tmp_path / "r.json").read_text())
     a = data["advice"]
@@ -119,6 +119,17 @@ def test_thin_data_withholds_the_advice_but_prints_the_flagged_metrics(tmp_path)
         assert re.search(rf"^\s+{x['layer']}\s+128\s+{x['hard_rank']:.1f}\s.*low_tokens\s*$", r.stdout, re.M)
     assert "thin data: 300 tokens < 4·D = 512" in text
     assert "sui-onnx report tests/fixtures/gpt2_w128 --tokens 1280" in text  # the next step: calibrate more
+    md = (tmp_path / "r.md").read_text()
+    assert f"**Width advice withheld**: {reason}." in md and "Width estimate" not in md
+
+
+def test_model_paths_in_the_next_steps_are_text_not_markup(tmp_path):
+    import shutil
+
+    shutil.copytree(MODEL, tmp_path / "[red]m")
+    r = cli("report", "[red]m", "--tokens", 2000, "--seq-len", 50, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "sui-onnx check [red]m --baseline base.json" in r.stdout and "model  [red]m/model.onnx" in r.stdout
 
 
 def test_check_fails_on_rank_capped_layers_unless_low_tokens_are_allowed(tmp_path):
