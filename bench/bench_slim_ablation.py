@@ -34,6 +34,9 @@ def main() -> None:
     ap.add_argument("--eval-seq-len", type=int, default=256)
     ap.add_argument("--align", type=int, default=64)
     ap.add_argument("--skip-more-tokens", action="store_true")
+    ap.add_argument("--quick", action="store_true",
+                    help="ridge 0, 1e-3, 1e-2, the per-layer schedule and 4x tokens only (refine, the variance baseline "
+                         "and the unweighted statistics are bench/bench_slim_weighting.py's)")
     args = ap.parse_args()
 
     from models.domains import build
@@ -71,23 +74,26 @@ def main() -> None:
     for num, den in ((3, 4), (1, 2)):
         uniform = [aligned(d, num / den, args.align) for d in study.widths]
         label = f"{num}/{den}"
-        for ridge in (0.0, 1e-4, 1e-3, 1e-2, 1e-1):
+        for ridge in ((0.0, 1e-3, 1e-2) if args.quick else (0.0, 1e-4, 1e-3, 1e-2, 1e-1)):
             study.ridge = ridge
             rows.append({"width": label, "variant": f"id, ridge {ridge:g}", "dce": measure(study.variant(uniform, "id").model)})
             print(rows[-1], flush=True)
         study.ridge = slim_math.DEFAULT_RIDGE
-        rows.append({"width": label, "variant": "id without output weighting", "dce": measure(unweighted(study, uniform))})
-        print(rows[-1], flush=True)
+        if not args.quick:
+            rows.append({"width": label, "variant": "id without output weighting", "dce": measure(unweighted(study, uniform))})
+            print(rows[-1], flush=True)
         per_layer = study.per_layer_widths(uniform, "id", args.align)
         rows.append({"width": label, "variant": "id, --schedule per-layer", "widths": per_layer,
                      "dce": measure(study.variant(per_layer, "id").model)})
         print(rows[-1], flush=True)
+        if args.quick:
+            continue
         rows.append({"width": label, "variant": "id, --refine",
                      "dce": measure(refine(study, study.variant(uniform, "id"), CalibrationSpec([code_calib], tokens=args.tokens)).model)})
         print(rows[-1], flush=True)
         rows.append({"width": label, "variant": "variance (baseline)", "dce": measure(study.variant(uniform, "variance").model)})
         print(rows[-1], flush=True)
-    if study.weighting:
+    if study.weighting and not args.quick:
         plain = study_for(args.tokens, weighting=False)
         for num, den in ((3, 4), (1, 2)):
             uniform = [aligned(d, num / den, args.align) for d in plain.widths]
