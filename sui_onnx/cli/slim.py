@@ -74,10 +74,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "by each layer's output-space residual")
     g.add_argument("--align", type=_positive_int, default=64, metavar="N",
                    help="widths are multiples of N for --ratio, --schedule per-layer and the search (default 64)")
-    g.add_argument("--refine", action="store_true",
-                   help="one more calibration pass with the original and the narrowed model side by side: each down "
-                        "projection is refitted on the inputs the narrowed model gives it, so a layer also corrects "
-                        "the error of the layers before it (same neurons kept)")
     g.add_argument("--ridge", type=_nats, default=DEFAULT_RIDGE, metavar="R",
                    help=f"ridge of the refit, relative to the kept neurons' mean variance (default {DEFAULT_RIDGE:g})")
     add_calib_args(p, encoder=False)
@@ -102,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate import Evaluator, ModelInput
     from ..graph.source import file_sha256, resolve_model_path
     from ..graph.surgery import write_model_folder
-    from ..slimming import SlimStudy, eval_summary, refine, search_width, slim_record, worst_delta
+    from ..slimming import SlimStudy, eval_summary, search_width, slim_record, worst_delta
 
     model = resolve_model_path(args.model)
     out_dir: Path = args.out_dir
@@ -125,11 +121,7 @@ def run(args: argparse.Namespace) -> int:
                               calibration_digests=digests, kl=False)  # search probes: the reference runs once
 
     def build(widths: list[int]):
-        v = study.variant(widths, args.method)
-        if args.refine:
-            with TokenProgress(enabled=not quiet) as bar:
-                v = refine(study, v, calibration_spec(args), args.device, args.threads, bar)
-        return v
+        return study.variant(widths, args.method)
 
     def widths_for(uniform: list[int]) -> list[int]:
         if args.schedule == "per-layer":
@@ -177,7 +169,6 @@ def run(args: argparse.Namespace) -> int:
                         f"--reference {model})")
     record = slim_record(study, variant, request, None, None, evaluation, search, warnings, args.method,
                          args.schedule, args.align)
-    record["refined"] = bool(args.refine)
     written = write_model_folder(variant.model, study.src, out_dir,
                                  {"slim.json": (json.dumps(record, indent=2, allow_nan=False) + "\n").encode()},
                                  copy_from=study.src.folder)
