@@ -2,9 +2,11 @@
 
 For a family of models that differ only in FFN width D, fit ``rank = A * D^beta`` by least squares
 on (ln D, ln rank), separately for soft and hard rank, per layer and for the per-model median over
-layers; report R^2 (log space), a 95% Student-t interval for beta, the asymmetry
-beta_soft - beta_hard, SUI against width, the width where the fitted hard rank saturates
-(d hard / d D < tau) and the measured width with the highest median SUI.
+layers; report R^2 (log space, flagged below a level), a 95% Student-t interval for beta
+(sui_onnx/student_t.py), the asymmetry beta_soft - beta_hard with its interval, SUI against width,
+the width where the fitted hard rank saturates (d hard / d D < tau) and the measured width with the
+highest median SUI. Several seeds of one width are pooled (mean and spread per width) and also
+fitted seed by seed.
 
 Pure: reports and arrays in, numbers out. No printing, no files, no terminal. Set-level problems
 (too few widths, mixed depths or families) raise :class:`sui_onnx.errors.SuiError`; bad arrays
@@ -16,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,120 +25,15 @@ import numpy as np
 from ._version import __version__
 from .errors import SuiError
 from .report import Report, _json_safe
+from .student_t import betainc, student_t_cdf, student_t_quantile, student_t_sf  # noqa: F401 (re-exported)
 
 SCHEMA = "sui-onnx/scaling"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: seeds pooled per width (per_width, seed_fits, inputs.seeds), low_r2 flags
 DEFAULT_TAU = 0.05
 CONFIDENCE = 0.95
 MIN_WIDTHS = 3
-
-
-# ------------------------------------------------------------------------------ Student t
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz), for x < (a+1)/(a+b+2)."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c = 1.0
-    d = 1.0 - qab * x / qap
-    d = tiny if abs(d) < tiny else d
-    d = 1.0 / d
-    h = d
-    for m in range(1, 10_000):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = tiny if abs(d) < tiny else d
-        c = 1.0 + aa / c
-        c = tiny if abs(c) < tiny else c
-        d = 1.0 / d
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = tiny if abs(d) < tiny else d
-        c = 1.0 + aa / c
-        c = tiny if abs(c) < tiny else c
-        d = 1.0 / d
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-16:
-            return h
-    raise ArithmeticError("incomplete beta continued fraction did not converge")  # pragma: no cover
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta function I_x(a, b) for a, b > 0 and 0 <= x <= 1."""
-    if not (a > 0 and b > 0):
-        raise ValueError(f"betainc needs a, b > 0, got a={a}, b={b}")
-    if not 0.0 <= x <= 1.0:
-        raise ValueError(f"betainc needs 0 <= x <= 1, got {x}")
-    if x == 0.0 or x == 1.0:
-        return float(x)
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                 + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def student_t_sf(t: float, dof: float) -> float:
-    """Upper tail P(T > t) of Student's t with `dof` degrees of freedom."""
-    if not dof > 0:
-        raise ValueError(f"degrees of freedom must be positive, got {dof}")
-    if math.isinf(t):
-        return 0.0 if t > 0 else 1.0
-    tail = 0.5 * betainc(dof / 2.0, 0.5, dof / (dof + t * t))
-    return tail if t >= 0 else 1.0 - tail
-
-
-def student_t_cdf(t: float, dof: float) -> float:
-    """P(T <= t) of Student's t with `dof` degrees of freedom."""
-    return 1.0 - student_t_sf(t, dof)
-
-
-def _t_pdf(t: float, dof: float) -> float:
-    log_c = math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
-    return math.exp(log_c - (dof + 1) / 2 * math.log1p(t * t / dof))
-
-
-@lru_cache(maxsize=256)
-def student_t_quantile(p: float, dof: float) -> float:
-    """The p-quantile of Student's t with `dof` (> 0, not necessarily integer) degrees of freedom.
-
-    Solves P(T > t) = 1 - p (for p > 1/2; symmetric otherwise) on the upper tail, which is
-    computed from the regularized incomplete beta function, by a bracketed Newton iteration
-    (bisection whenever a Newton step leaves the bracket). Accurate to ~1e-12 relative."""
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"quantile level must be in (0, 1), got {p}")
-    if not dof > 0:
-        raise ValueError(f"degrees of freedom must be positive, got {dof}")
-    if p == 0.5:
-        return 0.0
-    if p < 0.5:
-        return -student_t_quantile(1.0 - p, dof)
-    target = 1.0 - p  # upper-tail probability, < 1/2
-    lo, hi = 0.0, 1.0
-    while student_t_sf(hi, dof) > target:
-        lo, hi = hi, hi * 2.0
-        if hi > 1e300:  # pragma: no cover - only for p absurdly close to 1
-            return math.inf
-    t = 0.5 * (lo + hi)
-    for _ in range(400):
-        g = student_t_sf(t, dof) - target  # decreasing in t
-        if g > 0:
-            lo = t
-        else:
-            hi = t
-        if g == 0.0 or hi - lo <= 1e-15 * max(1.0, hi):
-            break
-        step = g / _t_pdf(t, dof)  # Newton: t_new = t - g / g' with g' = -pdf
-        t_new = t + step
-        if not lo < t_new < hi:
-            t_new = 0.5 * (lo + hi)
-        if abs(t_new - t) <= 1e-15 * max(1.0, abs(t)):
-            t = t_new
-            break
-        t = t_new
-    return float(t)
+DEFAULT_MIN_R2 = 0.95  # fits with a lower R^2 are flagged: not a clean power law (the issue's goal for soft rank)
+DEFAULT_SEED_KEY = "seed"
 
 
 # ------------------------------------------------------------------------------ power-law fit
@@ -266,12 +162,33 @@ def saturation(fit: PowerLawFit, widths: Sequence[float], tau: float = DEFAULT_T
 
 
 # ------------------------------------------------------------------------------ the analysis
+@dataclass(frozen=True)
+class Spread:
+    """One quantity over the seeds of one width: mean, sample SD (ddof 1; NaN for one seed), range."""
+
+    mean: float
+    sd: float
+    min: float
+    max: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> "Spread":
+        v = np.asarray(values, dtype=np.float64)
+        sd = float(v.std(ddof=1)) if v.size > 1 else math.nan
+        return cls(float(v.mean()), sd, float(v.min()), float(v.max()), int(v.size))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "sd": self.sd, "min": self.min, "max": self.max, "n": self.n}
+
+
 @dataclass
-class ModelPoint:
-    """One model of the family: its width and per-layer / median measurements."""
+class RunPoint:
+    """One input (one trained model, one seed): its width, seed and per-layer / median measurements."""
 
     label: str
     width: int
+    seed: Any
     n_layers: int
     usable_layers: int
     min_tokens: int
@@ -288,6 +205,7 @@ class ModelPoint:
         return {
             "label": self.label,
             "width": self.width,
+            "seed": self.seed,
             "path": self.provenance.get("path"),
             "sha256": self.provenance.get("sha256"),
             "n_layers": self.n_layers,
@@ -296,6 +214,50 @@ class ModelPoint:
             "median_hard_rank": self.median_hard,
             "median_soft_rank": self.median_soft,
             "median_sui": self.median_sui,
+        }
+
+
+@dataclass
+class ModelPoint:
+    """One width of the family, pooled over its seeds (one run: that run's numbers).
+
+    median_*: the arithmetic mean over the runs of each run's median over its usable layers;
+    layer_*: per layer position, the mean over the runs where that layer is usable (None if none);
+    usable_layers / min_tokens: the smallest over the runs. These are the points the fits use."""
+
+    label: str
+    width: int
+    n_layers: int
+    usable_layers: int
+    min_tokens: int
+    median_hard: float
+    median_soft: float
+    median_sui: float
+    layer_hard: list[float | None]
+    layer_soft: list[float | None]
+    layer_sui: list[float | None]
+    layer_widths: list[int]
+    provenance: dict[str, Any]
+    runs: list[RunPoint] = field(default_factory=list)
+
+    @property
+    def seeds(self) -> list[Any]:
+        return [r.seed for r in self.runs]
+
+    def spread(self, key: str) -> Spread:
+        """Spread over the seeds of the per-run median of `key` ("hard", "soft" or "sui")."""
+        return Spread.of([getattr(r, f"median_{key}") for r in self.runs])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "width": self.width,
+            "seeds": self.seeds,
+            "n_seeds": len(self.runs),
+            "usable_layers": self.usable_layers,
+            "min_tokens": self.min_tokens,
+            "hard_rank": self.spread("hard").to_dict(),
+            "soft_rank": self.spread("soft").to_dict(),
+            "sui": self.spread("sui").to_dict(),
         }
 
 
@@ -309,12 +271,12 @@ class LayerScaling:
     saturation: Saturation | None
     note: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, min_r2: float = DEFAULT_MIN_R2) -> dict[str, Any]:
         return {
             "layer": self.layer,
             "widths": self.widths,
-            "soft_rank": self.soft.to_dict() if self.soft else None,
-            "hard_rank": self.hard.to_dict() if self.hard else None,
+            "soft_rank": _fit_dict(self.soft, min_r2),
+            "hard_rank": _fit_dict(self.hard, min_r2),
             "asymmetry": _asymmetry_dict(self.asymmetry),
             "saturation": self.saturation.to_dict() if self.saturation else None,
             "note": self.note,
@@ -322,10 +284,26 @@ class LayerScaling:
 
 
 @dataclass
+class SeedFit:
+    """The fits over the runs of one seed alone (its spread across seeds shows how much one training
+    run moves the exponents)."""
+
+    seed: Any
+    widths: list[int]
+    soft: PowerLawFit
+    hard: PowerLawFit
+    asymmetry: PowerLawFit
+
+    def to_dict(self, min_r2: float = DEFAULT_MIN_R2) -> dict[str, Any]:
+        return {"seed": self.seed, "widths": self.widths, "soft_rank": _fit_dict(self.soft, min_r2),
+                "hard_rank": _fit_dict(self.hard, min_r2), "asymmetry": _asymmetry_dict(self.asymmetry)}
+
+
+@dataclass
 class ScalingResult:
     """Everything `scaling_analysis` found; ``to_dict`` is the JSON (schema sui-onnx/scaling)."""
 
-    models: list[ModelPoint]  # sorted by width
+    models: list[ModelPoint]  # one per width (seeds pooled), sorted by width
     n_layers: int
     site: str | None
     top_fraction: float | None
@@ -337,10 +315,22 @@ class ScalingResult:
     saturation: Saturation
     sui_peak: dict[str, Any]
     layers: list[LayerScaling] = field(default_factory=list)
+    runs: list[RunPoint] = field(default_factory=list)  # every input, sorted by width then seed
+    seed_fits: list[SeedFit] = field(default_factory=list)  # one per seed when there are >= 2 seeds
+    min_r2: float = DEFAULT_MIN_R2
+    seed_key: str = DEFAULT_SEED_KEY
 
     @property
     def widths(self) -> list[int]:
         return [m.width for m in self.models]
+
+    @property
+    def seeds(self) -> list[Any]:
+        return sorted({_seed_id(r.seed): r.seed for r in self.runs}.values(), key=_seed_order)
+
+    def low_r2(self, fit: PowerLawFit | None) -> bool:
+        """True when the fit's R^2 is defined and below ``min_r2`` (not a clean power law)."""
+        return fit is not None and math.isfinite(fit.r2) and fit.r2 < self.min_r2
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -353,32 +343,55 @@ class ScalingResult:
                 "site": self.site,
                 "top_fraction": self.top_fraction,
                 "family": self.family,
-                "models": [m.to_dict() for m in self.models],
+                "seed_key": self.seed_key,
+                "seeds": self.seeds,
+                "models": [r.to_dict() for r in self.runs],
             },
-            "settings": {"tau": self.tau, "confidence": CONFIDENCE,
+            "settings": {"tau": self.tau, "confidence": CONFIDENCE, "min_r2": self.min_r2,
                          "fit": "least squares of ln rank on ln D",
-                         "model_statistic": "median over usable layers"},
+                         "model_statistic": "median over usable layers",
+                         "seed_pooling": "per width, the arithmetic mean over seeds; the fits use ln of "
+                                         "these means (one point per width)"},
+            "per_width": [m.to_dict() for m in self.models],
             "median_fits": {
-                "soft_rank": self.soft.to_dict(),
-                "hard_rank": self.hard.to_dict(),
+                "soft_rank": _fit_dict(self.soft, self.min_r2),
+                "hard_rank": _fit_dict(self.hard, self.min_r2),
                 "asymmetry": _asymmetry_dict(self.asymmetry),
             },
-            "layers": [x.to_dict() for x in self.layers],
+            "layers": [x.to_dict(self.min_r2) for x in self.layers],
+            "seed_fits": [f.to_dict(self.min_r2) for f in self.seed_fits],
             "sui": [{"width": m.width, "median_sui": m.median_sui} for m in self.models],
             "saturation": self.saturation.to_dict(),
             "sui_peak": self.sui_peak,
         }
-
 
     def to_json(self) -> str:
         """The JSON text; NaN (undefined R^2 or interval) is written as null."""
         return json.dumps(_json_safe(self.to_dict()), indent=2, allow_nan=False) + "\n"
 
 
+def asymmetry_verdict(fit: PowerLawFit | None) -> str:
+    """Where the 95% interval of beta_soft - beta_hard lies: "above 0", "below 0", "includes 0",
+    or "undefined" (no interval: fewer than 3 widths)."""
+    if fit is None:
+        return "undefined"
+    lo, hi = fit.beta_ci95
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "undefined"
+    return "above 0" if lo > 0 else "below 0" if hi < 0 else "includes 0"
+
+
+def _fit_dict(fit: PowerLawFit | None, min_r2: float) -> dict[str, Any] | None:
+    if fit is None:
+        return None
+    return {**fit.to_dict(), "low_r2": bool(math.isfinite(fit.r2) and fit.r2 < min_r2)}
+
+
 def _asymmetry_dict(fit: PowerLawFit | None) -> dict[str, Any] | None:
     if fit is None:
         return None
-    return {"beta_soft_minus_hard": fit.beta, "ci95": [fit.beta_ci95[0], fit.beta_ci95[1]]}
+    return {"beta_soft_minus_hard": fit.beta, "ci95": [fit.beta_ci95[0], fit.beta_ci95[1]],
+            "beta_se": fit.beta_se, "n": fit.n, "verdict": asymmetry_verdict(fit)}
 
 
 def _family_hints(report: Report) -> dict[str, Any]:
@@ -391,15 +404,50 @@ def _median(values: list[float]) -> float:
     return float(np.median(np.asarray(values, dtype=np.float64)))
 
 
-def _model_point(report: Report, label: str) -> ModelPoint:
+def report_seed(report: Report, key: str = DEFAULT_SEED_KEY, label: str = "report") -> Any:
+    """The training seed a report records, or None.
+
+    ``key`` is a dotted path into the report's model provenance (``"model"`` of the report JSON):
+    ``--seed-key train.seed`` reads ``model.train.seed``. The default key ``seed`` reads ``model.seed``
+    and, when that is absent, ``model.train.seed`` (what models/scaling_families.py and
+    bench/results.py write). A seed is a number or a name; anything else is refused."""
+    paths = ["seed", "train.seed"] if key == DEFAULT_SEED_KEY else [key]
+    for path in paths:
+        node: Any = report.model or {}
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+            if node is None:
+                break
+        if node is None:
+            continue
+        if isinstance(node, bool) or not isinstance(node, (int, float, str)):
+            raise SuiError(f"{label}: the seed at model.{path} is not a number or a name ({type(node).__name__})")
+        return node
+    return None
+
+
+def _seed_id(seed: Any) -> tuple[str, str]:
+    return (type(seed).__name__, repr(seed))
+
+
+def _seed_order(seed: Any) -> tuple[int, float, str]:
+    if seed is None:
+        return (2, 0.0, "")
+    if isinstance(seed, (int, float)):
+        return (0, float(seed), "")
+    return (1, 0.0, str(seed))
+
+
+def _run_point(report: Report, label: str, seed_key: str) -> RunPoint:
     layers = sorted(report.layers, key=lambda x: x.layer)
     ok = [x.usable and x.hard_rank is not None and x.soft_rank is not None for x in layers]
     usable = [x for x, good in zip(layers, ok) if good]
     if not usable:
         raise SuiError(f"{label}: no usable layer (every layer is degenerate or non-finite)")
-    return ModelPoint(
+    return RunPoint(
         label=label,
         width=max(x.width for x in layers),
+        seed=report_seed(report, seed_key, label),
         n_layers=len(layers),
         usable_layers=len(usable),
         min_tokens=min(x.tokens for x in layers),
@@ -411,6 +459,34 @@ def _model_point(report: Report, label: str) -> ModelPoint:
         layer_sui=[x.sui if good else None for x, good in zip(layers, ok)],
         layer_widths=[x.width for x in layers],
         provenance=dict(report.model or {}),
+    )
+
+
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(np.asarray(kept, dtype=np.float64))) if kept else None
+
+
+def _pooled(runs: list[RunPoint]) -> ModelPoint:
+    """One width's runs (distinct seeds) as one point: means over the seeds."""
+    first = runs[0]
+    n = first.n_layers
+    label = first.label if len(runs) == 1 else f"{first.label} (+{len(runs) - 1} more seed{'s' if len(runs) > 2 else ''})"
+    return ModelPoint(
+        label=label,
+        width=first.width,
+        n_layers=n,
+        usable_layers=min(r.usable_layers for r in runs),
+        min_tokens=min(r.min_tokens for r in runs),
+        median_hard=float(np.mean([r.median_hard for r in runs])),
+        median_soft=float(np.mean([r.median_soft for r in runs])),
+        median_sui=float(np.mean([r.median_sui for r in runs])),
+        layer_hard=[_mean_or_none([r.layer_hard[i] for r in runs]) for i in range(n)],
+        layer_soft=[_mean_or_none([r.layer_soft[i] for r in runs]) for i in range(n)],
+        layer_sui=[_mean_or_none([r.layer_sui[i] for r in runs]) for i in range(n)],
+        layer_widths=list(first.layer_widths),
+        provenance=first.provenance,
+        runs=list(runs),
     )
 
 
@@ -474,29 +550,47 @@ def _check_family(reports: Sequence[Report], labels: Sequence[str]) -> dict[str,
 
 
 def scaling_analysis(reports: Sequence[Report], labels: Sequence[str] | None = None,
-                     tau: float = DEFAULT_TAU) -> ScalingResult:
+                     tau: float = DEFAULT_TAU, min_r2: float = DEFAULT_MIN_R2,
+                     seed_key: str = DEFAULT_SEED_KEY) -> ScalingResult:
     """Fit the spectral scaling law over reports of one model family at several FFN widths.
 
-    The width of a model is its widest FFN layer. Layers are matched by position (sorted layer
-    index). Per layer, only usable layers enter the fit; a layer with fewer than 3 usable widths
-    gets no fit. Raises SuiError for sets that cannot be fitted."""
+    The width of a model is its widest FFN layer. Reports of the same width are seeds of that width
+    (their seed: :func:`report_seed` with ``seed_key``) and are pooled into one point per width (the
+    mean over seeds); two reports with the same width and seed are refused. Layers are matched by
+    position (sorted layer index). Per layer, only usable layers enter the fit; a layer with fewer
+    than 3 usable widths gets no fit. With two or more seeds, each seed present at >= 3 widths is
+    also fitted on its own (``seed_fits``). Fits with R^2 below ``min_r2`` are flagged (``low_r2``).
+    Raises SuiError for sets that cannot be fitted."""
     if not tau > 0 or not math.isfinite(tau):
         raise SuiError(f"--tau must be a positive number, got {tau}")
+    if not (math.isfinite(min_r2) and 0.0 <= min_r2 <= 1.0):
+        raise SuiError(f"--min-r2 must be a number in [0, 1], got {min_r2}")
+    if not seed_key or any(not part for part in seed_key.split(".")):
+        raise SuiError(f"--seed-key must be a dotted path such as seed or train.seed, got {seed_key!r}")
     labels = list(labels) if labels is not None else [f"input {i + 1}" for i in range(len(reports))]
     if len(labels) != len(reports):
         raise ValueError("labels and reports differ in length")
     if len(reports) < MIN_WIDTHS:
         raise SuiError(f"scaling needs reports of at least {MIN_WIDTHS} distinct FFN widths; got {len(reports)} input(s)")
     family = _check_family(reports, labels)
-    points = [_model_point(r, lab) for r, lab in zip(reports, labels)]
-    by_width: dict[int, str] = {}
-    for p in points:
-        if p.width in by_width:
-            raise SuiError(f"duplicate width D={p.width} ({by_width[p.width]} and {p.label}); give one model per width")
-        by_width[p.width] = p.label
-    if len(by_width) < MIN_WIDTHS:  # pragma: no cover - implied by the two checks above
-        raise SuiError(f"scaling needs at least {MIN_WIDTHS} distinct FFN widths")
-    points.sort(key=lambda p: p.width)
+    runs = [_run_point(r, lab, seed_key) for r, lab in zip(reports, labels)]
+    by_key: dict[tuple[int, tuple[str, str]], str] = {}
+    for run in runs:
+        key = (run.width, _seed_id(run.seed))
+        if key in by_key:
+            seed = "no seed recorded" if run.seed is None else f"seed {run.seed}"
+            raise SuiError(f"duplicate width D={run.width} with the same seed ({by_key[key]} and {run.label}: {seed}); "
+                           f"give one model per width and seed (the seed is read from the report's model "
+                           f"provenance, --seed-key {seed_key})")
+        by_key[key] = run.label
+    runs.sort(key=lambda r: (r.width, _seed_order(r.seed)))
+    groups: dict[int, list[RunPoint]] = {}
+    for run in runs:
+        groups.setdefault(run.width, []).append(run)
+    if len(groups) < MIN_WIDTHS:
+        raise SuiError(f"scaling needs reports of at least {MIN_WIDTHS} distinct FFN widths; got {len(groups)} "
+                       f"width(s) in {len(runs)} input(s)")
+    points = [_pooled(groups[w]) for w in sorted(groups)]
     widths = [p.width for p in points]
 
     soft = fit_power_law(widths, [p.median_soft for p in points])
@@ -518,6 +612,18 @@ def scaling_analysis(reports: Sequence[Report], labels: Sequence[str] | None = N
         la = fit_power_law(lw, [s / h for _, s, h in pts])
         layers.append(LayerScaling(layer_id, lw, ls, lh, la, saturation(lh, lw, tau)))
 
+    seed_fits = []
+    seeds = sorted({_seed_id(r.seed): r.seed for r in runs}.values(), key=_seed_order)
+    if len(seeds) >= 2:
+        for seed in seeds:
+            own = [r for r in runs if _seed_id(r.seed) == _seed_id(seed)]
+            if len({r.width for r in own}) < MIN_WIDTHS:
+                continue
+            sw = [r.width for r in own]
+            seed_fits.append(SeedFit(seed, sw, fit_power_law(sw, [r.median_soft for r in own]),
+                                     fit_power_law(sw, [r.median_hard for r in own]),
+                                     fit_power_law(sw, [r.median_soft / r.median_hard for r in own])))
+
     best = max(range(len(points)), key=lambda k: (points[k].median_sui, -k))
     position = ("smallest" if best == 0 else "largest" if best == len(points) - 1 else "interior")
     sui_peak = {"width": points[best].width, "median_sui": points[best].median_sui, "position": position}
@@ -534,4 +640,8 @@ def scaling_analysis(reports: Sequence[Report], labels: Sequence[str] | None = N
         saturation=saturation(hard, widths, tau),
         sui_peak=sui_peak,
         layers=layers,
+        runs=runs,
+        seed_fits=seed_fits,
+        min_r2=min_r2,
+        seed_key=seed_key,
     )

@@ -327,7 +327,10 @@ def test_to_dict_layout():
         fit = d["median_fits"][key]
         assert set(fit) >= {"beta", "A", "r2", "beta_ci95", "n", "residual_sd"}
         assert len(fit["beta_ci95"]) == 2
-    assert set(d["median_fits"]["asymmetry"]) == {"beta_soft_minus_hard", "ci95"}
+    assert set(d["median_fits"]["asymmetry"]) == {"beta_soft_minus_hard", "ci95", "beta_se", "n", "verdict"}
+    assert d["median_fits"]["asymmetry"]["verdict"] == "above 0"  # 0.661 - 0.289 with R^2 = 1
+    assert d["median_fits"]["soft_rank"]["low_r2"] is False and d["settings"]["min_r2"] == 0.95
+    assert [w["n_seeds"] for w in d["per_width"]] == [1] * 5 and d["seed_fits"] == []
     assert len(d["layers"]) == 3 and d["layers"][0]["soft_rank"]["n"] == 5
     assert [s["width"] for s in d["sui"]] == d["inputs"]["widths"]
     assert d["saturation"]["tau"] == 0.01 and d["saturation"]["status"] == "reached"

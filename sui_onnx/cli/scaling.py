@@ -31,17 +31,28 @@ def _tau(text: str) -> float:
     return value
 
 
+def _min_r2(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..scaling import DEFAULT_TAU
+    from ..scaling import DEFAULT_MIN_R2, DEFAULT_SEED_KEY, DEFAULT_TAU
 
     p = sub.add_parser(
         "scaling",
         help="fit the spectral scaling law (rank = A * D^beta) across FFN widths of one family",
         description="Fit soft and hard rank against FFN width D (rank = A * D^beta, least squares in "
                     "log-log space) over models of one family at >= 3 widths, per layer and for the "
-                    "median over layers; report R^2, 95% t-intervals, the asymmetry "
-                    "beta_soft - beta_hard, SUI against width, the hard-rank saturation width and the "
-                    "SUI peak (docs/scaling.md).",
+                    "median over layers; several seeds of a width are pooled (mean and spread); report "
+                    "R^2 (flagged below --min-r2), 95% t-intervals, the asymmetry beta_soft - beta_hard "
+                    "with its interval, SUI against width, the hard-rank saturation width and the SUI "
+                    "peak (docs/scaling.md).",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="report JSON (sui-onnx report --json), .onnx file or folder holding model.onnx; "
@@ -50,6 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("scaling")
     g.add_argument("--tau", type=_tau, default=DEFAULT_TAU, metavar="T",
                    help=f"saturation threshold: width where d hard / d D falls below T (default {DEFAULT_TAU})")
+    g.add_argument("--min-r2", type=_min_r2, default=DEFAULT_MIN_R2, metavar="R",
+                   help=f"flag fits whose R^2 is below R: not a clean power law (default {DEFAULT_MIN_R2})")
+    g.add_argument("--seed-key", default=DEFAULT_SEED_KEY, metavar="KEY",
+                   help="where a report records its training seed: a dotted path in its model provenance; "
+                        "reports of one width with different seeds are pooled (default "
+                        f"{DEFAULT_SEED_KEY!r}: model.seed, else model.train.seed)")
     g = p.add_argument_group("outputs")
     g.add_argument("--json", type=Path, metavar="OUT", help="write the scaling JSON (schema sui-onnx/scaling); '-' for stdout")
     g.add_argument("--plot", type=Path, metavar="DIR", help="write scaling_ranks.png and scaling_sui.png (needs the `plot` extra)")
@@ -114,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
                 with TokenProgress(enabled=not quiet) as progress:
                     reports[i] = analyze(p, spec, analysis_options(args, progress))
 
-    result = scaling_analysis(reports, labels=[str(p) for p in paths], tau=args.tau)
+    result = scaling_analysis(reports, labels=[str(p) for p in paths], tau=args.tau, min_r2=args.min_r2,
+                              seed_key=args.seed_key)
     if args.json is not None:
         write_text_atomic(args.json, result.to_json())
     if args.html is not None:
@@ -152,6 +170,15 @@ def _pm(fit) -> str:
     return f"{fit.beta:.3f} ± {(hi - lo) / 2:.3f}"
 
 
+def _mean_sd(spread, fmt: str = ".2f") -> str:
+    return _num(spread.mean, fmt) if spread.n < 2 else f"{_num(spread.mean, fmt)} ± {_num(spread.sd, fmt)}"
+
+
+def _r2(result, fit) -> str:
+    """R^2 with a trailing '!' when it is below --min-r2 (the legend line under the tables says so)."""
+    return _num(fit.r2) + (" !" if result.low_r2(fit) else "")
+
+
 def scaling_renderables(result) -> list[Any]:
     from rich.table import Table
     from rich.text import Text
@@ -160,25 +187,29 @@ def scaling_renderables(result) -> list[Any]:
 
     family = ", ".join(f"{k} {v if isinstance(v, str) else '/'.join(v)}" for k, v in result.family.items())
 
-    head = Text(printable(f"Spectral scaling over {len(result.models)} widths, {result.n_layers} FFN layers"
+    seeds = result.seeds
+    n_seeds = f", {len(seeds)} seeds ({', '.join(map(str, seeds))})" if len(seeds) > 1 else ""
+    head = Text(printable(f"Spectral scaling over {len(result.models)} widths{n_seeds}, {result.n_layers} FFN layers"
                 f"{', site ' + result.site if result.site else ''}{' (' + family + ')' if family else ''}"),
                 style="bold")
 
-    widths = Table(title="Per width (median over usable layers)", title_justify="left")
-    for col in ("D", "layers", "tokens", "hard rank", "soft rank", "hard/D", "soft/D", "SUI"):
+    pooled = len(result.runs) > len(result.models)
+    widths = Table(title="Per width (median over usable layers" + ("; mean ± SD over seeds" if pooled else "") + ")",
+                   title_justify="left")
+    for col in ("D", *(("seeds",) if pooled else ()), "layers", "tokens", "hard rank", "soft rank", "hard/D", "soft/D", "SUI"):
         widths.add_column(col, justify="right")
     for m in result.models:
         peak = " *" if m.width == result.sui_peak["width"] else ""
-        widths.add_row(str(m.width), f"{m.usable_layers}/{m.n_layers}", f"{m.min_tokens:,}",
-                       _num(m.median_hard, ".2f"), _num(m.median_soft, ".2f"),
+        widths.add_row(str(m.width), *((str(len(m.runs)),) if pooled else ()), f"{m.usable_layers}/{m.n_layers}",
+                       f"{m.min_tokens:,}", _mean_sd(m.spread("hard")), _mean_sd(m.spread("soft")),
                        _num(m.median_hard / m.width), _num(m.median_soft / m.width),
-                       _num(m.median_sui) + peak)
+                       _mean_sd(m.spread("sui"), ".3f") + peak)
 
     fits = Table(title="Power-law fits: rank = A * D^beta (median over layers)", title_justify="left")
     for col in ("quantity", "beta", "95% CI", "A", "R^2", "resid sd", "n"):
         fits.add_column(col, justify="right" if col != "quantity" else "left")
     for name, fit in (("soft rank", result.soft), ("hard rank", result.hard)):
-        fits.add_row(name, _num(fit.beta), _ci(fit.beta_ci95), _num(fit.A, ".4g"), _num(fit.r2),
+        fits.add_row(name, _num(fit.beta), _ci(fit.beta_ci95), _num(fit.A, ".4g"), _r2(result, fit),
                      _num(fit.residual_sd, ".3g"), str(fit.n))
     a = result.asymmetry
     fits.add_row("soft - hard", _num(a.beta), _ci(a.beta_ci95), "", "", "", str(a.n))
@@ -197,7 +228,17 @@ def scaling_renderables(result) -> list[Any]:
         if x.soft is None:
             layers.add_row(str(x.layer), f"no fit ({len(set(x.widths))} widths)", "", "", "", "")
             continue
-        layers.add_row(str(x.layer), _pm(x.soft), _num(x.soft.r2), _pm(x.hard), _num(x.hard.r2), _pm(x.asymmetry))
+        layers.add_row(str(x.layer), _pm(x.soft), _r2(result, x.soft), _pm(x.hard), _r2(result, x.hard),
+                       _pm(x.asymmetry))
+    parts = [head, widths, fits, layers]
+    if result.seed_fits:
+        per_seed = Table(title="Per seed (each seed's models alone, median over layers)", title_justify="left")
+        for col in ("seed", "widths", "beta soft", "R^2", "beta hard", "R^2 ", "soft - hard"):
+            per_seed.add_column(col, justify="right")
+        for f in result.seed_fits:
+            per_seed.add_row(printable(str(f.seed)), str(len(f.widths)), _pm(f.soft), _r2(result, f.soft), _pm(f.hard),
+                             _r2(result, f.hard), _pm(f.asymmetry))
+        parts.append(per_seed)
 
     sat = result.saturation
     if sat.status == "reached":
@@ -209,10 +250,26 @@ def scaling_renderables(result) -> list[Any]:
     else:
         sat_line = "not reached: beta_hard >= 1, the slope never falls"
     lines = Text()
+    from ..scaling import asymmetry_verdict
+
+    verdict = asymmetry_verdict(a)
+    meaning = {"above 0": "soft rank grows faster than hard rank, as in the paper",
+               "includes 0": "not distinguishable from equal exponents at this confidence",
+               "below 0": "hard rank grows faster than soft rank, unlike the paper",
+               "undefined": "no interval with fewer than 3 widths"}[verdict]
+    lines.append(f"asymmetry beta_soft - beta_hard = {_num(a.beta)}, 95% CI {_ci(a.beta_ci95)}: {verdict} "
+                 f"({meaning})\n")
+    low = [f"median {k}" for k, fit in (("soft", result.soft), ("hard", result.hard)) if result.low_r2(fit)]
+    for k in ("soft", "hard"):
+        ids = [str(x.layer) for x in result.layers if result.low_r2(getattr(x, k))]
+        if ids:
+            low.append(f"{k} of layer{'s' if len(ids) > 1 else ''} {', '.join(ids)}")
+    if low:
+        lines.append(f"! R^2 below {result.min_r2:g} (--min-r2: not a clean power law): {', '.join(low)}\n")
     lines.append(f"hard-rank saturation (d hard / d D = beta_hard * hard / D < {sat.tau:g}): {sat_line}; "
                  f"slope at D = {max(result.widths):,}: {_num(sat.slope_at_max_width, '.4g')}\n")
     peak = result.sui_peak
     edge = {"smallest": " (the smallest measured width: the peak may lie below)",
             "largest": " (the largest measured width: the peak may lie above)", "interior": ""}[peak["position"]]
     lines.append(f"SUI peak: D = {peak['width']:,}, median SUI {_num(peak['median_sui'])}{edge}")
-    return [head, widths, fits, layers, lines]
+    return [*parts, lines]
