@@ -89,10 +89,10 @@ def plan_groups(widths: Sequence[int], max_memory: int | None, auto: bool = Fals
                 "or pass --max-memory to try anyway"
             )
         if need > max_memory:
-            raise SuiError(
-                f"--max-memory {max_memory / 2**20:.0f} MiB is below one tap's statistics "
-                f"({need / 2**20:.0f} MiB for D={w})"
-            )
+            from .safeio import size_text
+
+            raise SuiError(f"--max-memory {size_text(max_memory)} is below one tap's statistics "
+                           f"({size_text(need)} for D={w})")
         if groups[-1] and used + need > max_memory:
             groups.append([])
             used = 0

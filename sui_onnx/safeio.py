@@ -64,6 +64,14 @@ def markup(text: Any) -> str:
     return escape(printable(text))
 
 
+def size_text(n: float) -> str:
+    """A byte count for a message, in the unit that shows it (bytes, KiB, MiB, GiB, TiB)."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
 def xml_text(text: Any) -> str:
     """Text XML 1.0 can hold: the characters it forbids written as visible escapes."""
     return _NOT_XML.sub(_escape_char, str(text))

@@ -33,6 +33,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _path(text: str) -> Path:
+    """A path argument; an empty one is an error (Path("") would silently mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return Path(text)
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -86,7 +93,7 @@ def add_tap_args(p: argparse.ArgumentParser) -> None:
 
 def add_calib_args(p: argparse.ArgumentParser, encoder: bool = True) -> None:
     g = p.add_argument_group("calibration")
-    g.add_argument("--calib", metavar="SRC", action="append", default=[], type=Path,
+    g.add_argument("--calib", metavar="SRC", action="append", default=[], type=_path,
                    help=".txt file, folder of .txt, .jsonl with a \"text\" field, or .npy token ids "
                         "[n_sequences, seq_len] (repeatable; default: the bundled English text)")
     g.add_argument("--tokens", type=_positive_int, metavar="N",
@@ -100,7 +107,7 @@ def add_calib_args(p: argparse.ArgumentParser, encoder: bool = True) -> None:
                    help="several --calib sources: sequential (default) feeds them in order until the token "
                         "budget is spent (later ones may get nothing); even gives each an equal share")
     if encoder:  # one model per run (report, check); scaling finds each decoder's encoder beside it
-        g.add_argument("--encoder", type=Path, metavar="ENCODER.onnx",
+        g.add_argument("--encoder", type=_path, metavar="ENCODER.onnx",
                        help="seq2seq decoders (T5, BART): the encoder run on each batch to give the decoder "
                             "its encoder_hidden_states; the decoder reads the same tokens (default: "
                             "encoder_model.onnx beside the model)")
@@ -130,13 +137,13 @@ def add_metric_args(p: argparse.ArgumentParser) -> None:
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("long runs")
-    g.add_argument("--checkpoint", type=Path, metavar="FILE",
+    g.add_argument("--checkpoint", type=_path, metavar="FILE",
                    help="save statistics to FILE every --checkpoint-every batches and at the end. Without it, "
                         "an interrupted run (Ctrl-C, SIGTERM) saves them to MODEL.sui-checkpoint.npz in the current "
                         "folder (MODEL: the model file's name without .onnx)")
     g.add_argument("--checkpoint-every", type=_positive_int, default=50, metavar="K", help="batches between checkpoints (default 50)")
-    g.add_argument("--resume", type=Path, metavar="FILE", help="continue an interrupted run from its checkpoint")
-    g.add_argument("--stats", type=Path, metavar="FILE",
+    g.add_argument("--resume", type=_path, metavar="FILE", help="continue an interrupted run from its checkpoint")
+    g.add_argument("--stats", type=_path, metavar="FILE",
                    help="report from finished or merged statistics (sui-onnx merge) without running calibration")
     g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="shard the calibration across Ray workers (needs the `ray` extra); without ADDRESS: "
@@ -178,7 +185,12 @@ def analysis_options(args: argparse.Namespace, progress: Any = None):
 
 
 def model_argument(args: argparse.Namespace) -> Path:
-    return Path(args.model) if args.model else demo_model()
+    """MODEL as given, or the bundled demo model when it is left out (an empty MODEL is an error)."""
+    if args.model is None:
+        return demo_model()
+    if not str(args.model).strip():
+        raise SuiError("MODEL is an empty path (leave it out for the bundled demo model)")
+    return Path(args.model)
 
 
 # files beside a model that belong to it: what a run reads (tokenizer, seq2seq encoder, onnxruntime-genai
