@@ -117,3 +117,10 @@ def test_one_nan_token_says_the_layer_is_dropped(work):
     for x in layers:
         assert x["status"] == "non_finite" and x["sui"] is None
         assert "batch 3" in x["message"] and "statistics were discarded" in x["message"], x["message"]
+
+
+def test_empty_paths_and_tiny_memory_caps_are_named(work):
+    one_error_line(cli("report", "", "-q", cwd=work), "MODEL is an empty path")
+    one_error_line(cli("report", "m", "--calib", "", "-q", cwd=work), "--calib")
+    line = one_error_line(cli("report", "m", "--calib", "ids.npy", "--max-memory", "1k", "-q", cwd=work), "--max-memory")
+    assert "1.0 KiB" in line and "18.4 KiB for D=48" in line
