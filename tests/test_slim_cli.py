@@ -64,12 +64,14 @@ def relu_lm(folder: Path, vocab=50, d_model=12, k=6, copies=4, n_layers=2, seed=
         out = f"{p}.down"
         if post_norm:  # Gemma-style: the FFN output is RMS-normalized before it joins the residual
             inits += [numpy_helper.from_array(np.array(2.0, np.float32), f"{p}.two"),
-                      numpy_helper.from_array(np.array(1e-6, np.float32), f"{p}.eps")]
+                      numpy_helper.from_array(np.array(1e-6, np.float32), f"{p}.eps"),
+                      numpy_helper.from_array(rng.uniform(0.1, 5.0, size=d_model).astype(np.float32), f"{p}.gain")]
             nodes += [helper.make_node("Pow", [out, f"{p}.two"], [f"{p}.sq"]),
                       helper.make_node("ReduceMean", [f"{p}.sq"], [f"{p}.ms"], axes=[-1], keepdims=1),
                       helper.make_node("Add", [f"{p}.ms", f"{p}.eps"], [f"{p}.mse"]),
                       helper.make_node("Sqrt", [f"{p}.mse"], [f"{p}.rms"]),
-                      helper.make_node("Div", [out, f"{p}.rms"], [f"{p}.normed"])]
+                      helper.make_node("Div", [out, f"{p}.rms"], [f"{p}.unit"]),
+                      helper.make_node("Mul", [f"{p}.unit", f"{p}.gain"], [f"{p}.normed"])]
             out = f"{p}.normed"
         nodes.append(helper.make_node("Add", [x, out], [f"x{i + 1}"]))
         x = f"x{i + 1}"
@@ -107,6 +109,7 @@ def test_slimmed_to_the_span_the_model_computes_the_same_outputs(tmp_path, gemm,
     assert [x["width_before"] for x in record["layers"]] == [24, 24]
     # an FFN output normalized on its own is fitted token-weighted (the relative error counts)
     assert [x["token_weighting"] for x in record["layers"]] == (["rms", "rms"] if post_norm else [None, None])
+    assert [x["output_gain"] for x in record["layers"]] == [post_norm, post_norm]  # the norm's gain weighs the selection
     # FFN weights: 2 layers x (12 x 24 up + 24 x 12 down) before, (12 x 6 + 6 x 12) after
     assert record["parameters"]["ffn_before"] == 2 * (12 * 24 + 24 * 12)
     assert record["parameters"]["ffn_after"] == 2 * (12 * 6 + 6 * 12)
