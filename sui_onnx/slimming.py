@@ -14,12 +14,14 @@ import datetime as _dt
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-import onnx
 
 from . import __version__
+
+if TYPE_CHECKING:
+    import onnx
 from .errors import SuiError
 from .slim import (DEFAULT_RIDGE, METHODS, Refit, Selection, WeightedMoments, allocate, norm_weights, projection,
                    refit, select)
@@ -210,6 +212,8 @@ class SlimStudy:
 
 def total_parameters(model: onnx.ModelProto) -> int:
     """Elements of every float initializer (weights), embedded or external."""
+    import onnx
+
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
     return int(sum(int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer if t.data_type in floats))
 
