@@ -231,8 +231,12 @@ def worst_delta(result) -> float | None:
 
 def eval_summary(result) -> dict[str, Any]:
     """The numbers of a measured variant, per eval source (JSON-ready)."""
+    cosines = [x.cosine for x in result.sources if x.cosine is not None]
+    errors = [x.rel_error for x in result.sources if x.rel_error is not None]
     return {
         "worst_delta_ce": worst_delta(result),
+        "worst_cosine": min(cosines) if cosines else None,        # encoders: hidden states against the original
+        "worst_rel_error": max(errors) if errors else None,
         "sources": [{"path": s.source.get("path"), "sha256": s.source.get("sha256"), "held_out": s.source.get("held_out"),
                      "tokens": s.tokens, "ce": s.ce, "ref_ce": s.ref_ce, "delta_ce": s.delta_ce,
                      "delta_ce_se": s.delta_ce_se, "kl": s.kl, "top1": s.top1, "cosine": s.cosine,
