@@ -184,6 +184,22 @@ def output_target(path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+_SYSTEM_TREES = ("/dev", "/proc", "/sys")  # devices, standard streams (/dev/stdout, /proc/self/fd/1), kernel files
+
+
+def system_path(path: str | os.PathLike) -> str | None:
+    """The system tree (/dev, /proc, /sys) ``path`` or its folder lies in, else None: an output
+    there is never a file of the user's (/dev/stdout redirected to a file is still the stream)."""
+    for p in (os.path.abspath(path), os.path.realpath(os.path.dirname(os.path.abspath(path)) or "."),
+              os.path.realpath(path)):
+        if (p == "/dev/shm" or p.startswith("/dev/shm/")) and not os.path.islink(path):
+            continue  # a RAM file system for files, not a device
+        for tree in _SYSTEM_TREES:
+            if p == tree or p.startswith(tree + os.sep):
+                return tree
+    return None
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], error: type[SuiError] = SuiError) -> Path:
     """Call ``write(fileobj)`` on a temporary file beside ``path``'s target, fsync it and rename it
     over the target (see the module doc). Returns the path written; a failure raises ``error``
@@ -197,6 +213,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], err
                     + (" (use '-' for standard output)" if kind in ("character device", "FIFO (named pipe)") else ""))
     if kind == "folder":
         raise error(f"cannot write {printable(path)}: it is a folder")
+    tree = system_path(path)
+    if tree is not None:
+        raise error(f"refusing to write {printable(path)}: it is in {tree}, not a file of yours "
+                    "(use '-' for standard output)")
     folder = target.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)

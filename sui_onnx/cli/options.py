@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator
 from ..calib import DEFAULT_BATCH_SIZE, DEFAULT_SEQ_LEN, MIXES, CalibrationSpec
 from ..errors import SuiError
 from ..metrics import DEFAULT_TOP_FRACTION
-from ..safeio import atomic_write, check_input, output_target, printable, special_kind
+from ..safeio import atomic_write, check_input, output_target, printable, special_kind, system_path
 
 
 def demo_model() -> Path:
@@ -416,6 +416,10 @@ def guard_outputs(inputs: Iterable[Path | None], outputs: Iterable[Any],
             raise SuiError(f"cannot write {label}{printable(out)}: it is a folder")
         if kind is not None:
             raise SuiError(f"refusing to write {label}{printable(out)}: it is a {kind}, not a regular file "
+                           "(use '-' for standard output)")
+        tree = system_path(out)
+        if tree is not None:  # /dev/stdout is the stream even when it is redirected to a regular file
+            raise SuiError(f"refusing to write {label}{printable(out)}: it is in {tree}, not a file of yours "
                            "(use '-' for standard output)")
         if out in ins:
             raise SuiError(f"refusing to write {label}{printable(out)}: it is an input of this run")

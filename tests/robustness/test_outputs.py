@@ -7,12 +7,13 @@ import io
 import json
 import os
 import stat
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from tests.robustness.clitools import assert_clean_failure, cli, ids, model_folder, one_error_line, snapshot
+from tests.robustness.clitools import assert_clean_failure, cli, env, ids, model_folder, one_error_line, snapshot
 
 
 @pytest.fixture()
@@ -63,6 +64,17 @@ def test_special_files_are_never_outputs(work, make):
     assert "'-'" in line  # says how to reach standard output
 
 
+@pytest.mark.parametrize("stream", ["/dev/fd/1", "/proc/self/fd/1"])
+def test_standard_output_by_name_is_refused_even_when_redirected_to_a_file(work, stream):
+    """/dev/stdout and its kin name the stream, not a file: replacing them (as root) would break the
+    machine's /dev. With stdout redirected to a regular file they look like one; still refused."""
+    with open(work / "out" / "stdout.txt", "wb") as fh:
+        r = subprocess.run([sys.executable, "-m", "sui_onnx", *RUN, "--json", stream], cwd=work, stdout=fh,
+                           stderr=subprocess.PIPE, text=True, env=env(), timeout=120)
+    line = one_error_line(r, "not a file of yours")
+    assert "'-'" in line and (work / "out" / "stdout.txt").read_bytes() == b""
+
+
 def test_dash_is_standard_output_for_every_report_output(work):
     r = cli(*RUN, "--json", "-", cwd=work)
     assert r.returncode == 0 and json.loads(r.stdout)["schema"] == "sui-onnx/report"
@@ -107,7 +119,8 @@ def _option_help(help_text: str, flag: str) -> str:
     ["--plot", "out/file.txt"],           # exists and is not a folder
     ["--markdown", "out/missing/r.md"],   # its folder does not exist
     ["--markdown", "out/sub/r.md"],       # its folder is a file
-    ["--markdown", "/proc/sui-onnx-r.md"],  # a folder nobody may write (even root)
+    ["--markdown", "/proc/sui-onnx-r.md"],  # a folder nobody may write (even root), a system tree
+    ["--markdown", "/dev/sui-onnx-r.md"],   # a system tree root may write
     ["--spectra", "out"],                 # a folder
 ])
 def test_every_output_is_checked_before_the_analysis(work, bad):
@@ -133,7 +146,7 @@ def test_check_and_scaling_check_outputs_first_too(work):
     before = snapshot(work)
     r = cli("check", "m", "--calib", "ids.npy", "--min-sui", "0", "-q", "--json", "out/g.json",
             "--junit", "/proc/sui-onnx-j.xml", cwd=work)
-    assert_clean_failure(r, work, before, "not writable")
+    assert "sui-onnx-j.xml" in assert_clean_failure(r, work, before)
     r = cli("scaling", "m", "m", "m", "--calib", "ids.npy", "-q", "--json", "out/s.json", "--plot", "ids.npy", cwd=work)
     assert_clean_failure(r, work, before, "not a folder")
 
