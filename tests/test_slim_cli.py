@@ -350,3 +350,15 @@ def test_large_models_are_written_with_external_data(tmp_path, monkeypatch):
     onnx.checker.check_model(str(written))
     probe = np.random.default_rng(5).integers(0, 50, size=(2, 7))
     assert np.abs(logits(model, probe) - logits(written, probe)).max() <= 1e-4 * np.abs(logits(model, probe)).max()
+
+
+def test_report_eval_on_an_encoder_compares_hidden_states_and_recommends_nothing(tmp_path):
+    out = tmp_path / "r.json"
+    r = cli("report", FIXTURES / "bert_w128", "--tokens", 1500, "--seq-len", 50, "--eval", HELDOUT, "--eval-tokens", 300,
+            "--eval-seq-len", 50, "--align", 16, "--json", out)
+    assert r.returncode == 0, r.stderr
+    m = json.loads(out.read_text())["advice"]["measured"]
+    assert m["kind"] == "encoder" and m["recommended_width"] is None
+    cos = [row["slim"]["worst_cosine"] for row in m["ladder"]]
+    assert all(0 < c <= 1 for c in cos) and cos[0] <= cos[-1]  # wider keeps the hidden states closer
+    assert "an encoder" in r.stdout
