@@ -387,6 +387,8 @@ def guard_outputs(inputs: Iterable[Path | None], outputs: Iterable[Any],
         d = Path(d)
         if d.exists() and not d.is_dir():
             raise SuiError(f"{flag} {printable(d)}: exists and is not a folder")
+        if system_path(d / "x") is not None:
+            raise SuiError(f"refusing to write {flag} {printable(d)}: it is in {system_path(d / 'x')}, not a folder of yours")
         anc = Path(os.path.realpath(d))
         while not anc.exists() and anc != anc.parent:
             anc = anc.parent
