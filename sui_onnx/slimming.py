@@ -56,8 +56,7 @@ class Variant:
 class SlimStudy:
     """One model's FFN statistics, ready to build narrower variants of it (see module doc)."""
 
-    def __init__(self, model: str | Path, calib, options, ridge: float = DEFAULT_RIDGE, weighting: bool = True,
-                 gain_weighting: bool = True):
+    def __init__(self, model: str | Path, calib, options, ridge: float = DEFAULT_RIDGE, weighting: bool = True):
         from .analyze import analyze
         from .graph import load_model
         from .graph.surgery import FFNSurgery
@@ -65,7 +64,6 @@ class SlimStudy:
         if ridge < 0 or not math.isfinite(ridge):
             raise SuiError(f"--ridge must be a finite number >= 0, got {ridge}")
         self.ridge = float(ridge)
-        self.gain_weighting = gain_weighting
         self.src = load_model(model, lean=True)
         self.surgery = FFNSurgery(self.src)  # refuses unsupported graphs before any calibration
         self.cov: dict[int, np.ndarray] = {}
@@ -93,10 +91,8 @@ class SlimStudy:
         if missing:
             raise SuiError(f"no usable statistics for FFN layer(s) {missing[:6]} (NaN/Inf activations or too few tokens)")
         self.weights = [self.surgery.down_weight(i) for i in range(len(widths))]
-        # the selection weighs output channels as the model sees them: through the gain of a norm
-        # that follows the FFN output (Gemma's post-FFN RMSNorm gains span 0.01 .. 500)
-        self.selection_weights = [self._gain_scaled(i) for i in range(len(widths))]
         self._selections: dict[tuple[str, int], Selection] = {}
+        self.output_weighted = True  # False: the selection's criterion is the hidden-space residual (bench ablation)
 
     def _keep(self, i: int, acc) -> None:
         from .xp import to_numpy
@@ -105,13 +101,6 @@ class SlimStudy:
             return  # the token-weighted statistics of this layer are used instead
         self.cov[i] = np.asarray(to_numpy(acc.covariance()), dtype=np.float64)
         self.mean[i] = np.asarray(to_numpy(acc.shift + acc.sum / acc.n), dtype=np.float64)
-
-    def _gain_scaled(self, i: int) -> np.ndarray:
-        plan = self.surgery.plans[i]
-        if plan.post_gain is None or not self.gain_weighting:
-            return self.weights[i]
-        gain = self.surgery.array(plan.post_gain).astype(np.float64).reshape(-1)
-        return self.weights[i] * gain[None, :]
 
     def _down_arrays(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """The down projection (float32 W [D, m], bias [m]) that gives layer i's FFN output."""
@@ -143,7 +132,8 @@ class SlimStudy:
             raise SuiError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
         cached = self._selections.get((method, layer))
         if cached is None or len(cached.order) < kmax:
-            cached = select(self.cov[layer], method, self.selection_weights[layer], kmax=kmax)
+            weight = self.weights[layer] if self.output_weighted else None
+            cached = select(self.cov[layer], method, weight, kmax=kmax)
             self._selections[(method, layer)] = cached
         return cached
 
@@ -279,8 +269,7 @@ def slim_record(study: SlimStudy, variant: Variant, request: dict, out_model: Pa
                                        variant.residual):
         layers.append({"layer": x.layer, "tensor": x.tensor, "width_before": x.width, "width_after": int(k),
                        "kept": [int(i) for i in keep], "residual_share": share, "residual": left,
-                       "token_weighting": study.weighting.get(x.layer),
-                       "output_gain": study.surgery.plans[x.layer].post_gain is not None and study.gain_weighting})
+                       "token_weighting": study.weighting.get(x.layer)})
     return {
         "schema": SLIM_SCHEMA,
         "schema_version": SLIM_SCHEMA_VERSION,

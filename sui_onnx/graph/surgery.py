@@ -75,7 +75,6 @@ class BlockPlan:
     down_bias: _Operand | None      # a Gemm's C or a bias Add's constant; None: add one
     down_node: int
     post_norm: str | None = None    # "rms" | "layer" | "l2" when the FFN output is normalized on its own (Gemma, nGPT)
-    post_gain: str | None = None    # that norm's per-channel gain (a constant [m] vector), if it has one
     ups: list[tuple[_Operand, bool, bool]] = field(default_factory=list)  # (weight, transposed, fused 2D)
     columns: list[tuple[_Operand, int]] = field(default_factory=list)      # constants along the width, (op, factor)
     shapes: list[tuple[_Operand, int]] = field(default_factory=list)       # width-spelling shape vectors
@@ -136,10 +135,9 @@ class FFNSurgery:
             raise self._refuse(layer, "its down projection Gemm has alpha 0")
         bias = self._down_bias(layer, block)
         out = ix.nodes[bias.node].output[0] if bias is not None and bias.node != block.down.node else down.output[0]
-        norm = self._post_norm(out)
         plan = BlockPlan(layer=layer, width=d, out_width=block.down.n, down=w, down_transposed=trans,
                          down_alpha=alpha, down_beta=beta, down_bias=bias, down_node=block.down.node,
-                         post_norm=norm, post_gain=self._post_gain(out, block.down.n) if norm in ("rms", "layer") else None)
+                         post_norm=self._post_norm(out))
         for up in block.ups:
             node = ix.nodes[up.node]
             op = self._weight(layer, up.node, 1, "up")
@@ -179,29 +177,6 @@ class FFNSurgery:
             nxt = [ix.nodes[c].op_type for c in ix.consumer_nodes(square.output[0])]
             if "ReduceMean" in nxt or "ReduceSum" in nxt:
                 return "rms"
-        return None
-
-    def _post_gain(self, out: str, m: int) -> str | None:
-        """The gain vector of the norm that follows the FFN output: the first Mul by a constant of
-        m elements within the few elementwise steps of the normalization."""
-        ix = self.ix
-        frontier, seen = [ix.canon(out)], set()
-        for _ in range(8):
-            nxt = []
-            for t in frontier:
-                for c in ix.consumer_nodes(t):
-                    node = ix.nodes[c]
-                    if c in seen or node.op_type not in ("Cast", "Pow", "ReduceMean", "Add", "Sqrt", "Div", "Mul",
-                                                         "Reciprocal", "Sub"):
-                        continue
-                    seen.add(c)
-                    if node.op_type == "Mul":
-                        for i in node.input:
-                            ci = ix.canon(i)
-                            if ix.is_static(ci) and self._constant(ci) is not None and self._size(ci) == m:
-                                return ci
-                    nxt.extend(ix.canon(o) for o in node.output if o)
-            frontier = nxt
         return None
 
     def _constant_operand(self, layer: int, node_idx: int, slot: int) -> _Operand:
