@@ -214,3 +214,15 @@ def test_explicit_tap_is_not_called_site_post(tmp_path):
     assert "taps named with --tap" in text and "site post" not in text
     r = cli("taps", MODEL, "--tap", tensor)
     assert r.returncode == 0 and "(named with --tap)" in r.stdout and "site post" not in r.stdout
+
+
+def test_a_model_path_longer_than_100_columns_is_not_wrapped_on_a_wide_terminal(tmp_path):
+    import shutil
+
+    deep = tmp_path / ("snapshots-" + "0123456789abcdef" * 6) / "gpt2"
+    shutil.copytree(MODEL, deep)
+    r = cli("report", deep, "--tokens", 2000, "--seq-len", 50, columns=200)
+    assert r.returncode == 0, r.stderr
+    assert f"model  {deep / 'model.onnx'}" in r.stdout  # whole, on one line
+    widest = max(len(line.rstrip()) for line in r.stdout.splitlines())
+    assert 100 < widest <= len(str(deep / "model.onnx")) + 11  # the box grows for the path only

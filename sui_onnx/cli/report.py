@@ -79,9 +79,19 @@ def run(args: argparse.Namespace) -> int:
         from ..render import report_renderable
 
         console = make_console()
-        console.width = min(console.width, MAX_COLUMNS)
+        console.width = min(console.width, report_columns(report))
         console.print(report_renderable(report))
     return 0
+
+
+def report_columns(report) -> int:
+    """The width the terminal report is laid out for: 100 columns, or as many as the model's path
+    needs on its header line (a path is never wrapped when the terminal is wide enough for it)."""
+    from ..render import short_path
+    from ..safeio import printable
+
+    path = printable(short_path(report.model.get("path", "")))
+    return max(MAX_COLUMNS, len(path) + 11)  # "│ model  " + path + " │"
 
 
 def warn_unfilled_budget(report, tokens: int | None) -> None:
