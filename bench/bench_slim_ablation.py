@@ -8,7 +8,7 @@ the width, dCE on held-out Python documentation and English prose for the `id` m
     widths);
   - without the output weighting of the selection (plain pivoted Cholesky on the hidden covariance;
     the refit is the same);
-  - ridge 0 and ridge 1e-2;
+  - ridge 1e-2;
   - --schedule per-layer (the same total width);
   - calibrated on 4x the tokens.
 Token weighting, --refine and the variance baseline, with KL and top-1, are
@@ -74,7 +74,7 @@ def main() -> None:
         measure(label, "without the output weighting of the selection", study, widths)
     study.output_weighted = True
     study._selections.clear()
-    for ridge in (0.0, 1e-2):
+    for ridge in (1e-2,):
         study.ridge = ridge
         for label, widths in ladder.items():
             measure(label, f"ridge {ridge:g}", study, widths)
