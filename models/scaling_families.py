@@ -218,7 +218,7 @@ def check_recipe(recipe: Recipe, paths: Paths, settings: dict[str, Any], force: 
 def write_recipe(recipe: Recipe, paths: Paths, settings: dict[str, Any], argv: list[str]) -> None:
     path = paths.reports / "recipe.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
-    sweep = {k: sorted(set(old.get("sweep", {}).get(k, [])) | set(getattr(recipe, k)), key=str)
+    sweep = {k: sorted(set(old.get("sweep", {}).get(k, [])) | set(getattr(recipe, k)), key=lambda v: (str(type(v)), v))
              for k in ("families", "widths", "seeds")}
     _write_json(path, {"recipe": recipe.name, "settings": settings, "digest": digest(settings), "sweep": sweep,
                        "command": shlex.join(["python", "-m", "models.scaling_families", *argv]),
