@@ -155,12 +155,12 @@ def test_seeds_are_pooled_with_their_known_spread(tmp_path):
 
 
 def test_seed_noise_enters_the_pooled_point_as_its_mean():
-    """Two seeds, unequal noise: the pooled point is the arithmetic mean of the two medians, and
-    the fit is the least-squares line through ln of those means."""
+    """Three seeds, unequal noise: the pooled point is the arithmetic mean of the medians (neither their
+    median nor their geometric mean), and the fit is the least-squares line through ln of those means."""
     rng = np.random.default_rng(11)
-    noise = np.exp(rng.normal(0, 0.2, (2, len(WIDTHS))))
+    noise = np.exp(rng.normal(0, 0.2, (3, len(WIDTHS))))
     reports = [report(w, [layer(0, w, 3.0, 2 * w ** 0.5 * noise[s, k])], seed=s)
-               for s in (0, 1) for k, w in enumerate(WIDTHS)]
+               for s in (0, 1, 2) for k, w in enumerate(WIDTHS)]
     res = scaling_analysis(reports)
     means = noise.mean(axis=0) * 2 * np.asarray(WIDTHS, dtype=float) ** 0.5
     assert [m.median_soft for m in res.models] == pytest.approx(list(means), rel=1e-12)
