@@ -122,6 +122,12 @@ class SlimStudy:
         w, b = self._down[i]
         self._moments[i].update(h, norm_weights(h @ w + b, self.weighting[i]).astype(np.float32))
 
+    def release(self) -> None:
+        """Drop the statistics and selections (D x D per layer); variants built so far stay valid."""
+        self.cov.clear()
+        self.mean.clear()
+        self._selections.clear()
+
     @property
     def widths(self) -> list[int]:
         return [p.width for p in self.surgery.plans]

@@ -169,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
                         f"--reference {model})")
     record = slim_record(study, variant, request, None, None, evaluation, search, warnings, args.method,
                          args.schedule, args.align)
+    study.release()  # the D x D statistics are not needed to write and check the model
     written = write_model_folder(variant.model, study.src, out_dir,
                                  {"slim.json": (json.dumps(record, indent=2, allow_nan=False) + "\n").encode()},
                                  copy_from=study.src.folder)

@@ -40,7 +40,8 @@ from .source import ModelSource, external_info
 from .taps import inspect_model
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16}
-_SINGLE_FILE_LIMIT = 1_800_000_000  # bytes of weights above which the copy uses external data
+_SINGLE_FILE_LIMIT = 1 << 28  # bytes of weights above which the copy uses external data, copied range by range
+# (a single file would need the whole model in memory twice: the proto and its serialized bytes)
 _WIDTH_VECTOR_OPS = {"Reshape": (1,), "Expand": (1,), "Tile": (1,)}
 
 
@@ -513,7 +514,7 @@ def weight_bytes(model: onnx.ModelProto) -> int:
 
 def write_model_folder(model: onnx.ModelProto, src: ModelSource, out_dir: Path, extra_files: Mapping[str, bytes],
                        copy_from: Path | None = None) -> Path:
-    """Write ``model`` as OUT_DIR/model.onnx (external data model.onnx_data above ~1.8 GB of
+    """Write ``model`` as OUT_DIR/model.onnx (external data model.onnx_data above 256 MiB of
     weights), the files in ``extra_files`` and the small companion files of ``copy_from``
     (tokenizer, configs, licence), atomically: everything goes to a temporary folder beside
     OUT_DIR, renamed into place at the end. OUT_DIR must not exist or be empty."""
