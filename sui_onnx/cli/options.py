@@ -50,6 +50,17 @@ def _fraction(text: str) -> float:
     return value
 
 
+def nonnegative_number(text: str) -> float:
+    """A finite number >= 0 (a loss budget in nats, a ridge)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def _memory(text: str) -> int:
     units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
     t = text.strip().lower().removesuffix("ib").removesuffix("b")

@@ -11,7 +11,7 @@ import numpy as np
 from ..runner import companion_encoder
 
 from ..slimming import DEFAULT_MAX_LOSS
-from .options import (TokenProgress, _positive_int, add_analysis_args, analysis_options, calibration_spec, guard_outputs, make_console, model_argument, write_text_atomic)
+from .options import (TokenProgress, _positive_int, add_analysis_args, analysis_options, calibration_spec, guard_outputs, make_console, model_argument, nonnegative_number, write_text_atomic)
 
 
 PLOT_FILES = ("spectra.png", "utilization.png", "energy.png")  # what --plot DIR receives (plots.py)
@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-loss-increase. Site post only.")
     g.add_argument("--eval", metavar="SRC", action="append", type=Path, default=[],
                    help="held-out data (same kinds as --calib), repeatable; each source is measured on its own")
-    g.add_argument("--max-loss-increase", type=_nats, default=DEFAULT_MAX_LOSS, metavar="NATS",
+    g.add_argument("--max-loss-increase", type=nonnegative_number, default=DEFAULT_MAX_LOSS, metavar="NATS",
                    help=f"largest dCE per token on every eval source for a width to be recommended (default {DEFAULT_MAX_LOSS})")
     g.add_argument("--eval-tokens", type=_positive_int, metavar="N",
                    help="token budget per eval source (default: the whole source, at most 16384)")
@@ -105,16 +105,6 @@ def warn_unfilled_budget(report, tokens: int | None) -> None:
         used = report.calibration.get("tokens", 0)
         print(f"sui-onnx: warning: --tokens {tokens:,}: the calibration sources hold only {used:,} tokens; "
               f"all {used:,} used", file=sys.stderr, flush=True)
-
-
-def _nats(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of nats, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
 
 
 def measured_report(model: Path, args: argparse.Namespace, quiet: bool):

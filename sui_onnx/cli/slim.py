@@ -9,8 +9,9 @@ import json
 from pathlib import Path
 
 from ..metrics import DEFAULT_TOP_FRACTION
-from .options import (TokenProgress, _positive_int, add_calib_args, add_device_args, add_run_args,
-                      analysis_options, calibration_spec, guard_outputs, make_console, write_text_atomic)
+from .options import (TokenProgress, _fraction, _positive_int, add_calib_args, add_device_args, add_run_args,
+                      analysis_options, calibration_spec, guard_outputs, make_console, nonnegative_number,
+                      write_text_atomic)
 
 _DESCRIPTION = """\
 Narrow every FFN block of MODEL and write the narrower model to OUT_DIR (model.onnx, its tokenizer
@@ -21,26 +22,6 @@ dropped ones contributed: W_down' = B W_down with B = (C_SS + ridge)^-1 C_S,:, t
 the down bias. No retraining and no PyTorch. The cost is measured, not assumed: give held-out text
 with --eval (another domain too: slimming is specific to the calibration data; calibrate on what
 the model will serve). See docs/slim.md."""
-
-
-def _ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
-    return value
-
-
-def _nats(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of nats, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,8 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("target width (one of)")
     how = g.add_mutually_exclusive_group(required=True)
     how.add_argument("--width", type=_positive_int, metavar="K", help="keep K neurons in every FFN layer (at most its width)")
-    how.add_argument("--ratio", type=_ratio, metavar="R", help="keep R x D neurons per layer, rounded up to a multiple of --align")
-    how.add_argument("--max-loss-increase", type=_nats, metavar="NATS",
+    how.add_argument("--ratio", type=_fraction, metavar="R", help="keep R x D neurons per layer, rounded up to a multiple of --align")
+    how.add_argument("--max-loss-increase", type=nonnegative_number, metavar="NATS",
                      help="the smallest width (a multiple of --align) whose measured dCE on every --eval source is "
                           "at most NATS per token; each probe of the search is measured (needs --eval)")
     g = p.add_argument_group("selection")
@@ -74,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "by each layer's output-space residual")
     g.add_argument("--align", type=_positive_int, default=64, metavar="N",
                    help="widths are multiples of N for --ratio, --schedule per-layer and the search (default 64)")
-    g.add_argument("--ridge", type=_nats, default=DEFAULT_RIDGE, metavar="R",
+    g.add_argument("--ridge", type=nonnegative_number, default=DEFAULT_RIDGE, metavar="R",
                    help=f"ridge of the refit, relative to the kept neurons' mean variance (default {DEFAULT_RIDGE:g})")
     add_calib_args(p, encoder=False)
     add_device_args(p)
