@@ -406,3 +406,26 @@ def test_encoder_fixture_against_itself():
     s = res.sources[0]
     assert res.kind == "encoder" and res.model["output"] == "last_hidden_state" and s.tokens == 320
     assert s.cosine == pytest.approx(1.0, abs=1e-9) and s.rel_error == 0.0
+
+
+def test_kept_reference_gives_the_same_dce_and_top1_without_running_the_reference_again():
+    """kl=False: after the first measurement the reference's per-window CE and argmax are kept,
+    so later measurements run only the candidate; dCE and top-1 equal a full run, KL is None."""
+    from pathlib import Path
+
+    from sui_onnx.evaluate import Evaluator, ModelInput
+
+    fixtures = Path(__file__).parent / "fixtures"
+    ref = ModelInput(path=fixtures / "gpt2_w128")
+    data = [Path(__file__).parent.parent / "sui_onnx" / "data" / "heldout.txt"]
+    full = Evaluator(data, fixtures / "gpt2_w128", ref, seq_len=48, tokens=1500).measure(ModelInput(path=fixtures / "gpt2_int8"))
+    kept = Evaluator(data, fixtures / "gpt2_w128", ref, seq_len=48, tokens=1500, kl=False)
+    first = kept.measure(ModelInput(path=fixtures / "gpt2_int8"))
+    calls = []
+    original_run = kept.reference.run
+    kept.reference.run = lambda ids: calls.append(ids) or original_run(ids)
+    second = kept.measure(ModelInput(path=fixtures / "gpt2_int8"))
+    assert calls == []  # the reference did not run
+    for a, b in ((full, first), (full, second)):
+        assert b.sources[0].delta_ce == a.sources[0].delta_ce and b.sources[0].top1 == a.sources[0].top1
+    assert second.sources[0].kl is None and first.sources[0].kl == full.sources[0].kl
