@@ -76,17 +76,9 @@ def layer_ticks(ax, layers: list[int]) -> None:
 def fitted_limits(values, pad: float = 0.08, floor: float | None = None, ceiling: float | None = None):
     """A y-range around the finite values (never squashed into a fixed 0..1), clipped to the
     measure's own bounds."""
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
-    if v.size == 0:
-        return (0.0, 1.0)
-    lo, hi = float(v.min()), float(v.max())
-    span = hi - lo if hi > lo else max(abs(hi) * 0.1, 1e-3)
-    lo, hi = lo - pad * span, hi + pad * span
-    if floor is not None:
-        lo = max(lo, floor)
-    if ceiling is not None:
-        hi = min(hi, ceiling)
-    return (lo, hi)
+    from .svg import fitted  # one definition of the range, for the PNG and the SVG plots
+
+    return fitted([float(x) for x in values if x is not None and np.isfinite(x)], pad, floor, ceiling)
 
 
 # the measures of the utilization plot: key, panel title (range and direction)
