@@ -34,6 +34,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ModelError, SuiError
+from ..safeio import umask
 from .detect import FFNBlock, region_inputs
 from .index import GraphIndex, attr, uses_external_data
 from .source import ModelSource, external_info
@@ -538,7 +539,7 @@ def write_model_folder(model: onnx.ModelProto, src: ModelSource, out_dir: Path, 
         if copy_from is not None:
             for f in companion_files(copy_from, src):
                 shutil.copyfile(f, tmp / f.name)
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~umask())
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         os.rename(tmp, out_dir)
@@ -546,12 +547,6 @@ def write_model_folder(model: onnx.ModelProto, src: ModelSource, out_dir: Path, 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir / "model.onnx"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write_file(path: Path, data: bytes) -> None:
