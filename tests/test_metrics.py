@@ -133,6 +133,9 @@ def test_degenerate_and_invalid_spectra_are_rejected():
         spectral_metrics(np.array([1.0, np.nan]))
     with pytest.raises(ValueError, match="empty"):
         spectral_metrics(np.array([]))
+    for q in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="energy level must be in"):
+            energy_width(np.arange(1, 5.0), q)
 
 
 def test_round_off_negatives_are_clamped_to_zero():

@@ -300,3 +300,99 @@ def test_state_and_covariance_are_symmetric_although_only_the_lower_triangle_is_
     assert acc.gram[0, 10] == 0.0 and g[0, 10] != 0.0  # kept: lower triangle; state(): mirrored
     np.testing.assert_array_equal(g, g.T)
     np.testing.assert_allclose(acc.covariance(), np.cov(x, rowvar=False), rtol=1e-5, atol=1e-6)
+
+
+def _valid_state(tmp_path):
+    rng = np.random.default_rng(21)
+    acc = CovarianceAccumulator(3, "tap")
+    acc.update(correlated(rng, 40, 3, mean=0.5))
+    path = save_accumulators(tmp_path / "good.npz", [acc], meta={"tokens": 40})
+    return dict(np.load(path, allow_pickle=False))
+
+
+def _nonsymmetric(g):
+    g = g.copy()
+    g[0, 2] += 1.0 + abs(g[0, 2])
+    return g
+
+
+def _negative_diagonal(g):
+    g = g.copy()
+    g[1, 1] = -abs(g[1, 1]) - 1.0
+    return g
+
+
+# each case tampers one member of a valid file; the loader must name what is wrong
+_TAMPERED = {
+    "format not a string": (lambda s: s.update(format=np.asarray(3)), "not a string"),
+    "version not integer": (lambda s: s.update(version=np.asarray(1.5)), "'version' is not an integer"),
+    "names not strings": (lambda s: s.update(names=np.asarray([[1, 2]])), "'names' is not a list of strings"),
+    "duplicate names": (lambda s: s.update({"names": np.asarray(["tap", "tap"]), "1/n": s["0/n"], "1/shift": s["0/shift"],
+                                             "1/sum": s["0/sum"], "1/gram": s["0/gram"]}), "same name"),
+    "meta not JSON": (lambda s: s.update(meta=np.asarray("{oops")), "not valid JSON"),
+    "meta NaN constant": (lambda s: s.update(meta=np.asarray('{"x": NaN}')), "not valid JSON"),
+    "meta nested too deep": (lambda s: s.update(meta=np.asarray("[" * 100000 + "]" * 100000)), "nested too deeply"),
+    "meta not object": (lambda s: s.update(meta=np.asarray("[1, 2]")), "not a JSON object"),
+    "member missing": (lambda s: s.pop("0/sum"), "member '0/sum' is missing"),
+    "n not integer": (lambda s: s.update({"0/n": np.asarray(40.0)}), "not an integer"),
+    "n negative": (lambda s: s.update({"0/n": np.asarray(-1)}), "out of range"),
+    "n absurd": (lambda s: s.update({"0/n": np.asarray(2**62)}), "out of range"),
+    "sum 2-D": (lambda s: s.update({"0/sum": s["0/sum"][None, :]}), "'sum' is not a real vector"),
+    "shift complex": (lambda s: s.update({"0/shift": s["0/shift"].astype(complex)}), "'shift' is not a real vector"),
+    "shift wrong length": (lambda s: s.update({"0/shift": np.zeros(2)}), "'shift' has 2 entries"),
+    "gram 1-D": (lambda s: s.update({"0/gram": s["0/gram"].ravel()[:3]}), "'gram' is not a real 3 x 3"),
+    "gram complex": (lambda s: s.update({"0/gram": s["0/gram"].astype(complex)}), "'gram' is not a real 3 x 3"),
+    "gram NaN": (lambda s: s.update({"0/gram": np.where(np.eye(3, dtype=bool), np.nan, s["0/gram"])}), "NaN or Inf"),
+    "sum Inf": (lambda s: s.update({"0/sum": np.array([np.inf, 0.0, 0.0])}), "NaN or Inf"),
+    "gram non-symmetric": (lambda s: s.update({"0/gram": _nonsymmetric(s["0/gram"])}), "not symmetric"),
+    "gram negative diagonal": (lambda s: s.update({"0/gram": _negative_diagonal(s["0/gram"])}), "negative sum of squares"),
+    "sums exceed Cauchy-Schwarz": (lambda s: s.update({"0/sum": s["0/sum"] + 1e6}), "do not fit the token count"),
+    "n zero with sums": (lambda s: s.update({"0/n": np.asarray(0)}), "n is 0 but the sums are not"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_TAMPERED))
+def test_invalid_accumulator_files_are_refused_naming_the_defect(tmp_path, case):
+    tamper, message = _TAMPERED[case]
+    state = _valid_state(tmp_path)
+    tamper(state)
+    np.savez(tmp_path / "bad.npz", **state)
+    with pytest.raises(SuiError, match=message):
+        load_accumulators(tmp_path / "bad.npz")
+    # the untampered file still loads: the check is about the defect, not the file
+    np.savez(tmp_path / "ok.npz", **_valid_state(tmp_path))
+    assert load_accumulators(tmp_path / "ok.npz")[0][0].n == 40
+
+
+def test_npy_headers_that_claim_more_than_their_bytes_are_refused(tmp_path):
+    import zipfile
+
+    state = _valid_state(tmp_path)
+    np.savez(tmp_path / "good.npz", **state)
+    # rewrite 0/gram's header to claim a 3000 x 3000 array over the 3 x 3 bytes
+    with zipfile.ZipFile(tmp_path / "good.npz") as src, zipfile.ZipFile(tmp_path / "lying.npz", "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "0/gram.npy":
+                data = data.replace(b"(3, 3)", b"(3000, 3000)", 1)
+            dst.writestr(info.filename, data)
+    with pytest.raises(SuiError, match="declares shape"):
+        load_accumulators(tmp_path / "lying.npz")
+    # an .npy of an unknown format version
+    with zipfile.ZipFile(tmp_path / "good.npz") as src, zipfile.ZipFile(tmp_path / "v9.npz", "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "0/sum.npy":
+                data = data[:6] + b"\x09\x00" + data[8:]
+            dst.writestr(info.filename, data)
+    with pytest.raises(SuiError, match="not one sui-onnx writes"):
+        load_accumulators(tmp_path / "v9.npz")
+
+
+def test_oversized_members_are_refused_before_unpacking(tmp_path):
+    # a 3-wide accumulator whose gram member is far larger than 3 x 3 float64 can be
+    state = _valid_state(tmp_path)
+    state["0/gram"] = np.zeros((100, 100))
+    np.savez(tmp_path / "big.npz", **state)
+    with pytest.raises(SuiError, match="more than its shape allows"):
+        load_accumulators(tmp_path / "big.npz")
