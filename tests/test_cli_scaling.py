@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -32,25 +33,64 @@ def one_error_line(capsys, rc):
     return lines[0]
 
 
-def test_real_entry_point_prints_the_tables_and_writes_json(tmp_path):
+# the committed family's layers follow rank = r0 * (D / 768)^beta exactly (tests/data/reports/make_reports.py);
+# its median layer has the paper's exponents, so it is tilted here by a known factor (D / 768)^TILT to
+# give laws that the paper's reference row cannot match: soft 0.661 + 0.2, hard 0.289 - 0.1.
+TILT = {"soft_rank": 0.2, "hard_rank": -0.1}
+MEDIAN_LAW = {"soft_rank": (200.0, 0.661 + 0.2), "hard_rank": (24.0, 0.289 - 0.1)}  # (rank at D = 768, beta)
+
+
+def tilted_family(tmp_path: Path) -> list[str]:
+    paths = []
+    for src in FAMILY:
+        d = json.loads(Path(src).read_text())
+        for layer in d["layers"]:
+            for key, t in TILT.items():
+                layer[key] *= (layer["width"] / 768) ** t
+                layer[key.replace("rank", "util")] = layer[key] / layer["width"]
+        paths.append(tmp_path / Path(src).name)
+        paths[-1].write_text(json.dumps(d))
+    return [str(p) for p in paths]
+
+
+def hand_fit(widths, ranks):
+    """Closed-form least squares of ln rank on ln D, written out here (not the code under test)."""
+    x, y = [math.log(w) for w in widths], [math.log(r) for r in ranks]
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    beta = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
+    return beta, math.exp(my - beta * mx)
+
+
+def test_real_entry_point_prints_the_fitted_betas_beside_the_paper_reference(tmp_path):
     out = tmp_path / "scaling.json"
-    proc = subprocess.run([sys.executable, "-m", "sui_onnx", "scaling", *FAMILY, "--json", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "sui_onnx", "scaling", *tilted_family(tmp_path), "--json", str(out)],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     for text in ("Per width", "Power-law fits", "soft rank", "hard rank", "soft - hard", "Per layer",
                  "saturation", "SUI peak"):
         assert text in proc.stdout
-    # the paper's values only in rows labelled as the paper's. This family was built with the paper's
-    # exponents, so its fit rows cannot tell a fit from a copied reference: test_scaling_seeds.py checks
-    # the printed fit on laws with other exponents (0.52 / 0.21, and doubled)
     rows = {cells[0]: cells[1:] for line in proc.stdout.splitlines()
             if len(cells := [c.strip() for c in line.strip("│ ").split("│")]) > 2}
+    # the fit rows show the generating exponents of the tilted laws: a doubled or copied beta fails here
+    assert rows["soft rank"][0] == "0.861" and rows["hard rank"][0] == "0.189"
+    assert rows["soft - hard"][0] == "0.672"
+    # the paper's values only in the rows labelled as the paper's
     assert rows["paper: soft rank"][0] == "0.661" and rows["paper: hard rank"][0] == "0.289"
     assert rows["paper: soft rank"][3] == "0.971" and rows["paper: hard rank"][3] == "0.338"
     assert "paper = Jha & Reagen" in proc.stdout
     d = json.loads(out.read_text())
     assert d["schema"] == "sui-onnx/scaling" and d["schema_version"] == 2
+    widths = [768, 1536, 3072, 4608, 6144]
+    for key, (r0, beta) in MEDIAN_LAW.items():
+        fit = d["median_fits"][key]
+        assert fit["beta"] == pytest.approx(beta, abs=1e-9)
+        assert fit["A"] == pytest.approx(r0 * 768 ** -beta, rel=1e-9)
+        # the same numbers by a least-squares fit written out on the medians read from the inputs
+        medians = [sorted(x[key] for x in json.loads(Path(p).read_text())["layers"])[1] for p in tilted_family(tmp_path)]
+        assert (fit["beta"], fit["A"]) == pytest.approx(hand_fit(widths, medians), rel=1e-9)
+        assert fit["r2"] == pytest.approx(1.0, abs=1e-12)
+    assert d["median_fits"]["asymmetry"]["beta_soft_minus_hard"] == pytest.approx(0.672, abs=1e-9)
 
 
 def test_paper_reference_is_a_labelled_row_not_the_result(tmp_path):
