@@ -443,7 +443,8 @@ def _median(report: Report, metric: str) -> float | None:
     return None
 
 
-def _fmt(value: float | None) -> str:
+def fmt_value(value: float | None) -> str:
+    """A gate value as the messages show it: 4 significant digits, "n/a" for None, "inf"."""
     if value is None:
         return "n/a"
     if isinstance(value, float) and math.isinf(value):
@@ -463,10 +464,10 @@ def _limit_check(rule_id: str, metric: str, layer: int | None, value: float | No
                      f"{subject} cannot be checked: {why}", comparator)
     ok = value >= limit - TOLERANCE if direction == "min" else value <= limit + TOLERANCE
     if ok:
-        msg = f"{subject} {_fmt(value)} {comparator} {_fmt(limit)}"
+        msg = f"{subject} {fmt_value(value)} {comparator} {fmt_value(limit)}"
     else:
         relation = "below the minimum" if direction == "min" else "above the maximum"
-        msg = f"{subject} {_fmt(value)} is {relation} {_fmt(limit)}"
+        msg = f"{subject} {fmt_value(value)} is {relation} {fmt_value(limit)}"
     return Check(rule_id, "model" if layer is None else "layer", layer, value, limit, ok,
                  "none" if ok else "error", msg, comparator)
 
@@ -495,10 +496,10 @@ def _drop_check(metric: str, relative: bool, layer: int | None, current: float |
     value = _drop(metric, current, base, relative)
     ok = value <= limit + TOLERANCE
     word = "rise" if metric in HIGHER_IS_WORSE else "drop"
-    amount = f"{value:.2%}" if relative and math.isfinite(value) else _fmt(value)
-    allowed = f"{limit:.2%}" if relative else _fmt(limit)
+    amount = f"{value:.2%}" if relative and math.isfinite(value) else fmt_value(value)
+    allowed = f"{limit:.2%}" if relative else fmt_value(limit)
     kind = "relative " if relative else ""
-    msg = f"{subject} {_fmt(base)} -> {_fmt(current)}: {kind}{word} {amount} {'<=' if ok else 'exceeds'} {allowed}"
+    msg = f"{subject} {fmt_value(base)} -> {fmt_value(current)}: {kind}{word} {amount} {'<=' if ok else 'exceeds'} {allowed}"
     if not ok:
         msg += " allowed"
     return Check(rule_id, scope, layer, value, limit, ok, "none" if ok else "error", msg, "<=", base, current)
@@ -656,8 +657,8 @@ def to_junit(result: GateResult, suite_name: str | None = None) -> str:
                                                  "time": "0"})
         if not c.passed:
             fail = ET.SubElement(case, "failure", {"message": x(c.message), "type": x(c.rule_id)})
-            fail.text = x(f"{c.rule_id} at {c.scope_label}: value {_fmt(c.value)}, limit {c.comparator} "
-                          f"{_fmt(c.limit)}".rstrip() + f"\n{c.message}")
+            fail.text = x(f"{c.rule_id} at {c.scope_label}: value {fmt_value(c.value)}, limit {c.comparator} "
+                          f"{fmt_value(c.limit)}".rstrip() + f"\n{c.message}")
         elif c.level == "warning":
             ET.SubElement(case, "system-out").text = x(f"warning: {c.message}")
     ET.indent(suites)

@@ -96,7 +96,7 @@ class Report:
         }
 
     def to_json(self) -> str:
-        return json.dumps(_json_safe(self.to_dict()), indent=2, sort_keys=False, allow_nan=False) + "\n"
+        return json.dumps(json_safe(self.to_dict()), indent=2, sort_keys=False, allow_nan=False) + "\n"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Report":
@@ -275,12 +275,12 @@ def validate_report_dict(d: dict[str, Any]) -> None:
             raise _bad(f"advice.{key}", "an integer or null", advice[key])
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """NaN/Inf are not JSON: write them as null."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj

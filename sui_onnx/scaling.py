@@ -24,8 +24,8 @@ import numpy as np
 
 from ._version import __version__
 from .errors import SuiError
-from .report import Report, _json_safe
-from .student_t import betainc, student_t_cdf, student_t_quantile, student_t_sf  # noqa: F401 (re-exported)
+from .report import Report, json_safe
+from .student_t import betainc, student_t_quantile, student_t_sf  # noqa: F401 (re-exported)
 
 SCHEMA = "sui-onnx/scaling"
 SCHEMA_VERSION = 2  # 2: seeds pooled per width (per_width, seed_fits, inputs.seeds), low_r2 flags
@@ -367,7 +367,7 @@ class ScalingResult:
 
     def to_json(self) -> str:
         """The JSON text; NaN (undefined R^2 or interval) is written as null."""
-        return json.dumps(_json_safe(self.to_dict()), indent=2, allow_nan=False) + "\n"
+        return json.dumps(json_safe(self.to_dict()), indent=2, allow_nan=False) + "\n"
 
 
 def asymmetry_verdict(fit: PowerLawFit | None) -> str:

@@ -1,5 +1,5 @@
-"""Student's t distribution without SciPy: the regularized incomplete beta function, the t tail,
-CDF and quantile (docs/scaling.md, "Student-t quantile").
+"""Student's t distribution without SciPy: the regularized incomplete beta function, the t tail
+and quantile (docs/scaling.md, "Student-t quantile").
 
 The upper tail is ``P(T > t) = I_{nu/(nu+t^2)}(nu/2, 1/2) / 2`` with I the regularized incomplete beta
 function (a modified-Lentz continued fraction); the quantile inverts it by a bracketed Newton
@@ -65,11 +65,6 @@ def student_t_sf(t: float, dof: float) -> float:
         return 0.0 if t > 0 else 1.0
     tail = 0.5 * betainc(dof / 2.0, 0.5, dof / (dof + t * t))
     return tail if t >= 0 else 1.0 - tail
-
-
-def student_t_cdf(t: float, dof: float) -> float:
-    """P(T <= t) of Student's t with `dof` degrees of freedom."""
-    return 1.0 - student_t_sf(t, dof)
 
 
 def _t_pdf(t: float, dof: float) -> float:

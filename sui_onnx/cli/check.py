@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
 def _value(v, relative: bool = False) -> str:
     if relative and v is not None and v == v and abs(v) != float("inf"):
         return f"{v:.2%}"
-    return gate._fmt(v)
+    return gate.fmt_value(v)
 
 
 def _detail(c: gate.Check) -> str:
