@@ -276,18 +276,33 @@ def test_committed_reports_follow_their_generating_laws():
 
 
 def test_medians_sui_and_peak_against_an_independent_computation():
-    reports, labels = family()
-    result = scaling_analysis(reports, labels)
-    for m, r in zip(result.models, reports):
-        assert m.median_hard == pytest.approx(float(np.median([x.hard_rank for x in r.layers])), rel=1e-15)
-        assert m.median_soft == pytest.approx(float(np.median([x.soft_rank for x in r.layers])), rel=1e-15)
-        assert m.median_sui == pytest.approx(float(np.median([x.sui for x in r.layers])), rel=1e-15)
-    suis = [m.median_sui for m in result.models]
-    best = int(np.argmax(suis))
-    assert result.sui_peak == {"width": result.widths[best], "median_sui": suis[best],
-                               "position": "smallest" if best == 0 else "largest" if best == 4 else "interior"}
-    direct = fit_power_law(result.widths, [m.median_soft for m in result.models])
-    assert result.soft == direct
+    """Worked by hand. Widths 64, 128, 256 (ln D = ln 2 * (6, 7, 8)); four layers per width, listed out of
+    order, so each median is the mean of the two middle values: hard medians 2, 8, 4; soft medians 16,
+    32, 64; SUI medians 0.3, 0.5, 0.2 (the peak is interior, at 128).
+    In log2 units the hard fit is the least-squares line through (6, 1), (7, 3), (8, 2): slope
+    (2 - 1) / 2 = 0.5, intercept 2 - 0.5 * 7 = -1.5 (A = 2^-1.5); residuals (-0.5, 1, -0.5), SSE = 1.5,
+    SST = 2, R^2 = 0.25, se(beta) = sqrt(1.5 / 1) / sqrt(2), 95% interval 0.5 +- t_{0.975,1} * se.
+    The soft medians lie on 2^(y) with y = x - 2 exactly: beta 1, A = 1/4, R^2 = 1."""
+    layers = {  # width: (hard, soft, sui) per layer, the median pair in the middle of the sorted values
+        64: ([30.0, 1.5, 1.0, 2.5], [16.5, 15.5, 1.0, 60.0], [0.9, 0.25, 0.35, 0.1]),
+        128: ([7.5, 8.5, 90.0, 0.5], [2.0, 31.0, 100.0, 33.0], [0.45, 0.05, 0.55, 0.6]),
+        256: ([4.25, 3.75, 3.0, 5.0], [64.5, 63.5, 200.0, 10.0], [0.15, 0.25, 0.01, 0.99]),
+    }
+    reports = [_report([_layer(i, w, h, s, u) for i, (h, s, u) in enumerate(zip(*v))]) for w, v in layers.items()]
+    result = scaling_analysis(reports)
+    assert [m.median_hard for m in result.models] == [2.0, 8.0, 4.0]
+    assert [m.median_soft for m in result.models] == [16.0, 32.0, 64.0]
+    assert [m.median_sui for m in result.models] == pytest.approx([0.3, 0.5, 0.2], abs=1e-15)
+    assert result.sui_peak["width"] == 128 and result.sui_peak["position"] == "interior"
+    assert result.sui_peak["median_sui"] == pytest.approx(0.5, abs=1e-15)
+    hard, soft = result.hard, result.soft
+    assert hard.beta == pytest.approx(0.5, rel=1e-12) and hard.A == pytest.approx(2 ** -1.5, rel=1e-12)
+    assert hard.r2 == pytest.approx(0.25, rel=1e-12) and hard.n == 3
+    se = math.sqrt(1.5) / math.sqrt(2)
+    assert hard.beta_ci95 == pytest.approx((0.5 - 12.706204736174698 * se, 0.5 + 12.706204736174698 * se), rel=1e-9)
+    assert soft.beta == pytest.approx(1.0, rel=1e-12) and soft.A == pytest.approx(0.25, rel=1e-12)
+    assert soft.r2 == pytest.approx(1.0, abs=1e-12)
+    assert result.asymmetry.beta == pytest.approx(0.5, rel=1e-12)
 
 
 def test_asymmetry_is_the_difference_of_the_slopes_on_noisy_data():
