@@ -388,7 +388,7 @@ def test_github_annotations_format_and_escaping():
     assert out[1].startswith("::warning ") and "sui-onnx/layer-status (layer 2)" in out[1]
     assert len(out) == 2
     assert all("\n" not in line for line in out)
-    assert gate._escape_data("a%b\nc") == "a%25b%0Ac"
+    assert gate.escape_workflow_data("a%b\nc") == "a%25b%0Ac"
 
 
 def test_result_to_dict_is_json():
