@@ -45,17 +45,69 @@ def test_json_validates_against_the_schema(report_files):
     assert [x["layer"] for x in data["layers"]] == [0, 1]
 
 
-def test_json_numbers_equal_the_library_on_the_saved_spectra(report_files):
-    from sui_onnx.metrics import spectral_metrics
+def metrics_by_formula(eigs, f_num=1, f_den=10):
+    """docs/metrics.md written out with NumPy (not sui_onnx.metrics): eigenvalues sorted and clamped,
+    p = lambda / sum, hard = 1 / sum p^2, soft = exp(-sum p ln p), k = ceil(f D), SC, SUI, asymmetry, k_q."""
+    lam = np.sort(np.clip(np.asarray(eigs, dtype=np.float64), 0, None))[::-1]
+    p = lam / lam.sum()
+    d = lam.size
+    k = -(-f_num * d // f_den)
+    hard = 1.0 / np.sum(p * p)
+    soft = float(np.exp(-np.sum(p[p > 0] * np.log(p[p > 0]))))
+    tail = p[k:].sum()
+    cum = np.cumsum(p)
+    out = {"hard_rank": hard, "soft_rank": soft, "concentration": p[:k].sum(),
+           "sui": ((hard / d) * (soft / d) * tail / (1 - k / d)) ** (1 / 3), "asymmetry": np.log(soft) - np.log(hard)}
+    for q in (90, 95, 99):
+        out[f"k{q}"] = int(np.argmax(cum >= q / 100)) + 1
+    return out
 
+
+def test_json_numbers_equal_the_formulas_on_the_saved_spectra(report_files):
     out, _ = report_files
     data = json.loads((out / "r.json").read_text())
     spectra = np.load(out / "s.npz")
     assert spectra["tensors"].tolist() == [x["tensor"] for x in data["layers"]]
     for layer in data["layers"]:
-        m = spectral_metrics(spectra[f"layer_{layer['layer']}"]).to_dict()
-        for key in ("hard_rank", "soft_rank", "concentration", "sui", "asymmetry", "k90", "k95", "k99"):
-            assert layer[key] == pytest.approx(m[key], rel=1e-12)
+        want = metrics_by_formula(spectra[f"layer_{layer['layer']}"])
+        for key in ("hard_rank", "soft_rank", "concentration", "sui", "asymmetry"):
+            assert layer[key] == pytest.approx(want[key], rel=1e-10)
+        for key in ("k90", "k95", "k99"):
+            assert layer[key] == want[key]
+
+
+def test_json_numbers_equal_a_direct_covariance_of_the_hidden_activations(tmp_path):
+    """Independent of the package: the layers' hidden tensors are added to the ONNX graph as outputs with
+    onnx.helper, run by a plain onnxruntime session on the same token ids, and their covariance is
+    computed in float64 two-pass; eigvalsh of it and the written-out formulas give the report's numbers."""
+    import onnx
+    import onnxruntime as ort
+
+    ids = np.random.default_rng(5).integers(0, 512, (40, 32))
+    np.save(tmp_path / "ids.npy", ids)
+    r = cli("report", MODEL, "--calib", tmp_path / "ids.npy", "--device", "cpu", "--precision", "fp64",
+            "--json", tmp_path / "r.json", "--spectra", tmp_path / "s.npz", "-q")
+    assert r.returncode == 0, r.stderr
+    data = json.loads((tmp_path / "r.json").read_text())
+    graph = onnx.load(str(MODEL / "model.onnx"))
+    names = [x["tensor"] for x in data["layers"]]
+    graph.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
+    sess = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {"input_ids": ids.astype(np.int64), "attention_mask": np.ones_like(ids, dtype=np.int64),
+             "position_ids": np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()}
+    hidden = sess.run(names, feeds)
+    spectra = np.load(tmp_path / "s.npz")
+    for layer, h in zip(data["layers"], hidden):
+        rows = np.asarray(h, dtype=np.float64).reshape(-1, layer["width"])
+        assert layer["width"] == 128 and layer["tokens"] == rows.shape[0] == ids.size
+        c = rows - rows.mean(axis=0)
+        eigs = np.clip(np.linalg.eigvalsh(c.T @ c / (len(rows) - 1))[::-1], 0, None)
+        np.testing.assert_allclose(spectra[f"layer_{layer['layer']}"], eigs, rtol=1e-6, atol=1e-9 * eigs[0])
+        want = metrics_by_formula(eigs)
+        for key in ("hard_rank", "soft_rank", "concentration", "sui", "asymmetry"):
+            assert layer[key] == pytest.approx(want[key], rel=1e-6)
+        for key in ("k90", "k95", "k99"):
+            assert layer[key] == want[key]
 
 
 def test_terminal_and_markdown_show_the_same_numbers(report_files):
