@@ -19,3 +19,16 @@ class ConfigError(SuiError):
 
 class NumericalError(SuiError):
     """Activations or statistics contain NaN/Inf."""
+
+
+def first_line(exc: BaseException, limit: int | None = None, fallback: str | None = None) -> str:
+    """The first line of ``exc``'s message (surrounding whitespace stripped), cut to ``limit``
+    characters; ``fallback`` (default: the exception's class name) when the message is empty.
+    Never raises, whatever the exception's ``__str__`` does."""
+    try:
+        text = str(exc).strip()
+    except Exception:  # noqa: BLE001 - a broken __str__ must not replace the error being reported
+        text = ""
+    lines = text.splitlines()
+    first = lines[0] if lines else (exc.__class__.__name__ if fallback is None else fallback)
+    return first if limit is None else first[:limit]

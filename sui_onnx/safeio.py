@@ -165,6 +165,13 @@ def umask() -> int:
     return mask
 
 
+def chmod_default(path: str | os.PathLike, mode: int) -> None:
+    """Give ``path`` the permissions ``mode`` less the umask (what an ordinary mkdir or open would
+    have left, where mkdtemp/mkstemp made it private); a failure leaves it as it is."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, mode & ~umask())
+
+
 def new_file_mode(target: str | os.PathLike) -> int:
     """The permissions an ordinary write to ``target`` would leave: those of the regular file it
     replaces, else 0666 less the umask."""
@@ -200,10 +207,12 @@ def system_path(path: str | os.PathLike) -> str | None:
     return None
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], error: type[SuiError] = SuiError) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], error: type[SuiError] = SuiError,
+                 hint: str = "") -> Path:
     """Call ``write(fileobj)`` on a temporary file beside ``path``'s target, fsync it and rename it
     over the target (see the module doc). Returns the path written; a failure raises ``error``
-    with one line and leaves neither a partial file nor the temporary one."""
+    with one line (``hint`` appended to a file-system error's) and leaves neither a partial file
+    nor the temporary one."""
     target = output_target(path)
     kind = special_kind(path) or special_kind(target)  # the path itself first: /dev/stdout is a magic link
     if os.path.isdir(target):
@@ -222,7 +231,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], err
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
-        raise error(f"cannot write {printable(path)}: {_reason(exc)}") from None
+        raise error(f"cannot write {printable(path)}: {_reason(exc)}{hint}") from None
     try:
         if hasattr(os, "fchmod"):
             os.fchmod(fd, new_file_mode(target))
@@ -237,12 +246,34 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], err
         except OSError:
             pass
         if isinstance(exc, OSError):
-            raise error(f"cannot write {printable(path)}: {_reason(exc)}") from None
+            raise error(f"cannot write {printable(path)}: {_reason(exc)}{hint}") from None
         raise
     return target
 
 
-# -- native code writing to the process's stderr -----------------------------------------------------
+# -- native code writing to the process's stdout/stderr ----------------------------------------------
+@contextlib.contextmanager
+def redirected_fds(target: int, fds: tuple[int, ...] = (1, 2)) -> Iterator[tuple[int, ...]]:
+    """Point the process's file descriptors ``fds`` at the open descriptor ``target`` while the block
+    runs (what native code writes, not only Python's sys.stdout/sys.stderr), and put them back after.
+    A descriptor that is not open is left alone; the ones redirected are yielded. The one place that
+    redirects process-wide output (``captured_stderr`` and the export log go through it)."""
+    saved: list[tuple[int, int]] = []
+    try:
+        for fd in fds:
+            try:
+                dup = os.dup(fd)
+            except OSError:
+                continue
+            saved.append((fd, dup))
+            os.dup2(target, fd)
+        yield tuple(fd for fd, _ in saved)
+    finally:
+        for fd, dup in saved:
+            os.dup2(dup, fd)
+            os.close(dup)
+
+
 @contextlib.contextmanager
 def captured_stderr() -> Iterator[list[str]]:
     """Send what native code (a Rust panic message, onnxruntime's log) writes to file descriptor 2
@@ -251,25 +282,18 @@ def captured_stderr() -> Iterator[list[str]]:
     box: list[str] = []
     try:
         sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):  # no fd 2 to redirect
+    except (OSError, ValueError, AttributeError):  # no stderr to redirect
         yield box
         return
-    try:
-        with tempfile.TemporaryFile() as tmp:
-            os.dup2(tmp.fileno(), 2)
-            try:
-                yield box
-            finally:
+    with tempfile.TemporaryFile() as tmp:
+        try:
+            with redirected_fds(tmp.fileno(), (2,)):
                 try:
-                    sys.stderr.flush()
-                except (OSError, ValueError):
-                    pass
-                os.dup2(saved, 2)
-                try:
-                    tmp.seek(0)
-                    box.append(tmp.read(1 << 16).decode("utf-8", "replace"))
-                except OSError:
-                    pass
-    finally:
-        os.close(saved)
+                    yield box
+                finally:
+                    with contextlib.suppress(OSError, ValueError):
+                        sys.stderr.flush()
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.seek(0)
+                box.append(tmp.read(1 << 16).decode("utf-8", "replace"))

@@ -173,6 +173,28 @@ def test_default_task_follows_the_config(config, task):
     assert default_task(config) == task
 
 
+def test_validate_returns_the_resolved_options_and_leaves_its_argument_alone(tmp_path, monkeypatch):
+    import dataclasses
+
+    from sui_onnx.export import ExportOptions, validate
+
+    model, work = tmp_path / "m", tmp_path / "work"
+    model.mkdir()
+    work.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
+    (model / "model.gguf").write_bytes(b"GGUF" + bytes(8))
+    monkeypatch.chdir(work)
+    for opts, changed in [
+        (ExportOptions(out_dir=Path("."), model_dir=model), {"out_dir": work, "task": "feature-extraction"}),
+        (ExportOptions(out_dir=Path("."), model_dir=model, gguf=Path("model.gguf")),
+         {"out_dir": work, "gguf": model / "model.gguf"}),
+    ]:
+        before = dataclasses.replace(opts)
+        resolved = validate(opts)
+        assert opts == before and resolved is not opts
+        assert resolved == dataclasses.replace(before, **changed)
+
+
 def test_unreadable_config_json_exits_2(tmp_path, capsys):
     model = tmp_path / "m"
     model.mkdir()
@@ -396,7 +418,7 @@ def test_torch_module_ngpt(tmp_path, capsys, monkeypatch, external):
     weights.mkdir()
     torch.save(model.state_dict(), weights / "ngpt.pt")      # MODEL_DIR: the weights to load
     if external:            # pretend the model is over 2 GB: its data goes to model.onnx_data
-        monkeypatch.setattr("sui_onnx.export._TWO_GB", 1)
+        monkeypatch.setattr("sui_onnx.graph.exported._TWO_GB", 1)
     monkeypatch.chdir(REPO_ROOT)
     out = tmp_path / "out"
     summary = _export_json(capsys, weights, out, "--torch-module", "models.ngpt:build_ngpt",

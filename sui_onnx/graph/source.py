@@ -74,6 +74,10 @@ class ModelSource:
         return self.folder if self.has_external_data else None
 
 
+MODEL_FILE = "model.onnx"  # a model folder's graph (optimum's export layout)
+DATA_FILE = "model.onnx_data"  # its external data, when optimum or sui-onnx writes it past 2 GB
+ENCODER_FILE = "encoder_model.onnx"  # optimum's seq2seq layout: the encoder ...
+DECODER_FILE = "decoder_model.onnx"  # ... and the decoder, side by side
 TRANSFORMERS_JS_FOLDER = "onnx"  # transformers.js / Hub ONNX repos: onnx/model*.onnx, tokenizer.json above
 GENAI_CONFIG = "genai_config.json"  # onnxruntime-genai's model description, beside its model.onnx
 
@@ -85,7 +89,7 @@ def resolve_model_path(path: str | Path) -> Path:
     p = Path(path).expanduser()
     if p.is_dir():
         p = hub_snapshot(p) or p
-        for candidate in (p / "model.onnx", p / TRANSFORMERS_JS_FOLDER / "model.onnx"):
+        for candidate in (p / MODEL_FILE, p / TRANSFORMERS_JS_FOLDER / MODEL_FILE):
             if candidate.is_file():
                 return candidate
         others = sorted(q.name for q in p.glob("*.onnx"))
@@ -105,7 +109,7 @@ def hub_snapshot(repo: Path) -> Path | None:
     A repo folder holds ``snapshots/`` and ``blobs/``; ``refs/main`` names the revision, else
     the only snapshot is taken.  Several snapshots and no ``refs/main``: ModelError."""
     snapshots = repo / "snapshots"
-    if not snapshots.is_dir() or not (repo / "blobs").is_dir() or (repo / "model.onnx").exists():
+    if not snapshots.is_dir() or not (repo / "blobs").is_dir() or (repo / MODEL_FILE).exists():
         return None
     ref = repo / "refs" / "main"
     if ref.is_file():

@@ -32,15 +32,14 @@ Where it is written (external data)
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
 import onnx
 
 from ..errors import ModelError
+from ..safeio import atomic_write
 from .index import GraphIndex, attr, node_inputs
 from .source import ModelSource, all_tensors, external_info, genai_head_size
 from .taps import Tap, corrupt_model_guard, inline_no_past_branch, infer_types
@@ -76,7 +75,9 @@ def write_tapped(src: ModelSource, taps: Sequence[Tap], out_path: Path) -> Path:
     if any(not o.HasField("type") for o in tapped.graph.output):
         declare_runtime_types(tapped, src.data_folder)
     dest = destination(src, Path(out_path))
-    atomic_write(tapped.SerializeToString(), dest)
+    data = tapped.SerializeToString()
+    atomic_write(dest, lambda fh: fh.write(data), error=ModelError,
+                 hint=" (a model with external data is tapped in its own folder; copy the folder somewhere writable)")
     return dest
 
 
@@ -335,33 +336,3 @@ def destination(src: ModelSource, out_path: Path) -> Path:
     if resolved in protected:
         raise ModelError(f"refusing to overwrite {dest.name}: it is the input model or one of its data files")
     return dest
-
-
-def atomic_write(data: bytes, dest: Path) -> None:
-    """Write ``data`` to ``dest`` through a temporary file in the same folder and os.replace."""
-    folder = dest.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise ModelError(
-            f"cannot write the tapped model into {folder}: {e.strerror or e} "
-            "(a model with external data must be tapped in its own folder; copy the folder somewhere writable)"
-        ) from None
-    try:
-        from ..safeio import new_file_mode
-
-        os.fchmod(fd, new_file_mode(dest))  # what an ordinary write gives (umask), not mkstemp's 0600
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise ModelError(f"cannot write the tapped model {dest}: {e.strerror or e}") from None
-        raise
