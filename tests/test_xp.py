@@ -1,5 +1,8 @@
 """Array-namespace selection: NumPy arrays stay on NumPy; CuPy only when a CuPy array is given."""
 
+import re
+import sys
+
 import numpy as np
 import pytest
 
@@ -25,16 +28,56 @@ def test_cupy_like_arrays_are_moved_to_host():
     assert to_numpy(fake).tolist() == [0, 1, 2]
 
 
-def test_cuda_namespace_explains_why_not():
-    try:
-        import cupy  # noqa: F401
-    except ImportError:
-        with pytest.raises(RuntimeError, match="cupy is not installed"):
-            cuda_namespace()
-        return
+def _fake_cupy(available=True, first_op=None):
+    """A stand-in cupy module: cuda.is_available() and zeros(1).sum() behave as told."""
+    import types
+
+    mod = types.ModuleType("cupy")
+    mod.cuda = types.SimpleNamespace(is_available=lambda: available)
+
+    class Zeros:
+        def sum(self):
+            if first_op is not None:
+                raise first_op
+            return 0.0
+
+    mod.zeros = lambda n: Zeros()
+    return mod
+
+
+def test_cuda_namespace_without_cupy_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # `import cupy` now raises ImportError
+    with pytest.raises(RuntimeError, match=re.escape("cupy is not installed (pip install 'sui-onnx[gpu]')")):
+        cuda_namespace()
+
+
+def test_cuda_namespace_without_a_device_says_so(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(available=False))
+    with pytest.raises(RuntimeError, match=re.escape("cupy finds no usable CUDA device (driver missing or no GPU)")):
+        cuda_namespace()
+
+
+def test_cuda_namespace_reports_the_first_failing_operation(monkeypatch):
+    """A wrong CUDA major version fails at the first real operation: the message carries its cause."""
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(first_op=OSError("libcublas.so.12: cannot open")))
+    with pytest.raises(RuntimeError, match=re.escape("cupy cannot use the GPU: libcublas.so.12: cannot open")) as exc:
+        cuda_namespace()
+    assert isinstance(exc.value.__cause__, OSError)
+
+
+def test_cuda_namespace_returns_a_working_cupy(monkeypatch):
+    fake = _fake_cupy()
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    assert cuda_namespace() is fake
+
+
+def test_cuda_namespace_on_this_machine():
+    """Whatever this machine has, the answer is cupy itself or one of the three messages above."""
     try:
         xp = cuda_namespace()
     except RuntimeError as exc:
-        assert str(exc)
+        assert re.fullmatch(r"cupy is not installed \(pip install 'sui-onnx\[gpu\]'\)"
+                            r"|cupy finds no usable CUDA device \(driver missing or no GPU\)"
+                            r"|cupy cannot use the GPU: .+", str(exc)), str(exc)
     else:
-        assert xp.__name__ == "cupy"
+        assert xp.__name__ == "cupy" and float(xp.arange(3).sum()) == 3.0
