@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .errors import CalibrationError
+from .errors import CalibrationError, first_line
 
 DEFAULT_SEQ_LEN = 256
 DEFAULT_BATCH_SIZE = 8
@@ -257,7 +257,7 @@ def load_tokenizer(folder: Path):
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # plain Exception subclasses for bad files, pyo3 PanicException for panics
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        first = first_line(exc)
         raise CalibrationError(f"{path}: not a valid tokenizer.json ({printable(first)[:120]})") from None
     return _GuardedTokenizer(tokenizer, path)
 
@@ -279,7 +279,7 @@ class _GuardedTokenizer:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:
-            first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+            first = first_line(exc)
             raise CalibrationError(f"{self._path}: the tokenizer failed on the calibration text "
                                    f"({printable(first)[:120]})") from None
 

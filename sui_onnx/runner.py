@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import CalibrationError, ModelError, SuiError
+from .errors import CalibrationError, ModelError, SuiError, first_line
 
 _ORT_TO_NUMPY = {
     "tensor(float)": np.float32,
@@ -63,7 +63,7 @@ def import_onnxruntime():
             "onnxruntime is not installed: pip install 'sui-onnx[cpu]' (or 'sui-onnx[gpu]' for CUDA)"
         ) from None
     except (ImportError, OSError, MemoryError) as exc:
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+        first = first_line(exc, limit=200)
         memory = isinstance(exc, MemoryError) or any(
             w in first.lower() for w in ("memory", "map segment", "mmap", "bad_alloc", "allocat"))
         why = "not enough memory or address space (ulimit -v?)" if memory else "a broken installation?"
@@ -146,7 +146,7 @@ def create_session(
     try:
         sess = ort.InferenceSession(model_arg, sess_options=options(), providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        first = first_line(exc)
         raise ModelError(f"onnxruntime cannot load the model: {first[:300]}") from None
     used = tuple(sess.get_providers())
     choice = DeviceChoice(device, used)
@@ -589,5 +589,5 @@ class TapRunner:
 
 
 def _run_error(exc: Exception, shape: tuple[int, ...]) -> CalibrationError:
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    msg = first_line(exc)
     return CalibrationError(f"onnxruntime failed on a batch of shape {tuple(shape)}: {msg[:300]}")

@@ -186,14 +186,14 @@ def _verify(path: Path, widths: list[int]) -> None:
     """The written model passes onnx.checker, loads in onnxruntime, and detection finds the new widths."""
     import onnx
 
-    from ..errors import SuiError
+    from ..errors import SuiError, first_line
     from ..graph import find_taps, load_model
     from ..runner import create_session
 
     try:
         onnx.checker.check_model(str(path))
     except Exception as exc:  # noqa: BLE001 - the checker raises several types
-        raise SuiError(f"the narrowed model fails onnx.checker ({str(exc).splitlines()[0][:200]}); please report it") from None
+        raise SuiError(f"the narrowed model fails onnx.checker ({first_line(exc, limit=200)}); please report it") from None
     create_session(path, "cpu", 1)
     found = [t.width for t in find_taps(load_model(path, lean=True).model)]
     if found != list(widths):

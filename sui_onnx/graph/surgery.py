@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..errors import ModelError, SuiError
+from ..errors import ModelError, SuiError, first_line
 from ..safeio import umask
 from .detect import FFNBlock, region_inputs
 from .index import GraphIndex, attr, uses_external_data
@@ -325,7 +325,7 @@ class FFNSurgery:
         try:
             return numpy_helper.to_array(t, base_dir=str(folder))
         except Exception as exc:  # noqa: BLE001 - onnx raises several types for unreadable data
-            raise ModelError(f"cannot read weight {name!r}: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
+            raise ModelError(f"cannot read weight {name!r}: {first_line(exc, limit=200)}") from None
 
     def down_weight(self, layer: int) -> np.ndarray:
         """W of layer ``layer`` as float64 [D, m] (hidden -> output), alpha included."""
