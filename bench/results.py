@@ -433,9 +433,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"{_rel(target)} matches the committed reports", file=sys.stderr)
         return 0
-    from sui_onnx.spectrum import atomic_write_bytes
+    from sui_onnx.safeio import atomic_write
 
-    atomic_write_bytes(target, lambda fh: fh.write(text.encode()))
+    atomic_write(target, lambda fh: fh.write(text.encode()))
     print(f"wrote {_rel(target)}", file=sys.stderr)
     return 0
 

@@ -510,9 +510,9 @@ def _tokenizer_folder(tokenizer_json: bytes | None) -> Path | None:
     folder = Path(tempfile.gettempdir()) / f"sui-onnx-tokenizer-{digest}"
     path = folder / "tokenizer.json"
     if not path.is_file():
-        from .spectrum import atomic_write_bytes
+        from .safeio import atomic_write
 
-        atomic_write_bytes(path, lambda fh: fh.write(tokenizer_json))
+        atomic_write(path, lambda fh: fh.write(tokenizer_json))
     return folder
 
 

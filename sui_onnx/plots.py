@@ -27,10 +27,10 @@ def save_png(fig, path: Path) -> Path:
     """Write a figure as PNG atomically, then close it (also when writing fails)."""
     import matplotlib.pyplot as plt
 
-    from .spectrum import atomic_write_bytes
+    from .safeio import atomic_write
 
     try:
-        atomic_write_bytes(path, lambda fh: fig.savefig(fh, format="png", dpi=120, bbox_inches="tight"))
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120, bbox_inches="tight"))
     finally:
         plt.close(fig)
     return path

@@ -169,17 +169,6 @@ class CovarianceAccumulator:
             f"tap {self.name!r}: activations contain NaN or Inf (fp16 overflow?); the batch was rejected"
         )
 
-    def update_gram(self, n: int, row_sum: Any, gram: Any) -> None:
-        """Add statistics already reduced elsewhere (e.g. inside the ONNX graph) around shift 0."""
-        other = CovarianceAccumulator(self.width, self.name, self.xp)
-        other.n = int(n)
-        other.shift = self.xp.zeros(self.width, dtype=self.xp.float64)
-        other.sum = self.xp.asarray(row_sum, dtype=self.xp.float64).reshape(self.width)
-        other.gram = self.xp.asarray(gram, dtype=self.xp.float64).reshape(self.width, self.width)
-        if not (bool(self.xp.isfinite(other.sum).all()) and bool(self.xp.isfinite(other.gram).all())):
-            raise NumericalError(f"tap {self.name!r}: statistics contain NaN or Inf")
-        self.merge(other)
-
     def _recentre(self, new_shift: Any) -> None:
         """Re-express the statistics around ``new_shift`` (exact float64 algebra)."""
         xp = self.xp
@@ -275,16 +264,6 @@ class CovarianceAccumulator:
         return accs[0]
 
 
-def atomic_write_bytes(path: str | Path, write: Any) -> Path:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, then rename it over ``path``
-    (safeio.atomic_write: the permissions an ordinary write gives, never onto a special file; a
-    failure is one SuiError line and leaves nothing behind)."""
-    from .safeio import atomic_write
-
-    atomic_write(path, write)
-    return Path(path)
-
-
 def save_accumulators(
     path: str | Path, accumulators: list[CovarianceAccumulator], meta: dict[str, Any] | None = None
 ) -> Path:
@@ -302,7 +281,9 @@ def save_accumulators(
     for i, acc in enumerate(accumulators):
         for key, value in acc.state().items():
             arrays[f"{i}/{key}"] = value
-    return atomic_write_bytes(path, lambda fh: np.savez(fh, **arrays))
+    from .safeio import atomic_write
+
+    return atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 MAX_TOKENS = 2**53  # a token count above this is no real run (and float64 no longer counts it exactly)
