@@ -173,7 +173,6 @@ class FeedBuilder:
 
     def __init__(self, inputs: Sequence[Any]):
         self.inputs = list(inputs)
-        self.vocab_limit: int | None = None
         for inp in self.inputs:
             if inp.type not in _ORT_TO_NUMPY:  # e.g. bfloat16, which NumPy cannot hold
                 raise CalibrationError(f"cannot feed model input {inp.name!r} of type {inp.type}")
