@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .metrics import energy_key
+from .metrics import energy_key, energy_shares, energy_width
 from .report import METRIC_KEYS, STATUS_ORDER, LayerResult
 
 LOW_TOKENS_FACTOR = 4  # N < 4 D: metrics biased low
@@ -100,15 +100,15 @@ def width_advice(
         "variance kept is what a rank-k projection of the activation keeps; accuracy after "
         "pruning or retraining must be measured, this is a capacity estimate from calibration data",
     ]
-    usable = [(layer, _probabilities(ev)) for layer, ev in zip(layers, eigenvalues) if layer.usable and ev is not None]
+    usable = [(layer, ev, energy_shares(ev)) for layer, ev in zip(layers, eigenvalues) if layer.usable and ev is not None]
     current = max((layer.width for layer in layers), default=0)
     if not usable:
         return {"q": q, "quantile": quantile, "align": align, "current_width": current,
                 "recommended_width": None, "assumptions": assumptions, "per_layer": []}
     per_layer = []
     kq = []
-    for layer, p in usable:
-        k = int(np.argmax(np.cumsum(p) >= q - 1e-12)) + 1
+    for layer, ev, _ in usable:
+        k = energy_width(ev, q)
         kq.append(k)
         per_layer.append({
             "layer": layer.layer,
@@ -122,7 +122,7 @@ def width_advice(
         })
     needed = int(np.quantile(np.array(kq), quantile, method="higher"))
     recommended = min(current, int(math.ceil(needed / align) * align))
-    for entry, (_, p) in zip(per_layer, usable):
+    for entry, (_, _, p) in zip(per_layer, usable):
         keep = min(recommended, p.size)
         entry["variance_lost"] = float(max(0.0, p[keep:].sum()))
     counted = _counted(per_layer, needed, quantile, len(layers))
@@ -148,11 +148,6 @@ def width_advice(
         "per_layer": per_layer,
         "assumptions": assumptions,
     }
-
-
-def _probabilities(eigenvalues: np.ndarray) -> np.ndarray:
-    lam = np.sort(np.clip(np.asarray(eigenvalues, dtype=np.float64), 0, None))[::-1]
-    return lam / lam.sum()
 
 
 def thin_data(layers: Sequence[LayerResult]) -> dict[str, Any] | None:

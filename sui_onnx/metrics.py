@@ -40,6 +40,12 @@ def _probabilities(eigenvalues: Any) -> tuple[Any, Any]:
     return xp, lam / total
 
 
+def energy_shares(eigenvalues: Any) -> Any:
+    """p_i = lambda_i / sum lambda: each direction's share of the variance, largest first
+    (eigenvalues clamped at 0; the array namespace of the input)."""
+    return _probabilities(eigenvalues)[1]
+
+
 def hard_rank(eigenvalues: Any) -> float:
     """Participation ratio (sum l)^2 / sum l^2 = 1 / sum p_i^2, in [1, D]."""
     xp, p = _probabilities(eigenvalues)
