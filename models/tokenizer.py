@@ -6,7 +6,7 @@ given corpus and vocabulary size. ``<|endoftext|>`` is token 0 and separates doc
 
 Usage::
 
-    python -m models.tokenizer                       # 4096 -> sui_onnx/data/tokenizer.json
+    python -m models.tokenizer                       # 4096 -> sui_onnx/data/demo/tokenizer.json
     python -m models.tokenizer --vocab 512 --out models/work/tokenizer_512.json
 """
 
@@ -56,7 +56,7 @@ def ensure_tokenizer(vocab_size: int, out: Path, work_dir: Path = WORK_DIR) -> P
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab", type=int, default=DEMO_VOCAB)
-    parser.add_argument("--out", type=Path, default=DATA_DIR / "tokenizer.json")
+    parser.add_argument("--out", type=Path, default=DATA_DIR / "demo" / "tokenizer.json")
     parser.add_argument("--work", type=Path, default=WORK_DIR)
     args = parser.parse_args(argv)
     args.out.unlink(missing_ok=True)

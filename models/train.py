@@ -61,7 +61,7 @@ def tokenizer_for(vocab: int) -> Path:
     if vocab == BYTE_VOCAB:
         return ensure_byte_tokenizer(WORK_DIR / "tokenizer_bytes.json")
     if vocab == DEMO_VOCAB:
-        return ensure_tokenizer(vocab, DATA_DIR / "tokenizer.json")
+        return ensure_tokenizer(vocab, DATA_DIR / "demo" / "tokenizer.json")  # the demo model's
     return ensure_tokenizer(vocab, WORK_DIR / f"tokenizer_{vocab}.json")
 
 
@@ -234,7 +234,8 @@ def train(family: str, d_model: int, n_layers: int, d_ff: int, steps: int, seed:
 
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = export_model(model, family, out / "model.onnx", vocab)
-    shutil.copyfile(tok_path, out / "tokenizer.json")
+    if not (out / "tokenizer.json").exists() or not (out / "tokenizer.json").samefile(tok_path):  # the demo: itself
+        shutil.copyfile(tok_path, out / "tokenizer.json")
     onnx_diff = _onnx_logit_diff(model, onnx_path, held[:2 * seq].reshape(2, seq))
 
     record = {

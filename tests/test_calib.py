@@ -11,7 +11,7 @@ import pytest
 from sui_onnx.calib import CalibrationSpec, CalibrationStream, bundled_corpus, default_token_budget
 from sui_onnx.errors import CalibrationError
 
-TOKENIZER = Path(str(resources.files("sui_onnx") / "data" / "tokenizer.json"))
+TOKENIZER = Path(str(resources.files("sui_onnx") / "data" / "demo" / "tokenizer.json"))
 
 
 @pytest.fixture()

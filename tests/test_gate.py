@@ -62,7 +62,7 @@ def make_report(layers: list[LayerResult] | None = None, *, suis=(0.4, 0.5, 0.6)
 
 def sarif_validator():
     jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads((resources.files("sui_onnx") / "schema" / "sarif-2.1.0.json").read_text(encoding="utf-8"))
+    schema = json.loads((Path(__file__).parent / "data" / "sarif-2.1.0.json").read_text(encoding="utf-8"))  # tests only
     jsonschema.Draft4Validator.check_schema(schema)
     return jsonschema.Draft4Validator(schema, format_checker=jsonschema.FormatChecker())
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from tests.onnx_builders import tiny_lm
 
-TOKENIZER = Path(str(resources.files("sui_onnx") / "data" / "tokenizer.json"))
+TOKENIZER = Path(str(resources.files("sui_onnx") / "data" / "demo" / "tokenizer.json"))
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 

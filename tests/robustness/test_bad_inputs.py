@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.onnx_builders import tiny_lm
 
-TOKENIZER = Path(str(resources.files("sui_onnx") / "data" / "tokenizer.json"))
+TOKENIZER = Path(str(resources.files("sui_onnx") / "data" / "demo" / "tokenizer.json"))
 
 
 def cli(*args, cwd):
