@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SuiError
+from .layout import DECODER_FILE, ENCODER_FILE, MODEL_FILE
 from .report import Report
 
 
@@ -48,9 +49,9 @@ def plot_folder(folder: Path) -> Path:
 def model_name(report: Report) -> str:
     """A short name for the model in titles: the folder of a model.onnx, else the file's stem."""
     path = Path(str((report.model or {}).get("path") or "model"))
-    if path.name in ("model.onnx", "decoder_model.onnx", "encoder_model.onnx") and path.parent.name:
+    if path.name in (MODEL_FILE, DECODER_FILE, ENCODER_FILE) and path.parent.name:
         name = path.parent.name if path.parent.name != "onnx" else path.parent.parent.name
-        return name if path.name == "model.onnx" else f"{name}/{path.stem}"
+        return name if path.name == MODEL_FILE else f"{name}/{path.stem}"
     return path.stem or "model"
 
 

@@ -13,6 +13,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from .layout import MODEL_FILE
 from .report import Report
 
 _STATUS_STYLE = {"ok": "green", "low_tokens": "yellow", "rank_capped": "yellow", "degenerate": "red", "non_finite": "red"}
@@ -310,7 +311,7 @@ def command_path(path: Any) -> str:
     text = short_path(path)
     if text.startswith("<bundled>/"):
         text = str(path)
-    if os.path.basename(text) == "model.onnx" and os.path.dirname(text):
+    if os.path.basename(text) == MODEL_FILE and os.path.dirname(text):
         text = os.path.dirname(text)  # the folder holding model.onnx names the same model, shorter
     return text if text and len(text) <= 32 and " " not in text and printable(text) == text else "MODEL"
 

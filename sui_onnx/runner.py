@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import CalibrationError, ModelError, SuiError, first_line
+from .layout import ENCODER_FILE  # optimum's name for a seq2seq model's encoder (others import it from here)
 
 _ORT_TO_NUMPY = {
     "tensor(float)": np.float32,
@@ -28,7 +29,6 @@ _ORT_TO_NUMPY = {
 _PAST = re.compile(r"(past|cache)", re.IGNORECASE)
 _ENCODER_STATES = re.compile(r"^encoder_(hidden_states|outputs?)$", re.IGNORECASE)
 _CROSS_PAST = re.compile(r"(\.encoder\.|cross)", re.IGNORECASE)  # cached cross-attention keys/values
-ENCODER_FILE = "encoder_model.onnx"  # optimum's name for a seq2seq model's encoder
 
 
 def companion_encoder(model: Path | None) -> Path | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .. import gate
 from ..errors import ConfigError, SuiError
+from ..layout import MODEL_FILE
 from ..runner import companion_encoder
 from .options import (TokenProgress, add_analysis_args, analysis_options, calibration_spec, guard_outputs, make_console, write_text_atomic)
 from .report import warn_unfilled_budget
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
                            baseline_label=None if thresholds.baseline is None else str(thresholds.baseline))
     if args.save_report is not None:  # after the comparison: a refused baseline (exit 2) writes nothing
         write_text_atomic(args.save_report, report.to_json())
-    located = target / "model.onnx" if target.is_dir() and (target / "model.onnx").is_file() else target
+    located = target / MODEL_FILE if target.is_dir() and (target / MODEL_FILE).is_file() else target
     uri = gate.artifact_uri(located, cwd)
     lines = gate.report_json_lines(read_input(target, MAX_REPORT_BYTES).decode("utf-8")) if is_report else {}
     if args.junit is not None:

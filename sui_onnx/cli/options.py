@@ -14,13 +14,14 @@ from typing import Any, Iterable, Iterator
 
 from ..calib import DEFAULT_BATCH_SIZE, DEFAULT_SEQ_LEN, MIXES, CalibrationSpec
 from ..errors import SuiError
+from ..layout import ENCODER_FILE, MODEL_FILE
 from ..metrics import DEFAULT_TOP_FRACTION
 from ..safeio import atomic_write, check_input, output_target, printable, special_kind, system_path
 
 
 def demo_model() -> Path:
     """The bundled, briefly trained GPT-2-style demo model."""
-    return Path(str(resources.files("sui_onnx") / "data" / "demo" / "model.onnx"))
+    return Path(str(resources.files("sui_onnx") / "data" / "demo" / MODEL_FILE))
 
 
 def _positive_int(text: str) -> int:
@@ -209,7 +210,7 @@ def model_argument(args: argparse.Namespace) -> Path:
 MODEL_COMPANIONS = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
     "merges.txt", "vocab.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "config.json",
-    "generation_config.json", "genai_config.json", "preprocessor_config.json", "encoder_model.onnx",
+    "generation_config.json", "genai_config.json", "preprocessor_config.json", ENCODER_FILE,
 )
 NOT_TO_STDOUT = ("--checkpoint", "--output")  # checkpoints and merged statistics: files, never '-'
 _MAX_FOLDER_FILES = 200_000  # a folder input with more files than this is not walked further
@@ -291,7 +292,6 @@ def model_inputs(model: Path | None) -> list[Path]:
     if model is None:
         return []
     from ..graph.source import resolve_model_path
-    from ..runner import ENCODER_FILE
 
     model = Path(model)
     files = [model]

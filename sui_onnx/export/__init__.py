@@ -44,7 +44,8 @@ from pathlib import Path
 
 from ..errors import SuiError
 from ..graph.exported import dedupe_file, dedupe_transposed_initializers, save_model, set_metadata, tapped_name, write_taps
-from ..graph.source import DATA_FILE, load_model
+from ..graph.source import load_model
+from ..layout import DATA_FILE
 from ..safeio import chmod_default
 from .capture import capture_output, offline
 from .gguf import GGUFInfo, gguf_info, gguf_to_hf, spm_bpe_tokenizer

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..graph.source import DECODER_FILE, ENCODER_FILE, MODEL_FILE
+from ..layout import DECODER_FILE, ENCODER_FILE, MODEL_FILE
 
 __all__ = [
     "INSTALL_HINT", "SITES", "DTYPES", "DEFAULT_TASK", "TORCH_OPSET", "SEQ2SEQ_TASK", "MODEL_FILE",

@@ -13,9 +13,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..layout import DATA_FILE
 from ..safeio import atomic_write
 from .index import uses_external_data
-from .source import DATA_FILE, load_model
+from .source import load_model
 from .tapped import write_tapped
 from .taps import find_taps
 

@@ -37,6 +37,7 @@ from typing import Iterator
 import onnx
 
 from ..errors import ModelError
+from ..layout import MODEL_FILE
 from . import lean as lean_module
 from .index import subgraphs, uses_external_data
 
@@ -74,10 +75,6 @@ class ModelSource:
         return self.folder if self.has_external_data else None
 
 
-MODEL_FILE = "model.onnx"  # a model folder's graph (optimum's export layout)
-DATA_FILE = "model.onnx_data"  # its external data, when optimum or sui-onnx writes it past 2 GB
-ENCODER_FILE = "encoder_model.onnx"  # optimum's seq2seq layout: the encoder ...
-DECODER_FILE = "decoder_model.onnx"  # ... and the decoder, side by side
 TRANSFORMERS_JS_FOLDER = "onnx"  # transformers.js / Hub ONNX repos: onnx/model*.onnx, tokenizer.json above
 GENAI_CONFIG = "genai_config.json"  # onnxruntime-genai's model description, beside its model.onnx
 

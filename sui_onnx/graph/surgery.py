@@ -34,6 +34,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ModelError, SuiError, first_line
+from ..layout import DATA_FILE, MODEL_FILE
 from ..safeio import umask
 from .detect import FFNBlock, region_inputs
 from .index import GraphIndex, attr, uses_external_data
@@ -533,7 +534,7 @@ def write_model_folder(model: onnx.ModelProto, src: ModelSource, out_dir: Path, 
             _write_external(model, folder, tmp)
         else:
             onnx.load_external_data_for_model(model, str(folder))
-            _write_file(tmp / "model.onnx", model.SerializeToString())
+            _write_file(tmp / MODEL_FILE, model.SerializeToString())
         for name, data in extra_files.items():
             _write_file(tmp / name, data)
         if copy_from is not None:
@@ -546,7 +547,7 @@ def write_model_folder(model: onnx.ModelProto, src: ModelSource, out_dir: Path, 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out_dir / "model.onnx"
+    return out_dir / MODEL_FILE
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -558,7 +559,7 @@ def _write_file(path: Path, data: bytes) -> None:
 
 def _write_external(model: onnx.ModelProto, folder: Path, out: Path) -> None:
     """All initializers into out/model.onnx_data, copied range by range (never all in memory)."""
-    data_name = "model.onnx_data"
+    data_name = DATA_FILE
     offset = 0
     with open(out / data_name, "wb") as sink:
         for t in model.graph.initializer:
@@ -592,7 +593,7 @@ def _write_external(model: onnx.ModelProto, folder: Path, out: Path) -> None:
             offset += length + pad
         sink.flush()
         os.fsync(sink.fileno())
-    _write_file(out / "model.onnx", model.SerializeToString())
+    _write_file(out / MODEL_FILE, model.SerializeToString())
 
 
 _COMPANION_SKIP_SUFFIXES = (".onnx", ".onnx_data", ".onnx.data", ".npz", ".tmp")
