@@ -229,3 +229,113 @@ def test_agrees_with_independent_reference(eigs):
     assert m.sui == pytest.approx(s, rel=1e-7, abs=1e-9)
     if margin > 1e-9:  # no cumulative sum within round-off of a level (exact ties are fine)
         assert m.energy_widths == {"k90": widths[0.9], "k95": widths[0.95], "k99": widths[0.99]}
+
+
+# ------------------------------------------------------------------------------ energy shares and width advice
+# (sui_onnx/advice.py, docs/metrics.md "Width advice"): hand-built layers and spectra, hand-derived answers.
+from sui_onnx.advice import status_message, summarize, thin_data, token_flags, width_advice, worst_status  # noqa: E402
+from sui_onnx.metrics import energy_shares  # noqa: E402
+from sui_onnx.report import LayerResult  # noqa: E402
+
+
+def test_energy_shares_are_the_sorted_clamped_fractions():
+    assert energy_shares(np.array([1.0, 4.0, -1e-18, 8.0, 2.0])).tolist() == pytest.approx([8 / 15, 4 / 15, 2 / 15, 1 / 15, 0.0], abs=1e-16)
+
+
+@pytest.mark.parametrize("n, width, flags", [(10, 10, ["rank_capped", "low_tokens"]), (11, 10, ["low_tokens"]),
+                                             (39, 10, ["low_tokens"]), (40, 10, []), (1000, 10, [])])
+def test_token_flags_at_their_boundaries(n, width, flags):
+    """rank_capped when N - 1 < D, low_tokens when N < 4 D."""
+    assert token_flags(n, width) == flags
+
+
+def test_worst_status_and_the_messages():
+    assert worst_status([]) == "ok" and worst_status(["low_tokens", "rank_capped"]) == "rank_capped"
+    assert worst_status(["low_tokens", "degenerate", "non_finite"]) == "non_finite"
+    assert status_message([], 100, 10) == ""
+    assert status_message(["rank_capped", "low_tokens"], 10, 10) == "N-1=9 < D=10: rank capped by the token count"
+    assert status_message(["low_tokens"], 30, 10) == "N=30 < 4D=40: metrics biased low; use N >= 100"
+    assert status_message(["non_finite", "degenerate"], 5, 10) == (
+        "activations contained NaN/Inf (fp16 overflow?); layer excluded; zero variance: every token gives the same activation")
+
+
+def _layer(i, width=16, tokens=1000, hard=3.0, soft=5.0, sui=0.5, conc=0.4, k=(1, 2, 3)):
+    return LayerResult(layer=i, tensor=f"t{i}", width=width, site="post", activation="gelu", op="Mul", tokens=tokens,
+                       hard_rank=hard, soft_rank=soft, hard_util=hard / width, soft_util=soft / width,
+                       concentration=conc, sui=sui, asymmetry=math.log(soft / hard),
+                       energy_widths=dict(zip(("k90", "k95", "k99"), k)))
+
+
+def test_summarize_by_hand():
+    """Four usable layers (values 1..4 in shuffled order) and an unusable one: numpy's linear quantiles of
+    1, 2, 3, 4 are q25 = 1.75, median 2.5, q75 = 3.25; the worst layer is the lowest value, except for
+    concentration, where it is the highest."""
+    layers = [_layer(i, hard=h, soft=10.0 * h, sui=h / 10, conc=h / 10, tokens=t)
+              for i, (h, t) in enumerate([(3.0, 900), (1.0, 800), (4.0, 1000), (2.0, 700)])]
+    bad = LayerResult(layer=4, tensor="t4", width=32, site="post", activation="gelu", op="Mul", tokens=600,
+                      status="degenerate", flags=["degenerate"])
+    s = summarize([*layers, bad])
+    assert (s["n_layers"], s["usable_layers"], s["widths"], s["min_tokens"]) == (5, 4, [16, 32], 600)
+    assert s["statuses"] == {"degenerate": 1, "ok": 4}
+    assert s["hard_rank"] == {"median": 2.5, "mean": 2.5, "min": 1.0, "max": 4.0, "q25": 1.75, "q75": 3.25, "worst_layer": 1}
+    assert s["soft_rank"]["q75"] == pytest.approx(32.5) and s["sui"]["worst_layer"] == 1
+    assert s["concentration"]["worst_layer"] == 2 and s["concentration"]["max"] == pytest.approx(0.4)
+    assert summarize([bad])["hard_rank"] is None and summarize([])["min_tokens"] == 0
+
+
+def test_width_advice_by_hand():
+    """D = 16. Layer 0: lambda = 8, 4, 2, 1 (k95 = 4: 14/15 < 0.95 <= 15/15). Layer 1: flat on 6 directions
+    (k95 = ceil(0.95 * 6) = 6). Every layer (quantile 1) needs 6; aligned to 4 that is 8: half the width.
+    quantile 0 (the 'higher' of the smallest) needs 4; aligned to 1 that is 4, and layer 1 then loses 2/6."""
+    ev = [np.r_[8.0, 4.0, 2.0, 1.0, np.zeros(12)], np.r_[np.full(6, 2.0), np.zeros(10)]]
+    layers = [_layer(0, hard=3.2, soft=3.0), _layer(1, hard=6.0, soft=6.0)]
+    a = width_advice(layers, ev, q=0.95, quantile=1.0, align=4)
+    assert (a["current_width"], a["needed_width"], a["recommended_width"]) == (16, 6, 8)
+    assert a["width_ratio"] == 0.5 and a["ffn_param_saving"] == a["ffn_flop_saving"] == 0.5
+    assert a["max_variance_lost"] == 0.0 and a["basis"] == "variance"
+    assert [e["k_q"] for e in a["per_layer"]] == [4, 6]
+    assert [(e["hard_width"], e["soft_width"]) for e in a["per_layer"]] == [(4, 3), (6, 6)]  # ceil, exact integers kept
+    assert a["per_layer"][0]["k95"] == 2 and a["per_layer"][0]["width"] == 16  # the layer's own k_q fields, passed on
+    assert a["counted"] == {"layers": [0, 1], "excluded": 0, "above_needed": [], "set_by": 1}
+    low = width_advice(layers, ev, q=0.95, quantile=0.0, align=1)
+    assert (low["needed_width"], low["recommended_width"]) == (4, 4) and low["ffn_param_saving"] == 0.75
+    assert [e["variance_lost"] for e in low["per_layer"]] == pytest.approx([0.0, 2 / 6], abs=1e-15)
+    assert low["max_variance_lost"] == pytest.approx(2 / 6, abs=1e-15)
+    assert low["counted"] == {"layers": [0, 1], "excluded": 0, "above_needed": [1], "set_by": 0}
+    assert width_advice(layers, ev, quantile=0.5, align=1)["needed_width"] == 6  # 'higher' of 4 and 6
+    assert width_advice(layers, ev, q=0.5, align=1)["needed_width"] == 3  # flat on 6: 3/6 reaches 0.5
+    assert width_advice(layers, ev, align=64)["recommended_width"] == 16  # never above the current width
+    # a layer without a spectrum is not counted
+    skip = width_advice(layers, [ev[0], None], align=1)
+    assert skip["counted"] == {"layers": [0], "excluded": 1, "above_needed": [], "set_by": 0}
+    none = width_advice(layers, [None, None])
+    assert none["recommended_width"] is None and none["per_layer"] == []
+
+
+def test_width_advice_refuses_bad_settings_and_withholds_on_thin_data():
+    layers = [_layer(0), _layer(1)]
+    ev = [np.ones(16), np.ones(16)]
+    for kw, match in (({"q": 0.0}, "advice energy level q must be in"), ({"q": 1.01}, "advice energy level q must be in"),
+                      ({"quantile": -0.1}, "advice quantile must be in"), ({"quantile": 1.1}, "advice quantile must be in"),
+                      ({"align": 0}, "alignment must be a positive integer")):
+        with pytest.raises(ValueError, match=match):
+            width_advice(layers, ev, **kw)
+    assert width_advice(layers, ev, q=1.0, quantile=0.0, align=1)["recommended_width"] == 16
+    assert thin_data(layers) is None and thin_data([_layer(0, tokens=64)]) is None  # 64 = 4 D: enough
+    thin = [_layer(0, tokens=63), _layer(1, width=8, tokens=20), _layer(2, tokens=2000)]
+    want = {"reason": "not enough calibration tokens: 20 < 4·D = 64; pass --tokens ≥ 10·D = 160",
+            "tokens": 20, "min_tokens": 64, "recommended_tokens": 160, "layers": [0, 1]}
+    assert thin_data(thin) == want
+    a = width_advice(thin, [np.ones(16), np.ones(8), np.ones(16)], align=1)
+    assert a["recommended_width"] is None and a["withheld"] == want and a["width_ratio"] is None
+    assert [e["k_q"] for e in a["per_layer"]] == [16, 8, 16]  # the per-layer numbers are still given
+
+
+def test_the_closed_ends_of_the_ranges():
+    """f = 1 and q = 1 are allowed: k = D (SC = 1, SUI's tail factor taken as 1) and k_1 = the rank."""
+    eigs = np.array([8.0, 4.0, 2.0, 1.0, 0.0, 0.0])
+    assert top_k(10, 1.0) == 10 and top_k(6, 1.0) == 6
+    m = spectral_metrics(eigs, top_fraction=1.0, energy_levels=(1.0,))
+    assert m.concentration == 1.0 and m.energy_widths == {"k100": 4}
+    assert m.sui == pytest.approx(((45 / 17) / 6 * m.soft_rank / 6) ** (1 / 3), rel=1e-14)
+    assert energy_width(eigs, 1.0) == 4 and energy_width(eigs, 0.5) == 1 and energy_width(eigs, 0.54) == 2
