@@ -5,41 +5,45 @@ Public API (stable):
         -- the metric suite over one eigenvalue vector (docs/metrics.md)
     CovarianceAccumulator, Spectrum, save_accumulators, load_accumulators
         -- streaming, mergeable covariance per tap
+
+Importing the package imports nothing else and changes nothing in the process: each name is
+loaded from its module on first use (PEP 562). The CLI sets its environment where it starts
+(sui_onnx.cli.main).
 """
 
-import os as _os
+from __future__ import annotations
 
-# OpenBLAS worker threads busy-wait after each BLAS call; between our per-batch X^T X and the next
-# onnxruntime run they would steal the cores from onnxruntime (measured: +30% inference time on
-# 2 cores). A short timeout lets them sleep. Only effective when numpy is not imported yet (the
-# CLI); a value the user set is kept.
-_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+from importlib import import_module
+from typing import Any
 
-from ._version import __version__  # noqa: E402
-from .errors import SuiError  # noqa: E402
-from .metrics import (  # noqa: E402
-    SpectralMetrics,
-    energy_width,
-    hard_rank,
-    soft_rank,
-    spectral_concentration,
-    spectral_metrics,
-    sui,
-)
-from .spectrum import CovarianceAccumulator, Spectrum, load_accumulators, save_accumulators  # noqa: E402
+from ._version import __version__
 
-__all__ = [
-    "__version__",
-    "SuiError",
-    "SpectralMetrics",
-    "spectral_metrics",
-    "hard_rank",
-    "soft_rank",
-    "spectral_concentration",
-    "energy_width",
-    "sui",
-    "CovarianceAccumulator",
-    "Spectrum",
-    "save_accumulators",
-    "load_accumulators",
-]
+_LAZY = {
+    "SuiError": "errors",
+    "SpectralMetrics": "metrics",
+    "spectral_metrics": "metrics",
+    "hard_rank": "metrics",
+    "soft_rank": "metrics",
+    "spectral_concentration": "metrics",
+    "energy_width": "metrics",
+    "sui": "metrics",
+    "CovarianceAccumulator": "spectrum",
+    "Spectrum": "spectrum",
+    "save_accumulators": "spectrum",
+    "load_accumulators": "spectrum",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .errors import CalibrationError, first_line
+from .errors import CalibrationError, first_line, option
 
 DEFAULT_SEQ_LEN = 256
 DEFAULT_BATCH_SIZE = 8
@@ -62,13 +62,13 @@ class CalibrationSpec:
     def __post_init__(self) -> None:
         self.sources = [Path(s) for s in self.sources]
         if self.mix not in MIXES:
-            raise CalibrationError(f"--mix must be one of {', '.join(MIXES)}, got {self.mix!r}")
+            raise CalibrationError(f"{option('mix')} must be one of {', '.join(MIXES)}, got {self.mix!r}")
         if self.seq_len < 1:
-            raise CalibrationError(f"--seq-len must be at least 1, got {self.seq_len}")
+            raise CalibrationError(f"{option('seq_len')} must be at least 1, got {self.seq_len}")
         if self.batch_size < 1:
-            raise CalibrationError(f"--batch-size must be at least 1, got {self.batch_size}")
+            raise CalibrationError(f"{option('batch_size')} must be at least 1, got {self.batch_size}")
         if self.tokens is not None and self.tokens < 2:
-            raise CalibrationError(f"--tokens must be at least 2 (a covariance needs two tokens), got {self.tokens}")
+            raise CalibrationError(f"{option('tokens')} must be at least 2 (a covariance needs two tokens), got {self.tokens}")
 
 
 def _is_file(p: Path) -> bool:
@@ -383,7 +383,7 @@ class CalibrationStream:
         if self._prefix is None:
             self._prefix = leading_special_ids(self.tokenizer) if self.tokenizer is not None else []
             if self._prefix and len(self._prefix) >= self.spec.seq_len:
-                raise CalibrationError(f"--seq-len {self.spec.seq_len} leaves no room for text after the "
+                raise CalibrationError(f"{option('seq_len')} {self.spec.seq_len} leaves no room for text after the "
                                        f"tokenizer's {len(self._prefix)} leading special token(s)")
         return self._prefix
 

@@ -2,23 +2,20 @@
 
 The deterministic batch sequence of :class:`~sui_onnx.calib.CalibrationStream` is cut into
 contiguous shards of batch indices; when the statistics of all taps exceed ``--max-memory`` the
-taps are also split into layer groups (:func:`sui_onnx.analyze.plan_groups`).  One Ray task runs
+taps are also split into layer groups (:func:`sui_onnx.memory.plan_groups`).  One Ray task runs
 per (shard, group): it re-creates the same stream, skips the batches outside its range, feeds
 the rest through a :class:`~sui_onnx.runner.TapRunner` over the tapped model (shipped as bytes
 through the object store) and returns the host copies of its accumulators' sufficient
-statistics.  The driver merges them in shard order with the exact float64 merge of
+statistics.  The worker accumulates with the single-process code (:func:`sui_onnx.collect.accumulate`);
+the driver merges the shards in order with the exact float64 merge of
 :class:`~sui_onnx.spectrum.CovarianceAccumulator`, one group at a time, and finalizes them with
-the single-process code (:func:`sui_onnx.analyze._finalize`), so the result is the single-process
-result up to float64 rounding.
+the single-process code too (:func:`sui_onnx.collect.finish_group`), so the result is the
+single-process result up to float64 rounding. This module never imports analyze.py.
 
 Faults: a task whose worker process or node dies (or whose result object is lost) is resubmitted
 by the driver up to ``max_retries`` times (counted in ``runtime.ray.retries``); an error raised by
 the task itself (a :class:`~sui_onnx.errors.SuiError`: unfeedable input, bad data, ...) is never
 retried and reaches the caller as the same one-line error.  See docs/ray.md.
-
-Test-only hook: when the driver's environment holds ``SUI_ONNX_TEST_CRASH_ONCE=PATH``, the first
-task of shard 1 that gets past its first batch creates PATH (atomically) and kills its worker
-process with ``os._exit(1)``; later attempts see PATH and run normally.  Nothing else reads it.
 """
 
 from __future__ import annotations
@@ -28,7 +25,6 @@ import logging
 import os
 import socket
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,10 +32,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from .calib import CalibrationSpec, CalibrationStream
-from .errors import NumericalError, SuiError, first_line
+from .checkpoint import RunState
+from .collect import accumulate, calibration_record, finish_group, new_accumulators
+from .errors import SuiError, first_line, option
+from .memory import accumulator_bytes, plan_groups
+from .stopping import Interrupted, StopRequest
 
 MAX_RETRIES = 3  # resubmissions of a (shard, group) task after a worker/node/object failure
-CRASH_ENV = "SUI_ONNX_TEST_CRASH_ONCE"  # test-only, see the module doc
 _WAIT_S = 0.25  # how often the driver looks at signals while waiting for tasks
 
 _RUNNER_CACHE: dict[str, Any] = {}  # per worker process: the last TapRunner (same model, next shard)
@@ -51,24 +50,23 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise SuiError("--ray needs the ray extra: pip install 'sui-onnx[ray]'") from None
+        raise SuiError(f"{option('ray')} needs the ray extra: pip install 'sui-onnx[ray]'") from None
     return ray
 
 
 # -- the driver ----------------------------------------------------------------------------
 def run_on_ray(src, taps, calib: CalibrationSpec, opts, max_retries: int = MAX_RETRIES):
-    """The calibration run on Ray; returns ``(results, runtime, calibration)`` as
-    :func:`sui_onnx.analyze._run` does."""
-    from .analyze import Interrupted, _finalize, _RunState, _StopOnSignal, plan_groups
+    """The calibration run on Ray; returns ``(results, runtime, calibration)`` as the local run
+    does (``opts``: config.AnalysisOptions)."""
     from .graph import tapped_model
 
     ray = import_ray()
-    if opts.precision not in ("fp32", "fp64"):
-        raise SuiError(f"--precision must be fp32 or fp64, got {opts.precision!r}")
-    if opts.resume is not None:
-        raise SuiError("--resume does not combine with --ray (a Ray run resubmits failed shards itself; rerun without --resume)")
+    rt, run, hooks = opts.runtime, opts.run, opts.hooks
+    if run.resume is not None:
+        raise SuiError(f"{option('resume')} does not combine with {option('ray')} (a Ray run resubmits failed shards "
+                       f"itself; rerun without {option('resume')})")
     widths = [t.width for t in taps]
-    groups = plan_groups(widths, opts.max_memory)
+    groups = plan_groups(widths, rt.max_memory)
 
     # The driver reads the calibration once, without running the model: batch count and token
     # count (to cut shards and size the progress bar) and a digest of every batch (so a worker
@@ -84,22 +82,23 @@ def run_on_ray(src, taps, calib: CalibrationSpec, opts, max_retries: int = MAX_R
                            batch_size=calib.batch_size, tokens=stream.budget, mix=calib.mix)
     tokenizer_json = (Path(src.folder) / "tokenizer.json").read_bytes() if stream.tokenizer is not None else None
 
-    _connect(ray, opts.ray)
+    _connect(ray, run.ray)
     resources = ray.cluster_resources()
-    threads = int(opts.threads or 1)
-    if opts.device == "cuda" and resources.get("GPU", 0) < 1:
-        raise SuiError("--device cuda with --ray: the Ray cluster has no GPU (drop --device cuda or add GPU nodes)")
+    threads = int(rt.threads or 1)
+    if rt.device == "cuda" and resources.get("GPU", 0) < 1:
+        raise SuiError(f"{option('device')} cuda with {option('ray')}: the Ray cluster has no GPU (drop "
+                       f"{option('device')} cuda or add GPU nodes)")
     # A task that runs on a GPU must hold it as a Ray resource (Ray hides the other GPUs from it);
     # `auto` therefore means: one GPU per task when the cluster has GPUs, else CPU only.
-    cuda = opts.device == "cuda" or (opts.device == "auto" and resources.get("GPU", 0) >= 1)
-    task_device = opts.device if cuda else "cpu"
+    cuda = rt.device == "cuda" or (rt.device == "auto" and resources.get("GPU", 0) >= 1)
+    task_device = rt.device if cuda else "cpu"
     alive = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     largest_node = max((r.get("CPU", 0) for r in alive), default=0)
     node_memory = int(max((r.get("memory", 0) for r in alive), default=0)) or None
     if threads > largest_node:
-        raise SuiError(f"--threads {threads} with --ray: no Ray node has {threads} CPUs (largest: {largest_node:g})")
+        raise SuiError(f"{option('threads')} {threads} with {option('ray')}: no Ray node has {threads} CPUs (largest: {largest_node:g})")
     slots = int(resources.get("GPU", 0)) if cuda else max(1, int(resources.get("CPU", 1)) // threads)
-    n_shards = max(1, min(opts.ray_shards or 2 * slots, len(batch_tokens)))
+    n_shards = max(1, min(run.ray_shards or 2 * slots, len(batch_tokens)))
     bounds = [round(k * len(batch_tokens) / n_shards) for k in range(n_shards + 1)]
     shards = [_Shard(k, bounds[k], bounds[k + 1], int(sum(batch_tokens[bounds[k]:bounds[k + 1]])),
                      _combine(batch_digests[bounds[k]:bounds[k + 1]])) for k in range(n_shards)]
@@ -112,21 +111,18 @@ def run_on_ray(src, taps, calib: CalibrationSpec, opts, max_retries: int = MAX_R
         need = _task_memory(proto, len(data), [widths[i] for i in group], spec.batch_size * spec.seq_len)
         models.append((ray.put(data), hashlib.sha256(data).hexdigest(), min(need, node_memory) if node_memory else need))
     tok_ref = ray.put(tokenizer_json) if tokenizer_json is not None else None
-    crash_marker = os.environ.get(CRASH_ENV) or None
-    crash_shard = min(1, n_shards - 1)
 
-    from . import __version__
+    from ._version import __version__
 
     def job(g: int, s: _Shard) -> dict[str, Any]:
         return {
             "version": __version__, "group": g, "shard": s.index, "start": s.start, "stop": s.stop,
             "taps": [(i, taps[i].tensor, taps[i].width) for i in groups[g]], "widths": widths,
             "sources": [str(p) for p in spec.sources], "seq_len": spec.seq_len, "batch_size": spec.batch_size,
-            "tokens": spec.tokens, "device": task_device, "threads": threads, "exact": opts.precision == "fp64",
+            "tokens": spec.tokens, "device": task_device, "threads": threads, "exact": rt.exact,
             "model_key": models[g][1],
             "external_folder": str(Path(src.folder).resolve()) if src.has_external_data else None,
-            "encoder": str(Path(opts.encoder).resolve()) if opts.encoder is not None else None,
-            "crash_marker": crash_marker if s.index == crash_shard else None,
+            "encoder": str(Path(rt.encoder).resolve()) if rt.encoder is not None else None,
         }
 
     # One task per (group, shard). Ray runs as many at once per node as its CPUs (GPUs) allow and,
@@ -140,30 +136,30 @@ def run_on_ray(src, taps, calib: CalibrationSpec, opts, max_retries: int = MAX_R
     results: list[Any] = [None] * len(taps)
     all_bad: dict[int, str] = {}
     last_accs: list[Any] = []
-    if opts.progress:
-        opts.progress(0, total, "ray")
+    if hooks.progress:
+        hooks.progress(0, total, "ray")
 
     def progress() -> None:
-        if opts.progress:
-            opts.progress(min(tasks.tokens_done, total), total, "ray")
+        if hooks.progress:
+            hooks.progress(min(tasks.tokens_done, total), total, "ray")
 
     try:
         for g in range(len(groups)):
             for k in range(n_shards):
                 tasks.submit(g, k)
-        with _StopOnSignal() as stop:
+        with hooks.stop or StopRequest() as stop:
             for g, group in enumerate(groups):  # one group's statistics in driver memory at a time
-                accs, bad = _new_accumulators(taps, group, opts.precision == "fp64"), {}
+                accs, bad = new_accumulators(taps, group, np, rt.exact), {}
                 for k in range(n_shards):  # in shard order: the same sums whatever finishes first
                     state, meta = tasks.result(g, k, stop, progress)
                     _merge_shard(accs, bad, group, state, meta)
                     del state
-                for j, i in enumerate(group):
-                    if opts.progress:
-                        opts.progress(min(tasks.tokens_done, total), total, f"ray: eigenvalues {j + 1}/{len(group)}")
-                    if opts.statistics is not None and i not in bad:
-                        opts.statistics(i, accs[j])
-                    results[i] = (accs[j].n, None, ["non_finite"], bad[i]) if i in bad else _finalize(accs[j])
+
+                def eigenvalues(j: int, group: list[int] = group) -> None:
+                    if hooks.progress:
+                        hooks.progress(min(tasks.tokens_done, total), total, f"ray: eigenvalues {j + 1}/{len(group)}")
+
+                finish_group(accs, group, bad, results, statistics=hooks.statistics, before=eigenvalues)
                 all_bad.update(bad)
                 last_accs = accs
                 del accs
@@ -171,7 +167,8 @@ def run_on_ray(src, taps, calib: CalibrationSpec, opts, max_retries: int = MAX_R
         tasks.abort()
         raise Interrupted(
             f"interrupted after {tasks.tokens_done} of {total} tokens; Ray tasks cancelled "
-            "(a --ray run keeps no checkpoint: rerun to start over)"
+            f"(a {option('ray')} run keeps no checkpoint: rerun to start over)",
+            tokens=tasks.tokens_done, model=Path(src.path),
         ) from None
     except BaseException:
         tasks.abort()
@@ -185,7 +182,7 @@ def run_on_ray(src, taps, calib: CalibrationSpec, opts, max_retries: int = MAX_R
         "device": devices[0] if len(devices) == 1 else "+".join(devices),
         "providers": list(metas[0]["providers"]),
         "passes": len(groups),
-        "precision": opts.precision,
+        "precision": rt.precision,
         "ray": {
             "address": _address(ray),
             "workers": len({(m["node"], m["pid"]) for m in all_metas}),
@@ -196,22 +193,20 @@ def run_on_ray(src, taps, calib: CalibrationSpec, opts, max_retries: int = MAX_R
             "contributing_shards": sorted({k for (_, k) in done}),
         },
     }
-    calibration = {
-        "sources": stream.describe(),
-        "tokens": int(sum(m["tokens"] for m in metas)),
-        "token_budget": stream.budget,
-        "seq_len": calib.seq_len,
-        "batch_size": calib.batch_size,
-        "order": "sequential",
-        "mix": calib.mix,
-        "tokenizer": "tokenizer.json" if stream.tokenizer is not None else None,
-        "prefix": stream.prefix,  # the special tokens each text window starts with (BOS)
-    }
-    if opts.checkpoint:  # the finished statistics, in the format --stats and `merge` read
-        state = _RunState.start(opts, src.sha256, taps, calib, stream, groups=groups)
-        state.save(opts.checkpoint, len(groups), [], 0, 0, all_bad, results, complete=True,
+    calibration = calibration_record(stream, calib, int(sum(m["tokens"] for m in metas)))
+    if run.checkpoint:  # the finished statistics, in the format `stats` and `merge` read
+        state = RunState.start(opts, src.sha256, taps, calib, stream, groups=groups)
+        state.save(run.checkpoint, len(groups), [], 0, 0, all_bad, results, complete=True,
                    final_accs=(groups[-1], last_accs))
     return results, runtime, calibration
+
+
+@dataclass(frozen=True)
+class _TapShape:
+    """What the worker knows of a tap: its tensor and width."""
+
+    tensor: str
+    width: int
 
 
 @dataclass(frozen=True)
@@ -236,13 +231,13 @@ def _connect(ray, address: str | None) -> None:
     except ValueError as exc:
         if "ray[client]" in str(exc):
             raise SuiError(
-                f"--ray {where}: ray:// addresses need the Ray Client: pip install 'ray[client]' "
-                "(or run sui-onnx on a cluster node with --ray HEAD_IP:6379)"
+                f"{option('ray')} {where}: ray:// addresses need the Ray Client: pip install 'ray[client]' "
+                f"(or run sui-onnx on a cluster node with {option('ray')} HEAD_IP:6379)"
             ) from None
-        raise SuiError(f"--ray: cannot connect to {where}: {_first_line(exc)}") from None
+        raise SuiError(f"{option('ray')}: cannot connect to {where}: {_first_line(exc)}") from None
     except (Exception, SystemExit) as exc:  # ray exits the process when the GCS never answers
         raise SuiError(
-            f"--ray: cannot connect to {where}: {_first_line(exc) or 'no answer'} (check the address; a cluster "
+            f"{option('ray')}: cannot connect to {where}: {_first_line(exc) or 'no answer'} (check the address; a cluster "
             "with token authentication also needs RAY_AUTH_MODE=token and its token here, see docs/ray.md)"
         ) from None
 
@@ -251,7 +246,6 @@ def _task_memory(proto, model_bytes: int, widths: Sequence[int], batch_tokens: i
     """Bytes one task holds: the model bytes and onnxruntime's copy of the weights (external
     data counted by its declared lengths), two copies of the statistics (accumulators and the
     state returned) and the float32 tap outputs of one batch."""
-    from .analyze import accumulator_bytes
     from .memory import external_bytes
 
     external = external_bytes(proto)
@@ -325,7 +319,7 @@ class _Tasks:
     def _collect(self, stop) -> None:
         stop.check()
         if not self.pending:  # cannot happen while a result is awaited; never hang on it
-            raise SuiError("--ray: internal error: waiting with no task in flight")
+            raise SuiError(f"{option('ray')}: internal error: waiting with no task in flight")
         ready, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=_WAIT_S)
         for ref in ready:
             g, k = self.pending.pop(ref)
@@ -345,7 +339,7 @@ class _Tasks:
             shard = self.shards[k]
             if meta["digest"] != shard.digest or meta["tokens"] != shard.tokens:
                 raise SuiError(
-                    f"--ray: shard {k} read other calibration data on {meta['host']} than this machine "
+                    f"{option('ray')}: shard {k} read other calibration data on {meta['host']} than this machine "
                     f"({meta['tokens']} vs {shard.tokens} tokens); every node must see the same files at the same paths"
                 )
             self.done[(g, k)] = meta
@@ -357,7 +351,7 @@ class _Tasks:
         if self.attempts[(g, k)] > self.max_retries:
             s = self.shards[k]
             raise SuiError(
-                f"--ray: shard {k} (batches {s.start}-{s.stop - 1}) of layer group {g + 1} failed "
+                f"{option('ray')}: shard {k} (batches {s.start}-{s.stop - 1}) of layer group {g + 1} failed "
                 f"{self.attempts[(g, k)]} times: {_first_line(exc)}"
             ) from None
         self.submit(g, k)
@@ -393,12 +387,6 @@ class _Tasks:
         self.data.clear()
 
 
-def _new_accumulators(taps, group, exact: bool):
-    from .spectrum import CovarianceAccumulator
-
-    return [CovarianceAccumulator(taps[i].width, f"{i}:{taps[i].tensor}", np, exact) for i in group]
-
-
 def _merge_shard(accs, bad: dict[int, str], group, states: list[dict], meta: dict) -> None:
     """Merge one shard into the group's accumulators. A tap with NaN/Inf stops at the first bad
     batch in shard order, so its token count is what the single-process run reports."""
@@ -408,8 +396,8 @@ def _merge_shard(accs, bad: dict[int, str], group, states: list[dict], meta: dic
         if i in bad:
             continue
         accs[j].merge(CovarianceAccumulator.from_state(states[j], accs[j].name))
-        if str(i) in meta["bad"]:
-            bad[i] = meta["bad"][str(i)]
+        if i in meta["bad"]:
+            bad[i] = meta["bad"][i]
 
 
 def _batch_digest(ids: np.ndarray) -> bytes:
@@ -433,12 +421,11 @@ def _shard_task(job: dict, model: bytes, tokenizer_json: bytes | None):
 
     Returns ``(meta, states)``: meta is small (tokens, digest, NaN/Inf per tap, where it ran);
     states holds one ``CovarianceAccumulator.state()`` per tap of the group."""
-    from . import __version__
-    from .spectrum import CovarianceAccumulator
+    from ._version import __version__
 
     if job["version"] != __version__:
         raise SuiError(
-            f"--ray: worker on {socket.gethostname()} has sui-onnx {__version__}, the driver {job['version']}; "
+            f"{option('ray')}: worker on {socket.gethostname()} has sui-onnx {__version__}, the driver {job['version']}; "
             "install the same version on every node"
         )
     spec = CalibrationSpec(sources=[Path(s) for s in job["sources"]], seq_len=job["seq_len"],
@@ -447,8 +434,9 @@ def _shard_task(job: dict, model: bytes, tokenizer_json: bytes | None):
     names = [name for _, name, _ in job["taps"]]
     widths = [w for _, _, w in job["taps"]]
     runner = _runner(job, model, names)
-    accs = [CovarianceAccumulator(w, f"{i}:{name}", runner.xp, job["exact"]) for i, name, w in job["taps"]]
-    bad: dict[str, str] = {}
+    group = [i for i, _, _ in job["taps"]]
+    accs = new_accumulators({i: _TapShape(name, w) for i, name, w in job["taps"]}, group, runner.xp, job["exact"])
+    bad: dict[int, str] = {}
     digests: list[bytes] = []
     tokens = 0
     for b, batch in enumerate(stream):
@@ -457,17 +445,8 @@ def _shard_task(job: dict, model: bytes, tokenizer_json: bytes | None):
         if b >= job["stop"]:
             break
         digests.append(_batch_digest(batch.input_ids))
-        outs = runner.run(batch.input_ids, widths)
-        for (i, _, _), acc, out in zip(job["taps"], accs, outs):
-            if str(i) in bad:
-                continue
-            try:
-                acc.update(out, overwrite=True)
-            except NumericalError as exc:
-                bad[str(i)] = str(exc)
+        accumulate(accs, group, runner.run(batch.input_ids, widths), bad, b)
         tokens += batch.tokens
-        if job["crash_marker"]:
-            _crash_once(job["crash_marker"])
     meta = {
         "tokens": tokens, "digest": _combine(digests), "bad": bad,
         "device": "cuda" if runner.device.cuda else "cpu", "providers": list(runner.device.providers),
@@ -487,13 +466,13 @@ def _runner(job: dict, model: bytes, names: list[str]):
         folder = Path(job["external_folder"]) if job["external_folder"] else None
         if folder is not None and not folder.is_dir():
             raise SuiError(
-                f"--ray: the model's external data folder {folder} does not exist on {socket.gethostname()}; "
+                f"{option('ray')}: the model's external data folder {folder} does not exist on {socket.gethostname()}; "
                 "every node must see the model folder at the same path"
             )
         encoder = Path(job["encoder"]) if job.get("encoder") else None
         if encoder is not None and not encoder.is_file():
             raise SuiError(
-                f"--ray: the encoder {encoder} does not exist on {socket.gethostname()}; "
+                f"{option('ray')}: the encoder {encoder} does not exist on {socket.gethostname()}; "
                 "every node must see the model folder at the same path"
             )
         _RUNNER_CACHE["runner"] = TapRunner(model, names, job["device"], job["threads"], external_folder=folder,
@@ -523,14 +502,3 @@ def _node_id() -> str:
         return ray.get_runtime_context().get_node_id()
     except Exception:  # called outside Ray (unit use)
         return socket.gethostname()
-
-
-def _crash_once(marker: str) -> None:
-    """Test hook (SUI_ONNX_TEST_CRASH_ONCE): the first caller creates ``marker`` and dies."""
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return
-    os.write(fd, f"{os.getpid()} {time.time()}\n".encode())
-    os.close(fd)
-    os._exit(1)

@@ -5,7 +5,7 @@ The statistics are 8 (D^2 + D) bytes per tap, whatever the number of tokens; for
 of what is left once the model is loaded: the memory available now (Linux MemAvailable, lowered to
 the cgroup limit of a container), less twice the weights (onnxruntime's copy and what it holds
 while building the session; on CUDA once) and one batch of float32 tap outputs. Above the cap the
-taps are analyzed in several passes (analyze.plan_groups); the numbers do not change, only the
+taps are analyzed in several passes (plan_groups); the numbers do not change, only the
 run time.
 """
 
@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Sequence
+
+from .errors import SuiError, option
 
 SHARE = 0.5  # of the memory left after the model, for the statistics
 _UNLIMITED = 1 << 60  # cgroup v1 reports "no limit" as a huge number
@@ -96,3 +98,36 @@ def default_max_memory(model, widths: Sequence[int], batch_tokens: int, cuda: bo
     weights = weight_bytes(model)
     left = available - (weights if cuda else 2 * weights) - 4 * batch_tokens * sum(widths)
     return max(0, int(left * SHARE))
+
+
+def accumulator_bytes(widths: Sequence[int]) -> int:
+    """Memory of the float64 statistics: D^2 + D per tap, 8 bytes each."""
+    return sum(8 * (w * w + w) for w in widths)
+
+
+def plan_groups(widths: Sequence[int], max_memory: int | None, auto: bool = False) -> list[list[int]]:
+    """Split tap indices into consecutive groups whose accumulators fit `max_memory` (``auto``:
+    the cap was derived from the free memory, not given by the user; only the error differs)."""
+    if max_memory is None:
+        return [list(range(len(widths)))]
+    groups: list[list[int]] = [[]]
+    used = 0
+    for i, w in enumerate(widths):
+        need = accumulator_bytes([w])
+        if need > max_memory and auto:
+            raise SuiError(
+                f"not enough memory for one layer's statistics ({need / 2**30:.2f} GiB for D={w}; "
+                f"{max_memory / 2**30:.2f} GiB may be used once the model is loaded): free memory, "
+                f"or pass {option('max_memory')} to try anyway"
+            )
+        if need > max_memory:
+            from .safeio import size_text
+
+            raise SuiError(f"{option('max_memory')} {size_text(max_memory)} is below one tap's statistics "
+                           f"({size_text(need)} for D={w})")
+        if groups[-1] and used + need > max_memory:
+            groups.append([])
+            used = 0
+        groups[-1].append(i)
+        used += need
+    return groups

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import CalibrationError, ModelError, SuiError, first_line
+from .errors import CalibrationError, ModelError, SuiError, first_line, option
 from .layout import ENCODER_FILE  # optimum's name for a seq2seq model's encoder (others import it from here)
 
 _ORT_TO_NUMPY = {
@@ -105,7 +105,7 @@ def session_options(ort: Any, threads: int | None = None) -> Any:
     cores from the BLAS reduction that runs between batches), extended graph optimizations, which keep
     every tapped tensor intact (measured: docs/performance.md)."""
     if threads is not None and not 1 <= threads <= max_threads():
-        raise SuiError(f"--threads must be between 1 and {max_threads()} (4 per core), got {threads}")
+        raise SuiError(f"{option('threads')} must be between 1 and {max_threads()} (4 per core), got {threads}")
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or physical_cores()
     so.inter_op_num_threads = 1
@@ -134,11 +134,11 @@ def create_session(
         return so
 
     if device not in ("auto", "cpu", "cuda"):
-        raise SuiError(f"--device must be auto, cpu or cuda, got {device!r}")
+        raise SuiError(f"{option('device')} must be auto, cpu or cuda, got {device!r}")
     want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers()
     if device == "cuda" and not want_cuda:
         raise SuiError(
-            "--device cuda: this onnxruntime has no CUDAExecutionProvider "
+            f"{option('device')} cuda: this onnxruntime has no CUDAExecutionProvider "
             f"(installed: {ort.__version__}, providers {ort.get_available_providers()}); "
             "pip install 'sui-onnx[gpu]' and uninstall onnxruntime"
         )
@@ -152,8 +152,8 @@ def create_session(
     choice = DeviceChoice(device, used)
     if device == "cuda" and not choice.cuda:
         raise SuiError(
-            "--device cuda: onnxruntime fell back to CPU (CUDA driver, CUDA 13 runtime or cuDNN 9 "
-            "not usable on this machine); run with --device cpu"
+            f"{option('device')} cuda: onnxruntime fell back to CPU (CUDA driver, CUDA 13 runtime or cuDNN 9 "
+            f"not usable on this machine); run with {option('device')} cpu"
         )
     if choice.cuda:
         from .xp import cuda_namespace
@@ -162,7 +162,7 @@ def create_session(
             cuda_namespace()
         except RuntimeError as exc:
             if device == "cuda":
-                raise SuiError(f"--device cuda: {exc}") from None
+                raise SuiError(f"{option('device')} cuda: {exc}") from None
             sess = ort.InferenceSession(model_arg, sess_options=options(), providers=["CPUExecutionProvider"])
             choice = DeviceChoice(device, tuple(sess.get_providers()))
     return sess, choice
@@ -247,7 +247,7 @@ class FeedBuilder:
                 feeds[inp.name] = np.zeros(self._past_shape(inp, b), dtype=dtype)
             elif role == "encoder":
                 if encoder_states is None:
-                    raise CalibrationError(f"model input {inp.name!r} needs the encoder's output (pass --encoder)")
+                    raise CalibrationError(f"model input {inp.name!r} needs the encoder's output (pass {option('encoder')})")
                 feeds[inp.name] = np.asarray(encoder_states, dtype=dtype)
         return feeds
 
@@ -289,7 +289,7 @@ class TableLimits:
         if self.positions is not None and ids.ndim == 2 and ids.shape[1] > self.positions:
             raise CalibrationError(
                 f"windows of {ids.shape[1]} tokens are longer than the position table of {what} "
-                f"({self.positions} positions in {self.positions_tensor!r}): use --seq-len {self.positions} or less "
+                f"({self.positions} positions in {self.positions_tensor!r}): use {option('seq_len')} {self.positions} or less "
                 "(or shorter rows in a .npy)")
 
 
@@ -447,8 +447,8 @@ def check_calibration(model: Any, stream: Any, seq_len: int) -> None:
                 f"{limits.vocab_tensor!r}): the ids were made for another tokenizer or model")
     if stream.has_text and limits.positions is not None and seq_len > limits.positions:
         raise CalibrationError(
-            f"--seq-len {seq_len} is longer than the model's position table ({limits.positions} positions in "
-            f"{limits.positions_tensor!r}): use --seq-len {limits.positions} or less")
+            f"{option('seq_len')} {seq_len} is longer than the model's position table ({limits.positions} positions in "
+            f"{limits.positions_tensor!r}): use {option('seq_len')} {limits.positions} or less")
 
 
 @dataclass(frozen=True)
@@ -481,10 +481,10 @@ class EncoderFeed:
         try:
             self.session, self.device = create_session(Path(model), device, threads)
         except ModelError as exc:
-            raise ModelError(f"--encoder {model}: {exc}") from None
+            raise ModelError(f"{option('encoder')} {model}: {exc}") from None
         self.feed = FeedBuilder(self.session.get_inputs())
         if self.feed.needs_encoder:
-            raise ModelError(f"--encoder {model}: this model takes {self.feed.needs_encoder!r} itself; "
+            raise ModelError(f"{option('encoder')} {model}: this model takes {self.feed.needs_encoder!r} itself; "
                              "pass the encoder (encoder_model.onnx), not a decoder")
         self.limits = model_table_limits(Path(model))
         names = [o.name for o in self.session.get_outputs()]
@@ -495,7 +495,7 @@ class EncoderFeed:
         """A fixed hidden width must agree between the encoder output and the decoder input."""
         want = decoder_input.shape[-1] if decoder_input.shape else None
         if isinstance(want, int) and isinstance(self.width, int) and want != self.width:
-            raise ModelError(f"--encoder {model}: its output {self.output!r} has width {self.width}, the model's "
+            raise ModelError(f"{option('encoder')} {model}: its output {self.output!r} has width {self.width}, the model's "
                              f"{decoder_input.name!r} expects {want}: not this model's encoder")
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
@@ -528,7 +528,7 @@ class TapRunner:
             if encoder is None:
                 raise CalibrationError(
                     f"model input {self.feed.needs_encoder!r} takes a seq2seq encoder's output: pass "
-                    f"--encoder ENCODER.onnx (optimum writes {ENCODER_FILE} beside decoder_model.onnx)"
+                    f"{option('encoder')} ENCODER.onnx (optimum writes {ENCODER_FILE} beside decoder_model.onnx)"
                 )
             self.encoder = EncoderFeed(encoder, device, threads)
             self.encoder.check_width(next(i for i in self.feed.inputs if i.name == self.feed.needs_encoder), encoder)

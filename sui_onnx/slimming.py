@@ -71,7 +71,8 @@ class SlimStudy:
         self.warnings: list[str] = []
         # FFN outputs normalized on their own: token-weighted statistics, gathered in the same run
         self.weighting = {i: p.post_norm for i, p in enumerate(self.surgery.plans) if p.post_norm and weighting}
-        if self.weighting and (options.stats is not None or options.resume is not None or options.ray is not None):
+        if self.weighting and (options.run.stats is not None or options.run.resume is not None
+                               or options.run.ray is not None):
             self.warnings.append("the FFN outputs are normalized per token but --stats/--resume/--ray give only "
                                  "unweighted statistics: slim minimises the plain output error (less accurate here)")
             self.weighting = {}

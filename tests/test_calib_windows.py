@@ -53,7 +53,7 @@ def test_tokenizers_without_a_template_add_nothing_and_npy_ids_are_fed_as_they_a
 def test_a_window_too_short_for_the_bos_is_an_input_error(tmp_path):
     folder, _ = folder_with_bos(tmp_path)
     (tmp_path / "t.txt").write_text(TEXT)
-    with pytest.raises(CalibrationError, match="seq-len"):
+    with pytest.raises(CalibrationError, match="`seq_len` 1 leaves no room"):
         list(CalibrationStream(CalibrationSpec([tmp_path / "t.txt"], seq_len=1), folder, []))
 
 
@@ -67,5 +67,5 @@ def test_even_mix_gives_each_source_an_equal_share_and_sequential_fills_in_order
     even = CalibrationStream(CalibrationSpec(**spec, mix="even"), DEMO, [])
     assert sum(b.tokens for b in even) == 600
     assert [d["tokens"] for d in even.describe()] == [300, 300]
-    with pytest.raises(CalibrationError, match="--mix"):
+    with pytest.raises(CalibrationError, match="`mix`"):
         CalibrationSpec(mix="shuffled")

@@ -3,6 +3,7 @@
 SuiError reaches the caller as one line; NaN/Inf and missing ray handled like the local run."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -10,9 +11,11 @@ import numpy as np
 import onnx
 import pytest
 
-from sui_onnx.analyze import AnalysisOptions, accumulator_bytes, analyze
+from sui_onnx import distributed
+from sui_onnx.analyze import AnalysisOptions, analyze
 from sui_onnx.calib import CalibrationSpec
 from sui_onnx.errors import CalibrationError, SuiError
+from sui_onnx.memory import accumulator_bytes
 
 FIXTURES = Path(__file__).parent / "fixtures"
 pytestmark = pytest.mark.skipif(not (FIXTURES / "gpt2_w128").is_dir(), reason="fixtures not built")
@@ -91,17 +94,31 @@ def test_checkpoint_of_a_ray_run_feeds_stats(ray_local, ids_path, tmp_path):
     assert [x.tokens for x in again.layers] == [480, 480]
     for a, b in zip(dist.eigenvalues, again.eigenvalues):
         np.testing.assert_array_equal(a, b)
-    with pytest.raises(SuiError, match="--resume does not combine with --ray"):
+    with pytest.raises(SuiError, match="`resume` does not combine with `ray`"):
         analyze(FIXTURES / "gpt2_w128", spec, AnalysisOptions(device="cpu", ray="", resume=ckpt))
 
 
 @pytest.mark.ray
 def test_a_crashed_worker_is_retried_and_the_result_unchanged(ray_local, ids_path, tmp_path, monkeypatch):
-    marker = tmp_path / "crashed"
-    monkeypatch.setenv("SUI_ONNX_TEST_CRASH_ONCE", str(marker))
+    """The remote task is replaced by one whose first attempt on shard 1 kills its worker process
+    (os._exit: a WorkerCrashedError for the driver); every other attempt runs the real task."""
+    marker = str(tmp_path / "crashed")
+    real_task = distributed._shard_task
+
+    def crash_once(job, model, tokenizer_json):  # a local function: Ray ships it by value
+        if job["shard"] == 1:
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                pass
+            else:
+                os._exit(1)
+        return real_task(job, model, tokenizer_json)
+
+    monkeypatch.setattr(distributed, "_REMOTE", ray_local.remote(crash_once))
     spec = CalibrationSpec([ids_path], batch_size=3)
     local, dist = run_both(FIXTURES / "gpt2_w128", spec, ray_shards=3)
-    assert marker.is_file()  # the first attempt of shard 1 really died (os._exit)
+    assert os.path.isfile(marker)  # the first attempt of shard 1 really died (os._exit)
     assert dist.runtime["ray"]["retries"] == 1
     assert dist.runtime["ray"]["contributing_shards"] == [0, 1, 2]
     assert_same_spectra(local, dist)
@@ -136,13 +153,14 @@ def test_cli_report_with_ray(ray_local, ids_path, tmp_path):
 
 def test_missing_ray_is_a_one_line_install_hint(monkeypatch, ids_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    with pytest.raises(SuiError, match=r"--ray needs the ray extra: pip install 'sui-onnx\[ray\]'"):
+    with pytest.raises(SuiError, match=r"`ray` needs the ray extra: pip install 'sui-onnx\[ray\]'"):
         analyze(FIXTURES / "gpt2_w128", CalibrationSpec([ids_path]), AnalysisOptions(device="cpu", ray=""))
 
 
 def test_non_finite_shard_stops_the_tap_like_the_single_process_run():
     """Driver merge without Ray: a tap with NaN in shard 1 keeps shards 0..1's tokens, not shard 2's."""
-    from sui_onnx.distributed import _merge_shard, _new_accumulators
+    from sui_onnx.collect import new_accumulators
+    from sui_onnx.distributed import _merge_shard
     from sui_onnx.spectrum import CovarianceAccumulator
 
     class T:
@@ -150,14 +168,14 @@ def test_non_finite_shard_stops_the_tap_like_the_single_process_run():
             self.width, self.tensor = 3, name
 
     taps, rng = [T("a"), T("b")], np.random.default_rng(1)
-    accs, bad = _new_accumulators(taps, [0, 1], exact=True), {}
+    accs, bad = new_accumulators(taps, [0, 1], exact=True), {}
     for shard in range(3):
         states = []
         for _ in taps:
             acc = CovarianceAccumulator(3, exact=True)
             acc.update(rng.normal(size=(5, 3)))
             states.append(acc.state())
-        _merge_shard(accs, bad, [0, 1], states, {"bad": {"1": "NaN in tap b"} if shard == 1 else {}})
+        _merge_shard(accs, bad, [0, 1], states, {"bad": {1: "NaN in tap b"} if shard == 1 else {}})
     assert accs[0].n == 15 and accs[1].n == 10 and bad == {1: "NaN in tap b"}
 
 

@@ -58,7 +58,7 @@ def test_seq2seq_decoder_feeds_take_the_encoder_states():
     feeds = fb(np.zeros((2, 3), dtype=np.int64), states)
     assert feeds["encoder_hidden_states"].dtype == np.float32 and feeds["encoder_hidden_states"].shape == (2, 3, 4)
     assert feeds["encoder_attention_mask"].tolist() == [[1, 1, 1]] * 2
-    with pytest.raises(CalibrationError, match="--encoder"):
+    with pytest.raises(CalibrationError, match="`encoder`"):
         fb(np.zeros((2, 3), dtype=np.int64))
     # a merged decoder: cached cross-attention inputs are fine when encoder states are fed too
     past = [_Input("past_key_values.0.encoder.key", "tensor(float)", ["b", 2, "e", 2]),
@@ -86,7 +86,7 @@ def test_cuda_request_without_cuda_is_a_clear_error(tmp_path):
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA")
     path = tiny_lm(tap_outputs=True).save(tmp_path)
-    with pytest.raises(SuiError, match="--device cuda"):
+    with pytest.raises(SuiError, match="`device` cuda"):
         create_session(path, "cuda")
 
 

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import traceback
+from pathlib import Path
 from typing import Callable, Sequence
 
 from .._version import __version__
@@ -21,6 +22,16 @@ from ..errors import SuiError, first_line
 
 EXIT_OK, EXIT_BREACH, EXIT_ERROR = 0, 1, 2
 EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM during a run: a checkpoint was saved, nothing half-written
+CHECKPOINT_SUFFIX = ".sui-checkpoint.npz"  # the default checkpoint of an interrupted run (see --checkpoint)
+
+# The flag of each library option an error message names (errors.option); every other option
+# `name` is shown as --name with dashes.
+OPTION_FLAGS = {"sources": "--calib", "explicit": "--tap"}
+LIBRARY_OPTIONS = frozenset({
+    "sources", "seq_len", "batch_size", "tokens", "mix", "site", "include", "exclude", "explicit", "device",
+    "precision", "threads", "top_fraction", "energy_levels", "advice_q", "advice_quantile", "align", "max_memory",
+    "checkpoint", "checkpoint_every", "resume", "stats", "ray", "ray_shards", "encoder",
+})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,6 +82,47 @@ def _say(text: str) -> None:
         pass
 
 
+def flag_for(name: str) -> str:
+    """The command-line flag of the library option ``name``."""
+    return OPTION_FLAGS.get(name) or "--" + name.replace("_", "-")
+
+
+def cli_message(exc: BaseException) -> str:
+    """The message of a library error as the command line says it: each option it names
+    (`seq_len`) shown as its flag (--seq-len)."""
+    from ..errors import OPTION_PATTERN
+
+    return OPTION_PATTERN.sub(lambda m: flag_for(m[1]) if m[1] in LIBRARY_OPTIONS else m[0], str(exc))
+
+
+def default_checkpoint_path(model: str | Path, avoid: Path | None = None) -> Path:
+    """Where an interrupted run without --checkpoint saves its statistics: MODEL.sui-checkpoint.npz
+    (the model file's name without .onnx) in the current folder, shown in --help and in the
+    message; a checkpoint being resumed from (``avoid``) is never overwritten: -2, -3, ... then."""
+    stem = Path(model).name.removesuffix(".onnx") or "model"
+    path = Path(f"{stem}{CHECKPOINT_SUFFIX}")
+    k = 2
+    while avoid is not None and os.path.lexists(path) and os.path.lexists(avoid) and os.path.samefile(path, avoid):
+        path = Path(f"{stem}-{k}{CHECKPOINT_SUFFIX}")
+        k += 1
+    return path
+
+
+def interrupted_message(exc) -> str:
+    """What an interrupted run says, once its statistics are saved: the library saved them to
+    --checkpoint already; without one they go to the default checkpoint in the current folder."""
+    if exc.save is None:
+        return cli_message(exc)
+    from ..checkpoint import interrupted_saved, interrupted_unsaved
+
+    path = default_checkpoint_path(exc.model or "model", avoid=exc.resume)
+    try:
+        exc.save(path)
+    except (SuiError, OSError) as err:
+        return cli_message(SuiError(interrupted_unsaved(exc.tokens, err)))
+    return cli_message(SuiError(interrupted_saved(exc.tokens, path)))
+
+
 def _interrupt_on_sigterm() -> Callable[[], None]:
     """SIGTERM, like SIGINT, raises KeyboardInterrupt in every phase of a command (the run loop
     installs its own handlers, which stop at a batch boundary), so that temporary files are removed
@@ -86,6 +138,11 @@ def _interrupt_on_sigterm() -> Callable[[], None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # OpenBLAS worker threads busy-wait after each BLAS call; between our per-batch X^T X and the next
+    # onnxruntime run they would steal the cores from onnxruntime (measured: +30% inference time on
+    # 2 cores). A short timeout lets them sleep. Read when numpy loads, which the commands do after
+    # this line (nothing above imports it); a value the user set is kept.
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv[: argv.index("--")] if "--" in argv else "--debug" in argv
     try:
@@ -106,17 +163,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["SUI_ONNX_DEBUG"] = "1"
     restore = _interrupt_on_sigterm()
     try:
-        from ..analyze import Interrupted
+        from ..stopping import Interrupted
 
         try:
             return int(args.run(args) or EXIT_OK)
         except Interrupted as exc:
-            _say(str(exc))
+            _say(interrupted_message(exc))
             return EXIT_INTERRUPTED
         except SuiError as exc:
             if debug:
                 traceback.print_exc()
-            _say(f"error: {exc}")
+            _say(f"error: {cli_message(exc)}")
             return EXIT_ERROR
     except KeyboardInterrupt:
         _say("interrupted")

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .options import (TokenProgress, _positive_int, add_device_args, guard_outputs, make_console,
+from .options import (TokenProgress, add_device_args, positive_int, guard_outputs, make_console,
                       write_text_atomic)
 
 _DESCRIPTION = """\
@@ -42,11 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--reference", metavar="MODEL", type=Path,
                    help="the model to compare with (e.g. the unnarrowed original): adds dCE, KL and top-1 "
                         "(decoders) or cosine and relative error of the hidden states (encoders)")
-    g.add_argument("--seq-len", type=_positive_int, default=256, metavar="L",
+    g.add_argument("--seq-len", type=positive_int, default=256, metavar="L",
                    help="window length for text (default 256); .npy rows keep their own length")
-    g.add_argument("--batch-size", type=_positive_int, default=8, metavar="B",
+    g.add_argument("--batch-size", type=positive_int, default=8, metavar="B",
                    help="windows per run (default 8; fewer when one batch of logits would pass 256 MiB)")
-    g.add_argument("--tokens", type=_positive_int, metavar="N",
+    g.add_argument("--tokens", type=positive_int, metavar="N",
                    help="token budget per source (default: the whole source, at most 16384 tokens)")
     add_device_args(p)
     p._option_string_actions["--precision"].help = argparse.SUPPRESS  # analysis only: eval scores in float64

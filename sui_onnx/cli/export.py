@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from ..errors import SuiError
-from .options import _positive_int, make_console
+from ..export.options import DTYPES, SITES
+from .options import json_object, make_console, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,30 +40,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--torch-module", metavar="PKG.MODULE:FACTORY",
                    help="build the model by calling FACTORY (for architectures optimum does not know); "
                         "its forward must map input_ids to logits")
-    g.add_argument("--factory-kwargs", metavar="JSON", type=_json_object, default={},
+    g.add_argument("--factory-kwargs", metavar="JSON", type=json_object, default={},
                    help="keyword arguments for FACTORY, as a JSON object")
     g.add_argument("--trust-remote-code", action="store_true",
                    help="allow the model folder's own Python code (passed to transformers; off unless given)")
     g = p.add_argument_group("how")
-    g.add_argument("--site", choices=("post", "pre", "both"), default="post",
+    g.add_argument("--site", choices=SITES, default="post",
                    help="taps exposed in model.tapped.onnx: post = down-projection input (default), "
                         "pre = nonlinearity input, both")
-    g.add_argument("--opset", type=_positive_int, metavar="N", help="ONNX opset (default: optimum's for the model; 18 for --torch-module)")
-    g.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
+    g.add_argument("--opset", type=positive_int, metavar="N", help="ONNX opset (default: optimum's for the model; 18 for --torch-module)")
+    g.add_argument("--dtype", choices=DTYPES, default="fp32",
                    help="weights/activations dtype (fp16 needs support on this machine, usually a CUDA GPU)")
     g.add_argument("--force", action="store_true", help="replace OUT_DIR when it exists and is not empty")
     g.add_argument("--json", action="store_true", help="print a JSON summary (files, taps, metadata) instead of the table")
     p.set_defaults(run=run)
-
-
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"d_model\": 64}'")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,12 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..safeio import printable
     from ..spectrum import load_accumulators, save_accumulators
-    from .options import _FileSet
+    from .options import FileSet
 
     guard_outputs(args.inputs, [("--output", args.output)])
     if len(args.inputs) < 2:
         raise SuiError("merge needs at least two statistics files")
-    seen = _FileSet()
+    seen = FileSet()
     for path in args.inputs:
         if path in seen:
             raise SuiError(f"{printable(path)} is given twice: each shard may be counted once")

@@ -4,6 +4,8 @@ options, reused by report, check and scaling), and small output helpers."""
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import stat
 import sys
@@ -24,7 +26,17 @@ def demo_model() -> Path:
     return Path(str(resources.files("sui_onnx") / "data" / "demo" / MODEL_FILE))
 
 
-def _positive_int(text: str) -> int:
+# -- argument types: the one family of validators every command uses; each raises
+# argparse.ArgumentTypeError, which argparse turns into one usage line and exit code 2
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (a count, a width, a length)."""
     try:
         value = int(text)
     except ValueError:
@@ -34,35 +46,47 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _path(text: str) -> Path:
+def path_arg(text: str) -> Path:
     """A path argument; an empty one is an error (Path("") would silently mean the current folder)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a path, got an empty string")
     return Path(text)
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+def fraction(text: str) -> float:
+    """A number in (0, 1] (a share, an energy level, a quantile)."""
+    value = _number(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
     return value
 
 
+def unit_number(text: str) -> float:
+    """A finite number in [0, 1] (an R^2 floor)."""
+    value = _number(text)
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
+    return value
+
+
+def positive_number(text: str) -> float:
+    """A finite number > 0 (a tolerance)."""
+    value = _number(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def nonnegative_number(text: str) -> float:
     """A finite number >= 0 (a loss budget in nats, a ridge)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = _number(text)
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
 
-def _memory(text: str) -> int:
+def memory_size(text: str) -> int:
+    """A size in bytes: 512M, 4G, 1.5GiB, 1000000."""
     units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
     t = text.strip().lower().removesuffix("ib").removesuffix("b")
     mult = units.get(t[-1:], 1)
@@ -82,13 +106,25 @@ def _memory(text: str) -> int:
 MAX_MEMORY = 2**50  # 1 PiB: a larger cap is a typo, not a machine
 
 
-def _thread_count(text: str) -> int:
+def thread_count(text: str) -> int:
+    """A thread count: at least 1, at most runner.max_threads() (4 per core)."""
     from ..runner import max_threads
 
-    value = _positive_int(text)
+    value = positive_int(text)
     limit = max_threads()
     if value > limit:
         raise argparse.ArgumentTypeError(f"at most {limit} (4 per core), got {value}")
+    return value
+
+
+def json_object(text: str) -> dict:
+    """A JSON object (keyword arguments)."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"d_model\": 64}'")
     return value
 
 
@@ -105,21 +141,21 @@ def add_tap_args(p: argparse.ArgumentParser) -> None:
 
 def add_calib_args(p: argparse.ArgumentParser, encoder: bool = True) -> None:
     g = p.add_argument_group("calibration")
-    g.add_argument("--calib", metavar="SRC", action="append", default=[], type=_path,
+    g.add_argument("--calib", metavar="SRC", action="append", default=[], type=path_arg,
                    help=".txt file, folder of .txt, .jsonl with a \"text\" field, or .npy token ids "
                         "[n_sequences, seq_len] (repeatable; default: the bundled English text)")
-    g.add_argument("--tokens", type=_positive_int, metavar="N",
+    g.add_argument("--tokens", type=positive_int, metavar="N",
                    help="token budget (default: max(16384, 10 x widest FFN), capped at 1M; "
                         ".npy sources are used whole)")
-    g.add_argument("--seq-len", type=_positive_int, default=DEFAULT_SEQ_LEN, metavar="L",
+    g.add_argument("--seq-len", type=positive_int, default=DEFAULT_SEQ_LEN, metavar="L",
                    help=f"window length for text (default {DEFAULT_SEQ_LEN})")
-    g.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, metavar="B",
+    g.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, metavar="B",
                    help=f"windows per batch (default {DEFAULT_BATCH_SIZE})")
     g.add_argument("--mix", choices=MIXES, default="sequential",
                    help="several --calib sources: sequential (default) feeds them in order until the token "
                         "budget is spent (later ones may get nothing); even gives each an equal share")
     if encoder:  # one model per run (report, check); scaling finds each decoder's encoder beside it
-        g.add_argument("--encoder", type=_path, metavar="ENCODER.onnx",
+        g.add_argument("--encoder", type=path_arg, metavar="ENCODER.onnx",
                        help="seq2seq decoders (T5, BART): the encoder run on each batch to give the decoder "
                             "its encoder_hidden_states; the decoder reads the same tokens (default: "
                             "encoder_model.onnx beside the model)")
@@ -129,7 +165,7 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("device")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: CUDA when onnxruntime-gpu and a GPU are usable, else CPU")
-    g.add_argument("--threads", type=_thread_count, metavar="N",
+    g.add_argument("--threads", type=thread_count, metavar="N",
                    help="onnxruntime intra-op threads (default: all cores; at most 4 per core)")
     g.add_argument("--precision", choices=("fp32", "fp64"), default="fp32",
                    help="per-batch X^T X in float32 (default, fast; sums are always float64) or float64 (exact)")
@@ -137,31 +173,31 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
 
 def add_metric_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("metrics and advice")
-    g.add_argument("--top-fraction", type=_fraction, default=DEFAULT_TOP_FRACTION, metavar="F",
+    g.add_argument("--top-fraction", type=fraction, default=DEFAULT_TOP_FRACTION, metavar="F",
                    help="spectral concentration's top fraction f (project-defined, default 0.10)")
-    g.add_argument("--advice-q", type=_fraction, default=0.95, metavar="Q",
+    g.add_argument("--advice-q", type=fraction, default=0.95, metavar="Q",
                    help="variance share the recommended width keeps per layer (default 0.95)")
-    g.add_argument("--advice-quantile", type=_fraction, default=1.0, metavar="P",
+    g.add_argument("--advice-quantile", type=fraction, default=1.0, metavar="P",
                    help="quantile over layers of k_q (default 1.0 = the most demanding layer)")
-    g.add_argument("--align", type=_positive_int, default=64, metavar="N",
+    g.add_argument("--align", type=positive_int, default=64, metavar="N",
                    help="round the recommended width up to a multiple of N (default 64)")
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("long runs")
-    g.add_argument("--checkpoint", type=_path, metavar="FILE",
+    g.add_argument("--checkpoint", type=path_arg, metavar="FILE",
                    help="save statistics to FILE every --checkpoint-every batches and at the end. Without it, "
                         "an interrupted run (Ctrl-C, SIGTERM) saves them to MODEL.sui-checkpoint.npz in the current "
                         "folder (MODEL: the model file's name without .onnx)")
-    g.add_argument("--checkpoint-every", type=_positive_int, default=50, metavar="K", help="batches between checkpoints (default 50)")
-    g.add_argument("--resume", type=_path, metavar="FILE", help="continue an interrupted run from its checkpoint")
-    g.add_argument("--stats", type=_path, metavar="FILE",
+    g.add_argument("--checkpoint-every", type=positive_int, default=50, metavar="K", help="batches between checkpoints (default 50)")
+    g.add_argument("--resume", type=path_arg, metavar="FILE", help="continue an interrupted run from its checkpoint")
+    g.add_argument("--stats", type=path_arg, metavar="FILE",
                    help="report from finished or merged statistics (sui-onnx merge) without running calibration")
     g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="shard the calibration across Ray workers (needs the `ray` extra); without ADDRESS: "
                         "RAY_ADDRESS or a local cluster. Put MODEL before --ray, or write --ray=ADDRESS")
-    g.add_argument("--ray-shards", type=_positive_int, metavar="N", help="calibration shards for --ray (default: 2 per worker CPU)")
-    g.add_argument("--max-memory", type=_memory, metavar="SIZE",
+    g.add_argument("--ray-shards", type=positive_int, metavar="N", help="calibration shards for --ray (default: 2 per worker CPU)")
+    g.add_argument("--max-memory", type=memory_size, metavar="SIZE",
                    help="cap on the D x D statistics held at once (e.g. 2G); above it the layers are analyzed in several passes "
                         "(default: half the memory left after loading the model)")
 
@@ -216,7 +252,7 @@ NOT_TO_STDOUT = ("--checkpoint", "--output")  # checkpoints and merged statistic
 _MAX_FOLDER_FILES = 200_000  # a folder input with more files than this is not walked further
 
 
-class _FileSet:
+class FileSet:
     """Files compared by real path (symlinks resolved) and, where they exist, by device and inode
     (hard links, bind mounts, case-insensitive file systems)."""
 
@@ -225,7 +261,7 @@ class _FileSet:
         self.inodes: set[tuple[int, int]] = set()
 
     @staticmethod
-    def _keys(p: Path) -> tuple[str | None, tuple[int, int] | None]:
+    def keys(p: Path) -> tuple[str | None, tuple[int, int] | None]:
         try:
             real = os.path.realpath(p)
         except (OSError, ValueError):
@@ -238,14 +274,14 @@ class _FileSet:
         return real, inode
 
     def add(self, p: Path) -> None:
-        real, inode = self._keys(p)
+        real, inode = self.keys(p)
         if real is not None:
             self.paths.add(real)
         if inode is not None:
             self.inodes.add(inode)
 
     def __contains__(self, p: Path) -> bool:
-        real, inode = self._keys(p)
+        real, inode = self.keys(p)
         return real in self.paths or (inode is not None and inode in self.inodes)
 
 
@@ -376,7 +412,7 @@ def guard_outputs(inputs: Iterable[Path | None], outputs: Iterable[Any],
     may be created, but must not be a file, and the files written into it are checked like the
     other outputs. Inputs that exist but are special files (a FIFO, a device) are refused too.
     """
-    ins = _FileSet()
+    ins = FileSet()
     for item in inputs:
         if item is None:
             continue
@@ -407,7 +443,7 @@ def guard_outputs(inputs: Iterable[Path | None], outputs: Iterable[Any],
         if not d.exists():
             created.add(d)
         named += [(f"{flag} ", d / name) for name in names]
-    seen = _FileSet()
+    seen = FileSet()
     stdout = 0
     for label, out in named:
         if out is None:
@@ -437,7 +473,7 @@ def guard_outputs(inputs: Iterable[Path | None], outputs: Iterable[Any],
         if out in ins:
             raise SuiError(f"refusing to write {label}{printable(out)}: it is an input of this run")
         first = next((lab for lab, o in named[: named.index((label, out))] if o is not None and str(o) != "-"
-                      and _FileSet._keys(o)[0] == _FileSet._keys(out)[0]), None)
+                      and FileSet.keys(o)[0] == FileSet.keys(out)[0]), None)
         if out in seen:
             both = f"{first.strip() or 'an output'} and {label.strip() or 'another'}" if first is not None else "two outputs"
             raise SuiError(f"{both} name the same file {printable(out)}: one would overwrite the other")

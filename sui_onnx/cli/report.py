@@ -11,7 +11,7 @@ import numpy as np
 from ..runner import companion_encoder
 
 from ..slimming import DEFAULT_MAX_LOSS
-from .options import (TokenProgress, _positive_int, add_analysis_args, analysis_options, calibration_spec, guard_outputs, make_console, model_argument, nonnegative_number, write_text_atomic)
+from .options import (TokenProgress, add_analysis_args, positive_int, analysis_options, calibration_spec, guard_outputs, make_console, model_argument, nonnegative_number, write_text_atomic)
 
 
 PLOT_FILES = ("spectra.png", "utilization.png", "energy.png")  # what --plot DIR receives (plots.py)
@@ -47,9 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="held-out data (same kinds as --calib), repeatable; each source is measured on its own")
     g.add_argument("--max-loss-increase", type=nonnegative_number, default=DEFAULT_MAX_LOSS, metavar="NATS",
                    help=f"largest dCE per token on every eval source for a width to be recommended (default {DEFAULT_MAX_LOSS})")
-    g.add_argument("--eval-tokens", type=_positive_int, metavar="N",
+    g.add_argument("--eval-tokens", type=positive_int, metavar="N",
                    help="token budget per eval source (default: the whole source, at most 16384)")
-    g.add_argument("--eval-seq-len", type=_positive_int, metavar="L", help="eval window length (default: --seq-len)")
+    g.add_argument("--eval-seq-len", type=positive_int, metavar="L", help="eval window length (default: --seq-len)")
     p.set_defaults(run=run)
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SuiError
-from .options import (TokenProgress, add_analysis_args, add_run_args, analysis_options, calibration_spec, guard_outputs, make_console, write_text_atomic)
+from .options import (TokenProgress, add_analysis_args, add_run_args, analysis_options, calibration_spec, guard_outputs,
+                      make_console, positive_number, unit_number, write_text_atomic)
 
 PLOT_FILES = ("scaling_ranks.png", "scaling_sui.png")  # what --plot DIR receives (plots_scaling.py)
 # Jha & Reagen (EMNLP 2025), GPT-2 160M, AdamW, D = 768..6144, site post: shown as a labelled comparison
@@ -19,26 +20,6 @@ PLOT_FILES = ("scaling_ranks.png", "scaling_sui.png")  # what --plot DIR receive
 PAPER_REFERENCE = {"caption": "paper = Jha & Reagen (EMNLP 2025), GPT-2 160M at D = 768..6144: for comparison, "
                               "not a result of this fit",
                    "soft": (0.661, 0.971), "hard": (0.289, 0.338)}
-
-
-def _tau(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _min_r2(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
-    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,9 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "models are analyzed here with the options below")
     add_analysis_args(p, long_runs=False)
     g = p.add_argument_group("scaling")
-    g.add_argument("--tau", type=_tau, default=DEFAULT_TAU, metavar="T",
+    g.add_argument("--tau", type=positive_number, default=DEFAULT_TAU, metavar="T",
                    help=f"saturation threshold: width where d hard / d D falls below T (default {DEFAULT_TAU})")
-    g.add_argument("--min-r2", type=_min_r2, default=DEFAULT_MIN_R2, metavar="R",
+    g.add_argument("--min-r2", type=unit_number, default=DEFAULT_MIN_R2, metavar="R",
                    help=f"flag fits whose R^2 is below R: not a clean power law (default {DEFAULT_MIN_R2})")
     g.add_argument("--seed-key", default=DEFAULT_SEED_KEY, metavar="KEY",
                    help="where a report records its training seed: a dotted path in its model provenance; "

@@ -9,9 +9,8 @@ import json
 from pathlib import Path
 
 from ..metrics import DEFAULT_TOP_FRACTION
-from .options import (TokenProgress, _fraction, _positive_int, add_calib_args, add_device_args, add_run_args,
-                      analysis_options, calibration_spec, guard_outputs, make_console, nonnegative_number,
-                      write_text_atomic)
+from .options import (TokenProgress, add_calib_args, add_device_args, add_run_args, analysis_options, calibration_spec,
+                      fraction, guard_outputs, make_console, nonnegative_number, positive_int, write_text_atomic)
 
 _DESCRIPTION = """\
 Narrow every FFN block of MODEL and write the narrower model to OUT_DIR (model.onnx, its tokenizer
@@ -40,8 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="new folder for the narrower model (must not exist, or be empty)")
     g = p.add_argument_group("target width (one of)")
     how = g.add_mutually_exclusive_group(required=True)
-    how.add_argument("--width", type=_positive_int, metavar="K", help="keep K neurons in every FFN layer (at most its width)")
-    how.add_argument("--ratio", type=_fraction, metavar="R", help="keep R x D neurons per layer, rounded up to a multiple of --align")
+    how.add_argument("--width", type=positive_int, metavar="K", help="keep K neurons in every FFN layer (at most its width)")
+    how.add_argument("--ratio", type=fraction, metavar="R", help="keep R x D neurons per layer, rounded up to a multiple of --align")
     how.add_argument("--max-loss-increase", type=nonnegative_number, metavar="NATS",
                      help="the smallest width (a multiple of --align) whose measured dCE on every --eval source is "
                           "at most NATS per token; each probe of the search is measured (needs --eval)")
@@ -53,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--schedule", choices=SCHEDULES, default="uniform",
                    help="uniform (default): the same width in every layer; per-layer: the same total, allocated "
                         "by each layer's output-space residual")
-    g.add_argument("--align", type=_positive_int, default=64, metavar="N",
+    g.add_argument("--align", type=positive_int, default=64, metavar="N",
                    help="widths are multiples of N for --ratio, --schedule per-layer and the search (default 64)")
     g.add_argument("--ridge", type=nonnegative_number, default=DEFAULT_RIDGE, metavar="R",
                    help=f"ridge of the refit, relative to the kept neurons' mean variance (default {DEFAULT_RIDGE:g})")
@@ -64,9 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--eval", metavar="SRC", action="append", type=Path, default=[],
                    help="held-out data (same kinds as --calib), repeatable: each source is measured on its own "
                         "against the original model (dCE, KL, top-1) and written to slim.json")
-    g.add_argument("--eval-tokens", type=_positive_int, metavar="N",
+    g.add_argument("--eval-tokens", type=positive_int, metavar="N",
                    help="token budget per eval source (default: the whole source, at most 16384)")
-    g.add_argument("--eval-seq-len", type=_positive_int, metavar="L", help="eval window length (default: --seq-len)")
+    g.add_argument("--eval-seq-len", type=positive_int, metavar="L", help="eval window length (default: --seq-len)")
     g = p.add_argument_group("outputs")
     g.add_argument("--json", type=Path, metavar="OUT", help="also write slim.json here; '-' for stdout")
     g.add_argument("-q", "--quiet", action="store_true", help="no terminal summary or progress bar")
