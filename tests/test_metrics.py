@@ -1,6 +1,7 @@
 """The metric suite against closed-form spectra, an independent pure-Python computation, and its
 invariants (docs/metrics.md)."""
 
+import dataclasses
 import math
 from fractions import Fraction
 
@@ -143,6 +144,7 @@ def test_sui_of_known_values():
 def test_top_k_rounds_the_product_before_the_ceiling():
     assert top_k(30) == 3  # 0.1 * 30 = 3.0000000000000004 in floating point
     assert top_k(31) == 4 and top_k(1) == 1 and top_k(100, 0.25) == 25
+    assert top_k(1, 1e-10) == 1 and top_k(3, 0.01) == 1  # at least one direction, however small f D is
     with pytest.raises(ValueError):
         top_k(10, 0.0)
 
@@ -180,7 +182,10 @@ def test_round_off_negatives_are_clamped_to_zero():
 
 
 def test_to_dict_has_report_keys():
-    d = spectral_metrics(np.arange(1, 21.0)).to_dict()
+    m = spectral_metrics(np.arange(1, 21.0))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.sui = 0.0  # a result is a value: it cannot be changed after the fact
+    d = m.to_dict()
     for key in ("hard_rank", "soft_rank", "hard_util", "soft_util", "concentration", "sui", "asymmetry", "k90", "k95", "k99"):
         assert key in d
 
