@@ -221,6 +221,7 @@ def calibration_spec(args: argparse.Namespace) -> CalibrationSpec:
 
 def analysis_options(args: argparse.Namespace, progress: Any = None):
     from ..analyze import AnalysisOptions
+    from ..stopping import StopOnSignal
 
     return AnalysisOptions(
         site=args.site, include=args.include, exclude=args.exclude, explicit=tuple(args.tap),
@@ -228,7 +229,7 @@ def analysis_options(args: argparse.Namespace, progress: Any = None):
         advice_q=args.advice_q, advice_quantile=args.advice_quantile, align=args.align,
         max_memory=args.max_memory, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
         resume=args.resume, stats=args.stats, progress=progress, ray=args.ray, ray_shards=args.ray_shards,
-        encoder=getattr(args, "encoder", None),
+        encoder=getattr(args, "encoder", None), stop=StopOnSignal(),  # SIGINT/SIGTERM stop at a batch boundary
     )
 
 
