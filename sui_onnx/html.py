@@ -150,23 +150,24 @@ def report_html(report: Report) -> str:
 
 
 def _header(report: Report) -> str:
-    from .render import _seq, short_path
+    from .render import seq_text, short_path
 
     m, c, r = report.model, report.calibration, report.runtime
-    sources = ", ".join(f"<code>{_e(short_path(s.get('path', '?')))}</code>" for s in c.get("sources", [])) \
-        or (f"saved statistics <code>{_e(short_path(c['from_stats']))}</code>" if c.get("from_stats") else "–")
-    calib = f"{c.get('tokens', 0):,} tokens" + (f" · {_e(_seq(c))}" if _seq(c) else "") + f" · {sources}"
-    if r.get("device") == "none":
-        run = f"from saved statistics <code>{_e(short_path(r.get('source', '?')))}</code> (no calibration run)"
+    sources = ", ".join(f"<code>{_e(short_path(s.get('path', '?')))}</code>" for s in c.sources or []) \
+        or (f"saved statistics <code>{_e(short_path(c.from_stats))}</code>" if c.from_stats else "–")
+    calib = f"{c.tokens or 0:,} tokens" + (f" · {_e(seq_text(c))}" if seq_text(c) else "") + f" · {sources}"
+    if r.device == "none":
+        run = f"from saved statistics <code>{_e(short_path(r.source if r.source is not None else '?'))}</code> " \
+              "(no calibration run)"
     else:
-        run = (f"{_e(r.get('device', '–'))} ({_e(', '.join(r.get('providers', [])) or '–')}) · "
-               f"{r.get('elapsed_s', 0):.1f} s · {r.get('tokens_per_s', 0) or 0:,.0f} tok/s")
-    taps = "named with --tap" if report.settings.get("taps") == "explicit" else f"site {_e(report.settings.get('site'))}"
-    items = [("model", f"<code>{_e(short_path(m.get('path')))}</code>"),
-             ("sha256", f"<code>{_e(m.get('sha256', ''))}</code>"),
-             ("opset", _e(m.get("opset"))), ("calibration", calib), ("run", f"{run} · {taps}")]
-    if m.get("encoder"):
-        items.insert(1, ("encoder", f"<code>{_e(short_path(m['encoder'].get('path')))}</code>"))
+        run = (f"{_e(r.device if r.device is not None else '–')} ({_e(', '.join(r.providers or []) or '–')}) · "
+               f"{r.elapsed_s or 0:.1f} s · {r.tokens_per_s or 0:,.0f} tok/s")
+    taps = "named with --tap" if report.settings.taps == "explicit" else f"site {_e(report.settings.site)}"
+    items = [("model", f"<code>{_e(short_path(m.path))}</code>"),
+             ("sha256", f"<code>{_e(m.sha256 if m.sha256 is not None else '')}</code>"),
+             ("opset", _e(m.opset)), ("calibration", calib), ("run", f"{run} · {taps}")]
+    if m.encoder:
+        items.insert(1, ("encoder", f"<code>{_e(short_path(m.encoder.get('path')))}</code>"))
     return _facts(items)
 
 
@@ -174,54 +175,55 @@ def _notes(report: Report) -> str:
     from .render import unfilled_budget
 
     notes = []
-    w = (report.advice or {}).get("withheld")
+    w = report.advice.withheld
     if w:
         notes.append(("bad", f"Thin data: {w['tokens']:,} tokens &lt; 4·D = {w['min_tokens']:,}. The metrics are "
                              "biased low (flagged below) and the width advice is withheld."))
     if unfilled_budget(report):
         notes.append(("", _e(unfilled_budget(report))))
-    for x in report.calibration.get("sources", []):
+    for x in report.calibration.sources or []:
         if x.get("tokens") == 0:
             notes.append(("", f"No tokens from <code>{_e(x.get('path'))}</code>: the budget was spent on the sources "
                               "before it (--mix even gives each source an equal share)."))
-    if (report.runtime.get("passes") or 1) > 1:
-        notes.append(("", f"{report.runtime['passes']} passes over the calibration data (memory cap)."))
-    if report.model.get("dequantized_from"):
-        notes.append(("", f"Weights dequantized from {_e(report.model['dequantized_from'])}."))
+    if (report.runtime.passes or 1) > 1:
+        notes.append(("", f"{report.runtime.passes} passes over the calibration data (memory cap)."))
+    if report.model.dequantized_from:
+        notes.append(("", f"Weights dequantized from {_e(report.model.dequantized_from)}."))
     return "".join(f'<p class="note {cls}">{text}</p>' for cls, text in notes)
 
 
 def _summary(report: Report) -> str:
     s = report.summary
-    if not s.get("sui"):
+    if not s.sui:
         return '<p class="note bad">No usable layer: no metrics to summarize.</p>'
-    cards = [("median SUI", _num(s["sui"]["median"]), "0..1, higher = more of the width used"),
-             ("median hard rank", _num(s["hard_rank"]["median"], ".1f"), f"of D = {'/'.join(map(str, s.get('widths', [])))}"),
-             ("median soft rank", _num(s["soft_rank"]["median"], ".1f"), "1..D, higher = more used"),
-             ("median concentration", _num(s["concentration"]["median"], ".2f"), "0..1, lower = more used")]
+    cards = [("median SUI", _num(s.median("sui")), "0..1, higher = more of the width used"),
+             ("median hard rank", _num(s.median("hard_rank"), ".1f"), f"of D = {'/'.join(map(str, s.widths or []))}"),
+             ("median soft rank", _num(s.median("soft_rank"), ".1f"), "1..D, higher = more used"),
+             ("median concentration", _num(s.median("concentration"), ".2f"), "0..1, lower = more used")]
     return '<div class="cards">' + "".join(
         f'<div class="card"><div class="k">{k}</div><div class="v">{v}</div><div class="k">{h}</div></div>'
         for k, v, h in cards) + "</div>"
 
 
 def _layer_table(report: Report) -> str:
-    head = ["layer", "D", "tokens", "hard", "soft", "hard/D", "soft/D", "SC", "SUI", "", "k90", "k95", "k99", "status"]
+    keys = report.settings.energy_keys()
+    head = ["layer", "D", "tokens", "hard", "soft", "hard/D", "soft/D", "SC", "SUI", "", *keys, "status"]
     rows, classes = [], []
     for x in report.layers:
         e = x.energy_widths
         bar = f'<span class="bar" style="width:{max(0.0, min(1.0, x.sui or 0)) * 60:.1f}px"></span>' if x.sui else ""
         rows.append([str(x.layer), str(x.width), f"{x.tokens:,}", _num(x.hard_rank, ".1f"), _num(x.soft_rank, ".1f"),
                      _num(x.hard_util), _num(x.soft_util), _num(x.concentration, ".2f"), _num(x.sui), bar,
-                     _num(e.get("k90"), "d"), _num(e.get("k95"), "d"), _num(e.get("k99"), "d"),
+                     *[_num(e.get(key), "d") for key in keys],
                      f'<span class="st-{_e(x.status)}" title="{_e(x.message)}">{_e(x.status)}</span>'])
         classes.append("")
     s = report.summary
-    if s.get("sui"):
-        rows.append(["median", "", "", _num(s["hard_rank"]["median"], ".1f"), _num(s["soft_rank"]["median"], ".1f"),
-                     _num(s["hard_util"]["median"]), _num(s["soft_util"]["median"]),
-                     _num(s["concentration"]["median"], ".2f"), _num(s["sui"]["median"]), "", "", "", "", ""])
+    if s.sui:
+        rows.append(["median", "", "", _num(s.median("hard_rank"), ".1f"), _num(s.median("soft_rank"), ".1f"),
+                     _num(s.median("hard_util")), _num(s.median("soft_util")),
+                     _num(s.median("concentration"), ".2f"), _num(s.median("sui")), "", *[""] * len(keys), ""])
         classes.append("median")
-    out = '<p class="hint">scroll the table sideways for every column →</p>' + _table(head, rows, left=(13,),
+    out = '<p class="hint">scroll the table sideways for every column →</p>' + _table(head, rows, left=(len(head) - 1,),
                                                                                        row_class=classes)
     flagged = {}
     for x in report.layers:
@@ -244,28 +246,29 @@ def _legend(report: Report) -> str:
 def _advice(report: Report) -> str:
     from .render import counted_text
 
-    a = report.advice or {}
-    if a.get("measured"):
-        return _measured(report) + (f'<p class="note">Calibration: {_e(a["withheld"]["reason"])} (the k95 estimate '
-                                    "was not measured).</p>" if a.get("withheld") else "")
-    if a.get("withheld"):
-        return (f'<div class="box"><p class="fail">Width advice withheld: {_e(a["withheld"]["reason"])}</p>'
+    a = report.advice
+    if a.measured:
+        return _measured(report) + (f'<p class="note">Calibration: {_e(a.withheld["reason"])} (the {a.estimate_key()} '
+                                    "estimate was not measured).</p>" if a.withheld else "")
+    if a.withheld:
+        return (f'<div class="box"><p class="fail">Width advice withheld: {_e(a.withheld["reason"])}</p>'
                 "<p>The spectra of starved layers are biased low: a width read from them would be too narrow.</p></div>")
-    if a.get("recommended_width") is None:
+    if a.recommended_width is None:
         return '<div class="box"><p>No usable layer: no width advice.</p></div>'
+    needed = a.needed_width if "needed_width" in a else a.recommended_width
     return (
         '<div class="box"><p><b>Estimate</b> (variance kept, unmeasured): '
-        f"k{round(100 * a['q'])} needs <b>{a.get('needed_width', a['recommended_width'])}</b> of {a['current_width']} "
-        f"neurons; {a['recommended_width']} after rounding up to a multiple of {a.get('align', 64)}.</p>"
-        f"<p>Counted: {_e(counted_text(a))}; the worst layer loses {a['max_variance_lost']:.2%} of its variance.</p>"
+        f"k{round(100 * a.q)} needs <b>{needed}</b> of {a.current_width} "
+        f"neurons; {a.recommended_width} after rounding up to a multiple of {a.align if 'align' in a else 64}.</p>"
+        f"<p>Counted: {_e(counted_text(a))}; the worst layer loses {a.max_variance_lost:.2%} of its variance.</p>"
         '<p class="note">A compressibility estimate, not a deployable width: accuracy must be measured '
         "(<code>--eval HELDOUT</code>, or <code>sui-onnx slim --eval</code>). A narrower FFN without retraining costs "
         "more than the variance it drops.</p></div>")
 
 
 def _measured(report: Report) -> str:
-    m = report.advice["measured"]
-    current = report.advice["current_width"]
+    m = report.advice.measured
+    current = report.advice.current_width
     names = ", ".join(_e(str(s.get("path", "?")).rsplit("/", 1)[-1]) for s in m.get("eval", []))
     if m.get("recommended_width") is not None:
         head = (f"Recommended FFN width <b>{m['recommended_width']}</b> of {current} ({_e(m['recommended_label'])}): "
@@ -309,7 +312,8 @@ def _plots(report: Report) -> str:
     many = n > 12
     figs = []
     spectra, energy = [], []
-    k95_points = []
+    estimate = report.advice.estimate_key()  # the energy key the width advice keeps: "k95" for q = 0.95
+    estimate_points = []
     for i, (x, ev) in enumerate(zip(layers, eigs)):
         if ev is None:
             continue
@@ -326,29 +330,32 @@ def _plots(report: Report) -> str:
         cum = np.cumsum(p)
         ex, ey = thin(idx, [float(v) for v in cum], log=True)
         energy.append(Series(f"layer {x.layer}", ex, ey, color, legend=not many))
-        k95 = x.energy_widths.get("k95")
-        if k95:
-            k95_points.append(Series("", [k95], [float(cum[k95 - 1])], color, line=False, marker="circle", legend=False))
+        k = x.energy_widths.get(estimate)
+        if k:
+            estimate_points.append(Series("", [k], [float(cum[k - 1])], color, line=False, marker="circle", legend=False))
     if spectra:
         figs.append(chart(spectra, title="FFN activation covariance spectra", caption=sub, x_log=True, y_log=True,
                           x_label="eigenvalue index i (largest first)", y_label="share of variance p_i", uid="spectra"))
     widths = advice_widths(report)
     if energy:
-        refs = [Ref("y", q, f"{q:.0%}") for q in report.settings.get("energy_levels", [0.9, 0.95, 0.99])]
+        refs = [Ref("y", q, f"{q:.0%}") for q in report.settings.levels()]
         if widths["estimate"]:
             refs.append(Ref("x", max(widths["estimate"]), f"recommended {max(widths['estimate'])} (estimate)",
                             "#d9730d", "2 3"))
         if widths["measured"]:
             refs.append(Ref("x", max(widths["measured"]), f"recommended {max(widths['measured'])} (measured)",
                             "#1a7f37", "6 3"))
-        lows = min(report.settings.get("energy_levels", [0.9])) - 0.35
-        figs.append(chart(energy + k95_points, title="Cumulative energy (dots: k95 of each layer)", caption=sub,
+        lows = min(report.settings.levels()) - 0.35
+        figs.append(chart(energy + estimate_points, title=f"Cumulative energy (dots: {estimate} of each layer)", caption=sub,
                           x_log=True, x_label="k (directions kept)", y_label="cumulative variance share",
                           y_lim=(max(0.0, lows), 1.005), refs=refs, uid="energy"))
     # the width each layer needs, and the recommendation, per layer
     need = []
-    for key, marker, label, opacity in (("k90", "down", "k90", 0.55), ("k95", "circle", "k95", 1.0),
-                                        ("k99", "up", "k99", 0.55)):
+    levels = report.settings.levels()
+    q = report.advice.q if isinstance(report.advice.q, (int, float)) else 0.95
+    for level, key in zip(levels, report.settings.energy_keys()):
+        marker, opacity = ("circle", 1.0) if key == estimate else ("down", 0.55) if level < q else ("up", 0.55)
+        label = key
         ys = [x.energy_widths.get(key) for x in layers]
         if any(v is not None for v in ys):
             need.append(Series(label, xs_layers, ys, "#0969da", line=False, marker=marker, opacity=opacity))
@@ -395,28 +402,30 @@ def _next(report: Report) -> str:
 
 
 def _assumptions(report: Report) -> str:
-    a = report.advice or {}
-    items = list(a.get("assumptions", []))
+    items = list(report.advice.assumptions or [])
     items.append("SUI and spectral concentration are project-defined (docs/metrics.md); hard and soft rank follow "
                  "Jha & Reagen, Spectral Scaling Laws in Language Models (EMNLP 2025)")
     items.append(f"metrics from the covariance of the FFN hidden activation at site "
-                 f"{report.settings.get('site')}, top fraction {report.settings.get('top_fraction')}")
+                 f"{report.settings.site}, top fraction {report.settings.top_fraction}")
     return "<ul class=\"plain\">" + "".join(f"<li>{_e(x)}</li>" for x in items) + "</ul>"
 
 
 def _provenance(report: Report) -> str:
     m, c = report.model, report.calibration
     rows = [[f"<code>{_e(s.get('path'))}</code>", _e(s.get("kind")), f"{s['tokens']:,}" if isinstance(s.get("tokens"), int)
-             else "–", f"<code>{_e(s.get('sha256', 'not recorded'))}</code>"] for s in c.get("sources", [])]
+             else "–", f"<code>{_e(s.get('sha256', 'not recorded'))}</code>"] for s in c.sources or []]
     env = environment()
-    items = [("model", f"<code>{_e(m.get('path'))}</code>"), ("model sha256", f"<code>{_e(m.get('sha256'))}</code>"),
-             ("producer", _e(m.get("producer", "–"))), ("opset", _e(m.get("opset"))),
-             ("calibration", f"{c.get('tokens', 0):,} tokens (budget {c.get('token_budget', '–')}), "
-                             f"mix {_e(c.get('mix', '–'))}, batch {_e(c.get('batch_size', '–'))}"),
+    def given(value: Any) -> Any:
+        return "–" if value is None else value
+
+    items = [("model", f"<code>{_e(m.path)}</code>"), ("model sha256", f"<code>{_e(m.sha256)}</code>"),
+             ("producer", _e(given(m.producer))), ("opset", _e(m.opset)),
+             ("calibration", f"{c.tokens or 0:,} tokens (budget {given(c.token_budget)}), "
+                             f"mix {_e(given(c.mix))}, batch {_e(given(c.batch_size))}"),
              ("analyzed by", f"{_e(report.tool.get('name', 'sui-onnx'))} {_e(report.tool.get('version', '?'))}"
                              + (f", {_e(report.created)}" if report.created else "")),
              ("rendered with", _e(", ".join(f"{k} {v}" for k, v in env.items()))),
-             ("runtime", _e(", ".join(f"{k} {v}" for k, v in report.runtime.items()
+             ("runtime", _e(", ".join(f"{k} {v}" for k, v in report.runtime.to_dict().items()
                                       if k in ("device", "precision", "passes"))))]
     out = _facts(items)
     if rows:
@@ -492,7 +501,7 @@ def scaling_html(result: Any, reports: Sequence[Report] | None = None) -> str:
     prov_rows = []
     for i, m in enumerate(result.models):
         rep = reports[i] if reports is not None and i < len(reports) else None
-        digests = ", ".join((s.get("sha256") or "not recorded")[:16] for s in (rep.calibration.get("sources", []) if rep else []))
+        digests = ", ".join((s.get("sha256") or "not recorded")[:16] for s in ((rep.calibration.sources or []) if rep else []))
         prov_rows.append([f"<code>{_e(short_path(m.label))}</code>", str(m.width),
                           f"<code>{_e(str(m.provenance.get('sha256', '–'))[:16])}</code>", f"{m.min_tokens:,}",
                           f"<code>{_e(digests or '–')}</code>"])

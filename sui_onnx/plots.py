@@ -48,7 +48,7 @@ def plot_folder(folder: Path) -> Path:
 
 def model_name(report: Report) -> str:
     """A short name for the model in titles: the folder of a model.onnx, else the file's stem."""
-    path = Path(str((report.model or {}).get("path") or "model"))
+    path = Path(str(report.model.path or "model"))
     if path.name in (MODEL_FILE, DECODER_FILE, ENCODER_FILE) and path.parent.name:
         name = path.parent.name if path.parent.name != "onnx" else path.parent.parent.name
         return name if path.name == MODEL_FILE else f"{name}/{path.stem}"
@@ -59,9 +59,8 @@ def subtitle(report: Report) -> str:
     """Model name, token count and tap site: the line every plot of a report carries."""
     from .safeio import printable
 
-    c = report.calibration or {}
-    return printable(f"{model_name(report)} · {c.get('tokens', 0):,} calibration tokens · site "
-                     f"{report.settings.get('site', '?')}")
+    site = report.settings.site if "site" in report.settings else "?"
+    return printable(f"{model_name(report)} · {report.calibration.tokens or 0:,} calibration tokens · site {site}")
 
 
 def layer_ticks(ax, layers: list[int]) -> None:
@@ -94,12 +93,12 @@ UTILIZATION_PANELS = (
 def advice_widths(report: Report) -> dict[str, Any]:
     """The widths the advice recommends, per layer: the k_q estimate and, when measured, the
     measured width (None where there is none)."""
-    a = report.advice or {}
+    a = report.advice
     n = len(report.layers)
-    out: dict[str, Any] = {"estimate": None, "measured": None, "needed": a.get("needed_width")}
-    if a.get("recommended_width") is not None:
-        out["estimate"] = [min(a["recommended_width"], x.width) for x in report.layers]
-    m = a.get("measured") or {}
+    out: dict[str, Any] = {"estimate": None, "measured": None, "needed": a.needed_width}
+    if a.recommended_width is not None:
+        out["estimate"] = [min(a.recommended_width, x.width) for x in report.layers]
+    m = a.measured or {}
     widths = m.get("recommended_widths")
     if isinstance(widths, list) and len(widths) == n:
         out["measured"] = widths
@@ -149,6 +148,7 @@ def write_plots(report: Report, folder: Path) -> list[Path]:
     fig.tight_layout()
     written.append(save_png(fig, folder / "utilization.png"))
 
+    estimate = report.advice.estimate_key()  # the energy key the width advice keeps: "k95" for q = 0.95
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10.0, 4.4), gridspec_kw={"width_ratios": [3, 2]})
     for i, (layer, ev) in enumerate(zip(report.layers, eigs)):
         if ev is None or not np.asarray(ev).sum() > 0:
@@ -156,10 +156,10 @@ def write_plots(report: Report, folder: Path) -> list[Path]:
         ev = np.clip(np.asarray(ev, dtype=np.float64), 0, None)
         cum = np.cumsum(ev) / ev.sum()
         ax.plot(np.arange(1, ev.size + 1), cum, color=colors[i], lw=1.2, label=f"layer {layer.layer}")
-        k95 = layer.energy_widths.get("k95")
-        if k95:
-            ax.plot([k95], [cum[k95 - 1]], "o", color=colors[i], ms=5, mec="black", mew=0.5)
-    levels = report.settings.get("energy_levels", [0.9, 0.95, 0.99])
+        k = layer.energy_widths.get(estimate)
+        if k:
+            ax.plot([k], [cum[k - 1]], "o", color=colors[i], ms=5, mec="black", mew=0.5)
+    levels = report.settings.levels()
     for q in levels:
         ax.axhline(q, color="grey", lw=0.6, ls="--")
         ax.annotate(f"{q:.0%}", xy=(0.0, q), xycoords=("axes fraction", "data"), xytext=(2, 2),
@@ -167,7 +167,7 @@ def write_plots(report: Report, folder: Path) -> list[Path]:
     widths = advice_widths(report)
     if widths["estimate"]:
         w = max(widths["estimate"])
-        ax.axvline(w, color="tab:orange", lw=1.0, ls=":", label=f"recommended {w} (k95 estimate)")
+        ax.axvline(w, color="tab:orange", lw=1.0, ls=":", label=f"recommended {w} ({estimate} estimate)")
     if widths["measured"]:
         w = max(widths["measured"])
         ax.axvline(w, color="tab:green", lw=1.0, ls="-.", label=f"recommended {w} (measured)")
@@ -175,13 +175,15 @@ def write_plots(report: Report, folder: Path) -> list[Path]:
     ax.set_ylim(max(0.0, min(levels) - 0.35), 1.005)
     ax.set_xlabel("k (directions kept)")
     ax.set_ylabel("cumulative variance share")
-    ax.set_title("Cumulative energy (dots: k95 of each layer)", fontsize=9)
+    ax.set_title(f"Cumulative energy (dots: {estimate} of each layer)", fontsize=9)
     if legend:
         ax.legend(fontsize=7, loc="lower right")
-    # per layer: the widths k90/k95/k99 need, and the recommended width
-    for key, marker, label in (("k90", "v", "k90"), ("k95", "o", "k95"), ("k99", "^", "k99")):
+    # per layer: the widths the energy levels need, and the recommended width
+    q = report.advice.q if isinstance(report.advice.q, (int, float)) else 0.95
+    for level, key in zip(levels, report.settings.energy_keys()):
+        marker = "o" if key == estimate else "v" if level < q else "^"
         ys = [x.energy_widths.get(key, np.nan) for x in report.layers]
-        bx.plot(xs, ys, marker=marker, ls="", color="tab:blue", alpha=1.0 if key == "k95" else 0.5, label=label)
+        bx.plot(xs, ys, marker=marker, ls="", color="tab:blue", alpha=1.0 if key == estimate else 0.5, label=key)
     for key, color, ls, label in (("estimate", "tab:orange", ":", "recommended (estimate)"),
                                   ("measured", "tab:green", "-.", "recommended (measured)")):
         if widths[key]:

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .layout import MODEL_FILE
-from .report import Report
+from .report import Advice, CalibrationInfo, Report
 
 _STATUS_STYLE = {"ok": "green", "low_tokens": "yellow", "rank_capped": "yellow", "degenerate": "red", "non_finite": "red"}
 _BAR_CELLS = 8
@@ -56,77 +56,80 @@ def short_path(path: Any, cwd: str | None = None) -> str:
     return text
 
 
-def _seq(c: dict[str, Any]) -> str:
+def seq_text(c: CalibrationInfo) -> str:
+    """The window length(s) of the calibration, in words: "seq 128", "seq 128 (text), 64 (rows of ids)"."""
     """The window length: --seq-len for text, the row length of each .npy source."""
-    sources = c.get("sources") or []
+    sources = c.sources or []
     rows = sorted({s["seq_len"] for s in sources if s.get("kind") == "npy" and isinstance(s.get("seq_len"), int)})
     text = any(s.get("kind") != "npy" for s in sources)
     parts = []
-    if text and c.get("seq_len"):
-        parts.append(f"{c['seq_len']}" + (" (text)" if rows else ""))
+    if text and c.seq_len:
+        parts.append(f"{c.seq_len}" + (" (text)" if rows else ""))
     if rows:
         parts.append("/".join(map(str, rows)) + " (rows of ids)")
-    if not parts and c.get("seq_len") and not sources:
-        parts.append(str(c["seq_len"]))
+    if not parts and c.seq_len and not sources:
+        parts.append(str(c.seq_len))
     return f"seq {', '.join(parts)}" if parts else ""
 
 
 def _taps(report: Report) -> str:
-    if report.settings.get("taps") == "explicit":
+    if report.settings.taps == "explicit":
         return "taps named with --tap"
-    return f"site {escape(report.settings.get('site'))}"
+    return f"site {escape(report.settings.site)}"
 
 
 def header(report: Report) -> Panel:
     m, c, r = report.model, report.calibration, report.runtime
-    path = escape(short_path(m.get("path")))
-    ident = f"sha256 {str(m.get('sha256', ''))[:12]} · opset {m.get('opset')}"
+    path = escape(short_path(m.path))
+    ident = f"sha256 {str(m.sha256 if m.sha256 is not None else '')[:12]} · opset {m.opset}"
     lines = [f"[bold]model[/]  {path}" + ("\n       " if len(path) + len(ident) > 66 else "  ") + f"[dim]{ident}[/]"]
-    calib = [f"{c.get('tokens', 0):,} tokens"]
-    if _seq(c):
-        calib.append(_seq(c))
-    sources = ", ".join(escape(short_path(x.get("path", "?"))) for x in c.get("sources", []))
-    if c.get("from_stats"):
-        sources = sources or f"statistics {escape(short_path(c['from_stats']))}"
+    calib = [f"{c.tokens or 0:,} tokens"]
+    if seq_text(c):
+        calib.append(seq_text(c))
+    sources = ", ".join(escape(short_path(x.get("path", "?"))) for x in c.sources or [])
+    if c.from_stats:
+        sources = sources or f"statistics {escape(short_path(c.from_stats))}"
     if sources:
         calib.append(sources)
     lines.append("[bold]calib[/]  " + " · ".join(calib))
-    if r.get("device") == "none":  # --stats: no calibration ran here
-        lines.append(f"[bold]run[/]    from saved statistics {escape(short_path(r.get('source', c.get('from_stats', '?'))))} "
+    if r.device == "none":  # --stats: no calibration ran here
+        source = r.source if r.source is not None else c.from_stats if c.from_stats is not None else "?"
+        lines.append(f"[bold]run[/]    from saved statistics {escape(short_path(source))} "
                      f"(no calibration run) · {_taps(report)}")
     else:
-        lines.append(f"[bold]run[/]    {escape(r.get('device', '-'))} ({escape(', '.join(r.get('providers', [])) or '-')}) · "
-                     f"{r.get('elapsed_s', 0):.1f} s · {r.get('tokens_per_s', 0) or 0:,.0f} tok/s · {_taps(report)}")
-    if m.get("encoder"):
-        lines.insert(1, f"[bold]enc[/]    {escape(short_path(m['encoder'].get('path')))}  "
-                        f"[dim]sha256 {str(m['encoder'].get('sha256', ''))[:12]}[/]")
-    if (r.get("passes") or 1) > 1:
-        why = ("statistics over half the free memory" if r.get("max_memory_source") == "auto"
+        lines.append(f"[bold]run[/]    {escape(r.device if r.device is not None else '-')} "
+                     f"({escape(', '.join(r.providers or []) or '-')}) · "
+                     f"{r.elapsed_s or 0:.1f} s · {r.tokens_per_s or 0:,.0f} tok/s · {_taps(report)}")
+    if m.encoder:
+        lines.insert(1, f"[bold]enc[/]    {escape(short_path(m.encoder.get('path')))}  "
+                        f"[dim]sha256 {str(m.encoder.get('sha256', ''))[:12]}[/]")
+    if (r.passes or 1) > 1:
+        why = ("statistics over half the free memory" if r.max_memory_source == "auto"
                else "--max-memory")
-        cap = r.get("max_memory")
-        lines.append(f"[yellow]{r['passes']} passes over the calibration data ({why}"
+        cap = r.max_memory
+        lines.append(f"[yellow]{r.passes} passes over the calibration data ({why}"
                      + (f": {_size(cap)} cap" if cap else "") + ")[/]")
     unfilled = unfilled_budget(report)
     if unfilled:
         lines.append(f"[yellow]{escape(unfilled)}[/]")
-    unused = [escape(short_path(x.get("path"))) for x in c.get("sources", []) if x.get("tokens") == 0]
+    unused = [escape(short_path(x.get("path"))) for x in c.sources or [] if x.get("tokens") == 0]
     if unused:
         lines.append(f"[yellow]no tokens from {', '.join(unused)}: the budget was spent on the sources before it "
                      "(--mix even gives each source an equal share)[/]")
-    withheld = (report.advice or {}).get("withheld")
+    withheld = report.advice.withheld
     if withheld:
         lines.append(f"[red]thin data: {withheld['tokens']:,} tokens < 4·D = {withheld['min_tokens']:,}: metrics "
                      "biased low (flagged), width advice withheld[/]")
-    if m.get("dequantized_from"):
-        lines.append(f"[yellow]weights dequantized from {escape(m['dequantized_from'])}[/]")
+    if m.dequantized_from:
+        lines.append(f"[yellow]weights dequantized from {escape(m.dequantized_from)}[/]")
     return Panel("\n".join(lines), title="sui-onnx report", title_align="left", box=box.ROUNDED)
 
 
 def unfilled_budget(report: Report) -> str | None:
     """A token budget the calibration sources could not fill: the tokens actually used, or None."""
     c = report.calibration
-    tokens, budget = c.get("tokens"), c.get("token_budget")
-    if isinstance(tokens, int) and isinstance(budget, int) and 0 <= tokens < budget and not c.get("from_stats"):
+    tokens, budget = c.tokens, c.token_budget
+    if isinstance(tokens, int) and isinstance(budget, int) and 0 <= tokens < budget and not c.from_stats:
         return (f"the sources hold fewer tokens than the budget of {budget:,}: {tokens:,} tokens used "
                 "(add --calib sources or lower --tokens)")
     return None
@@ -141,9 +144,9 @@ def layer_table(report: Report) -> Table:
     t.add_column("SC", justify="right")
     t.add_column("SUI", justify="right")
     t.add_column("", no_wrap=True)
-    t.add_column("k90", justify="right")
-    t.add_column("k95", justify="right")
-    t.add_column("k99", justify="right")
+    keys = report.settings.energy_keys()
+    for key in keys:
+        t.add_column(key, justify="right")
     t.add_column("status", no_wrap=True)
     for layer in report.layers:
         style = _STATUS_STYLE.get(layer.status, "")
@@ -156,18 +159,16 @@ def layer_table(report: Report) -> Table:
             _fmt(layer.concentration, ".2f"),
             _fmt(layer.sui, ".3f"),
             Text(bar(layer.sui), style="cyan"),
-            _fmt(e.get("k90"), "d"),
-            _fmt(e.get("k95"), "d"),
-            _fmt(e.get("k99"), "d"),
+            *[_fmt(e.get(key), "d") for key in keys],
             Text(printable(layer.status), style=style),
         )
     s = report.summary
-    if s.get("sui"):
+    if s.sui:
         t.add_section()
         t.add_row(
-            "median", "", _fmt(s["hard_rank"]["median"]), _fmt(s["soft_rank"]["median"]),
-            _fmt(s["concentration"]["median"], ".2f"), _fmt(s["sui"]["median"], ".3f"),
-            Text(bar(s["sui"]["median"]), style="bold cyan"), "", "", "", "",
+            "median", "", _fmt(s.median("hard_rank")), _fmt(s.median("soft_rank")),
+            _fmt(s.median("concentration"), ".2f"), _fmt(s.median("sui"), ".3f"),
+            Text(bar(s.median("sui")), style="bold cyan"), *[""] * len(keys), "",
         )
     return t
 
@@ -179,13 +180,15 @@ TYPICAL = "typical of the trained models measured here: SUI 0.01-0.3, SC 0.6-1.0
 
 def legend_lines(report: Report) -> list[tuple[str, str]]:
     """(column, meaning) per measure of the layer table: its range and which way is more of the width used."""
-    f = report.settings.get("top_fraction", 0.1)
+    f = report.settings.top_fraction if report.settings.top_fraction is not None else 0.1
+    keys = report.settings.energy_keys()
+    shares = "/".join(f"{100 * q:g}" for q in report.settings.levels())
     return [
         ("hard", "hard rank (participation ratio), 1..D; higher = more of the width used"),
         ("soft", "soft rank (Shannon effective rank), 1..D; higher = more of the width used"),
         ("SC", f"variance share of the top {f:.0%} directions, 0..1; lower = more width used"),
         ("SUI", "utilization index (the bar), 0..1, 1 = flat spectrum; higher = more used"),
-        ("k90..", "directions keeping 90/95/99% of the variance: width a rank-k FFN needs"),
+        (f"{keys[0]}..", f"directions keeping {shares}% of the variance: width a rank-k FFN needs"),
     ]
 
 
@@ -197,12 +200,12 @@ def legend(report: Report) -> Text:
     return out
 
 
-def counted_text(a: dict[str, Any], report: Report | None = None) -> str:
+def counted_text(a: Advice, report: Report | None = None) -> str:
     """Which layers the width advice counted, in words."""
-    counted = a.get("counted") or {}
+    counted = a.counted or {}
     layers = counted.get("layers")
     n = len(layers) if isinstance(layers, list) else None
-    quantile = a.get("quantile", 1.0)
+    quantile = a.quantile if a.quantile is not None else 1.0
     if n is None:  # a report written before "counted" existed
         return "every usable layer" if quantile >= 1.0 else f"the {quantile:.0%} quantile of layers"
     excluded = counted.get("excluded") or 0
@@ -235,19 +238,21 @@ def _list(items: list[Any], most: int = 6) -> str:
 
 def advice_panel(report: Report) -> Panel:
     a = report.advice
-    if a and a.get("withheld") and not a.get("measured"):
-        w = a["withheld"]
+    if a.withheld and not a.measured:
+        w = a.withheld
         lines = [f"[red]width advice withheld: {escape(w['reason'])}[/]",
                  "the spectra of starved layers are biased low: a width read from them would be too narrow"]
         return Panel("\n".join(lines), title="width advice (withheld)", title_align="left", box=box.ROUNDED)
-    if not a or a.get("recommended_width") is None and not a.get("measured"):
+    if not a or a.recommended_width is None and not a.measured:
         return Panel("no usable layer: no width advice", title="width advice", title_align="left")
-    if a.get("measured"):
+    if a.measured:
         return measured_panel(report)
+    needed = a.needed_width if "needed_width" in a else a.recommended_width
     lines = [
-        f"k{round(100 * a['q'])} needs [bold]{a.get('needed_width', a['recommended_width'])}[/] of "
-        f"{a['current_width']} neurons; {a['recommended_width']} after rounding up to a multiple of {a.get('align', 64)}",
-        f"counted: {escape(counted_text(a))}; worst layer loses {a['max_variance_lost']:.2%} of its variance",
+        f"k{round(100 * a.q)} needs [bold]{needed}[/] of "
+        f"{a.current_width} neurons; {a.recommended_width} after rounding up to a multiple of "
+        f"{a.align if 'align' in a else 64}",
+        f"counted: {escape(counted_text(a))}; worst layer loses {a.max_variance_lost:.2%} of its variance",
         "[yellow]an estimate, not a deployable width: accuracy must be measured (--eval HELDOUT, or sui-onnx "
         "slim --eval); a narrower FFN without retraining costs more than the variance it drops[/]",
     ]
@@ -258,8 +263,8 @@ def measured_panel(report: Report) -> Panel:
     """The measured ladder: dCE of the projection (what the spectrum allows) and of slim (a
     narrower FFN without retraining), worst over the eval sources, and the recommendation; for an
     encoder (no logits) the hidden states' cosine and relative error against the original."""
-    m = report.advice["measured"]
-    current = report.advice["current_width"]
+    m = report.advice.measured
+    current = report.advice.current_width
     encoder = m.get("kind") == "encoder"
     t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
     cols = (("cos proj", "cos slim", "err slim") if encoder else ("dCE projection", "dCE slim", "top-1"))
@@ -318,20 +323,22 @@ def command_path(path: Any) -> str:
 
 def next_steps(report: Report) -> list[tuple[str, str]]:
     """(what, command): what to run next, given this report."""
-    path = command_path(report.model.get("path", ""))
-    a = report.advice or {}
-    measured = a.get("measured") or {}
+    model_path = report.model.path if report.model.path is not None else ""
+    path = command_path(model_path)
+    a = report.advice
+    measured = a.measured or {}
     steps = []
-    if a.get("withheld"):
-        steps.append(("calibrate", f"sui-onnx report {path} --tokens {a['withheld']['recommended_tokens']}"))
+    if a.withheld:
+        steps.append(("calibrate", f"sui-onnx report {path} --tokens {a.withheld['recommended_tokens']}"))
     heldout = "HELDOUT.txt"
     bundled = os.path.join(os.path.dirname(__file__), "data")
-    if os.path.abspath(str(report.model.get("path", ""))).startswith(os.path.abspath(bundled) + os.sep):
+    if os.path.abspath(str(model_path)).startswith(os.path.abspath(bundled) + os.sep):
         heldout = command_path(os.path.join(bundled, "heldout.txt")).replace("MODEL", "HELDOUT.txt")
     if not measured:
         steps.append(("measure", f"sui-onnx report {path} --eval {heldout}"))
-    width = measured.get("recommended_width") if measured else a.get("recommended_width")
-    narrow = f"--width {width}" if width and width < a.get("current_width", 0) else "--max-loss-increase 0.01"
+    width = measured.get("recommended_width") if measured else a.recommended_width
+    current = a.current_width if "current_width" in a else 0
+    narrow = f"--width {width}" if width and width < current else "--max-loss-increase 0.01"
     steps.append(("narrow", f"sui-onnx slim {path} OUT {narrow} --eval {heldout}"))
     steps.append(("baseline", f"sui-onnx report {path} --json base.json"))
     steps.append(("gate", f"sui-onnx check {path} --baseline base.json"))
@@ -367,8 +374,9 @@ def report_renderable(report: Report) -> Group:
     if note is not None:
         parts.append(note)
     parts.append(advice_panel(report))
-    if (report.advice or {}).get("measured") and report.advice.get("withheld"):
-        parts.append(Text(f"calibration: {report.advice['withheld']['reason']} (the k95 estimate was not measured)",
+    a = report.advice
+    if a.measured and a.withheld:
+        parts.append(Text(f"calibration: {a.withheld['reason']} (the {a.estimate_key()} estimate was not measured)",
                           style="yellow"))
     parts.append(next_text(report))
     return Group(*parts)
@@ -385,48 +393,49 @@ def to_markdown(report: Report) -> str:
     out = [
         "## sui-onnx report",
         "",
-        f"Model `{_md_code(m.get('path'))}` (sha256 `{str(m.get('sha256', ''))[:12]}`), "
-        f"{c.get('tokens', 0):,} calibration tokens, site `{report.settings.get('site')}`.",
+        f"Model `{_md_code(m.path)}` (sha256 `{str(m.sha256 if m.sha256 is not None else '')[:12]}`), "
+        f"{c.tokens or 0:,} calibration tokens, site `{report.settings.site}`.",
         "",
     ]
-    if s.get("sui"):
+    if s.sui:
         out += [
-            f"**Median SUI {s['sui']['median']:.3f}** · hard rank {s['hard_rank']['median']:.1f} · "
-            f"soft rank {s['soft_rank']['median']:.1f} · concentration {s['concentration']['median']:.2f}",
+            f"**Median SUI {s.median('sui'):.3f}** · hard rank {s.median('hard_rank'):.1f} · "
+            f"soft rank {s.median('soft_rank'):.1f} · concentration {s.median('concentration'):.2f}",
             "",
         ]
+    keys = report.settings.energy_keys()
     out += [
-        "| layer | D | tokens | hard rank | soft rank | hard util | soft util | SC | SUI | k90 | k95 | k99 | status |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:--|",
+        "| layer | D | tokens | hard rank | soft rank | hard util | soft util | SC | SUI | " + " | ".join(keys) + " | status |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(keys) + ":--|",
     ]
     for x in report.layers:
         e = x.energy_widths
         out.append(
             f"| {x.layer} | {x.width} | {x.tokens} | {_fmt(x.hard_rank, '.2f')} | {_fmt(x.soft_rank, '.2f')} | "
             f"{_fmt(x.hard_util, '.3f')} | {_fmt(x.soft_util, '.3f')} | {_fmt(x.concentration, '.3f')} | "
-            f"{_fmt(x.sui, '.3f')} | {_fmt(e.get('k90'), 'd')} | {_fmt(e.get('k95'), 'd')} | "
-            f"{_fmt(e.get('k99'), 'd')} | {x.status} |"
+            f"{_fmt(x.sui, '.3f')} | " + "".join(f"{_fmt(e.get(key), 'd')} | " for key in keys) + f"{x.status} |"
         )
-    if a and a.get("measured"):
-        m = a["measured"]
-        rec = (f"**{m['recommended_width']}** of {a['current_width']} ({m['recommended_label']}, saves "
+    if a.measured:
+        m = a.measured
+        rec = (f"**{m['recommended_width']}** of {a.current_width} ({m['recommended_label']}, saves "
                f"{m['ffn_param_saving']:.0%} of FFN parameters)" if m.get("recommended_width") is not None
-               else f"keep {a['current_width']} (no measured width within the limit)")
+               else f"keep {a.current_width} (no measured width within the limit)")
         out += ["", f"**Width advice** (measured, dCE <= {m['max_loss_increase']} nats/token on every eval source): {rec}.",
                 "", "| width | FFN saved | dCE projection | dCE slim |", "|:--|---:|---:|---:|"]
         for row in m["ladder"]:
             out.append(f"| {row['label']} ({max(row['widths'])}) | {row['ffn_param_saving']:.0%} | "
                        f"{_delta(row['projection']['worst_delta_ce'])} | {_delta(row['slim']['worst_delta_ce'])} |")
-    elif a and a.get("withheld"):
-        out += ["", f"**Width advice withheld**: {a['withheld']['reason']}. The metrics above are biased low."]
-    elif a and a.get("recommended_width") is not None:
+    elif a.withheld:
+        out += ["", f"**Width advice withheld**: {a.withheld['reason']}. The metrics above are biased low."]
+    elif a.recommended_width is not None:
+        needed = a.needed_width if "needed_width" in a else a.recommended_width
         out += [
             "",
-            f"**Width estimate** (unmeasured): k{round(100 * a['q'])} needs {a.get('needed_width', a['recommended_width'])} "
-            f"of {a['current_width']} neurons, {a['recommended_width']} aligned (counted: {counted_text(a)}; worst layer "
-            f"loses {a['max_variance_lost']:.2%} of variance). A compressibility estimate, not a deployable width: measure "
+            f"**Width estimate** (unmeasured): k{round(100 * a.q)} needs {needed} "
+            f"of {a.current_width} neurons, {a.recommended_width} aligned (counted: {counted_text(a)}; worst layer "
+            f"loses {a.max_variance_lost:.2%} of variance). A compressibility estimate, not a deployable width: measure "
             "it with `sui-onnx report --eval HELDOUT` or `sui-onnx slim --eval HELDOUT`. Assumptions: "
-            + "; ".join(a.get("assumptions", [])) + ".",
+            + "; ".join(a.assumptions or []) + ".",
         ]
     out.append("")
     return "\n".join(out)

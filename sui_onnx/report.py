@@ -8,18 +8,307 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Iterator, Mapping
 
 from .errors import SuiError
 
 SCHEMA = "sui-onnx/report"
 SCHEMA_VERSION = 2  # 2: advice.basis, advice.measured (report --eval); version 1 reports still read
 METRIC_KEYS = ("hard_rank", "soft_rank", "hard_util", "soft_util", "concentration", "sui", "asymmetry")
+# the energy widths every layer entry carries (null when not measured): the schema requires them
+SCHEMA_ENERGY_KEYS = ("k90", "k95", "k99")
 
 # Layer status values, most severe first; `flags` may hold several, `status` is the most severe.
 STATUS_ORDER = ("non_finite", "degenerate", "rank_capped", "low_tokens", "ok")
+
+
+# -- the report's sections ---------------------------------------------------------------------
+class Section:
+    """One object of the report JSON as a dataclass: a typed field for each key this version knows,
+    ``extra`` for the keys it does not (provenance a caller added, keys of a newer writer), kept
+    as they are. One definition gives both directions: ``from_dict`` reads a JSON object (nested
+    sections included) and remembers which keys it held and in which order, ``to_dict`` writes
+    exactly those keys back in that order (then keys set since), so a report read and written
+    again is byte-identical. A field that is None and was never given is left out of the JSON.
+
+    The report's types and ranges are checked once, on reading a file (``validate_report_dict``).
+    Item access (``section["key"]``, ``get``, ``in``) reads and writes the same fields, for
+    callers that hold a key name rather than an attribute."""
+
+    NESTED: ClassVar[dict[str, type["Section"]]] = {}  # field -> the section type of its value
+
+    extra: dict[str, Any]
+    _keys: list[str]
+
+    def __post_init__(self) -> None:
+        names = _field_names(type(self))
+        keys = [f for f in names if getattr(self, f) is not None]
+        keys += [k for k in self.extra if k not in names]
+        object.__setattr__(self, "_keys", keys)
+        for name, kind in self.NESTED.items():
+            value = getattr(self, name)
+            if isinstance(value, Mapping) and not isinstance(value, Section):
+                object.__setattr__(self, name, kind.from_dict(value))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        kind = self.NESTED.get(name)
+        if kind is not None and isinstance(value, Mapping) and not isinstance(value, Section):
+            value = kind.from_dict(value)
+        object.__setattr__(self, name, value)
+        keys = self.__dict__.get("_keys")
+        if keys is not None and name in _field_names(type(self)) and name not in keys:
+            keys.append(name)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Any:
+        names = _field_names(cls)
+        section = cls(**{k: v for k, v in d.items() if k in names and k != "extra"},
+                      extra={k: v for k, v in d.items() if k not in names or k == "extra"})
+        object.__setattr__(section, "_keys", list(d))
+        return section
+
+    def to_dict(self) -> dict[str, Any]:
+        names = _field_names(type(self))
+        out: dict[str, Any] = {}
+        for key in [*self._keys, *self.extra]:
+            if key in out:
+                continue
+            if key in names and key != "extra":
+                out[key] = _encode(getattr(self, key))
+            elif key in self.extra:
+                out[key] = self.extra[key]
+        return out
+
+    # item access over the same data (a key name instead of an attribute)
+    def __getitem__(self, key: str) -> Any:
+        if key in self._keys and key in _field_names(type(self)) and key != "extra":
+            return getattr(self, key)
+        if key in self.extra:
+            return self.extra[key]
+        raise KeyError(key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in _field_names(type(self)) and key != "extra":
+            setattr(self, key, value)
+            return
+        self.extra[key] = value
+        if key not in self._keys:
+            self._keys.append(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            self[key]  # type: ignore[index]
+            return True
+        except KeyError:
+            return False
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+    def keys(self):
+        return self.to_dict().keys()
+
+    def items(self):
+        return self.to_dict().items()
+
+    def values(self):
+        return self.to_dict().values()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Section, Mapping)):
+            return self.to_dict() == (other.to_dict() if isinstance(other, Section) else dict(other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _field_names(cls: type) -> frozenset[str]:
+    names = cls.__dict__.get("_FIELD_NAMES")
+    if names is None:
+        names = frozenset(f.name for f in fields(cls))
+        cls._FIELD_NAMES = names  # type: ignore[attr-defined]
+    return names
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, Section):
+        return value.to_dict()
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _section(cls: type) -> type:
+    """A Section subclass as a dataclass: fields keyword-only, ``extra`` last; equality by content."""
+    cls.__annotations__["extra"] = "dict[str, Any]"
+    cls.extra = field(default_factory=dict)  # type: ignore[attr-defined]
+    return dataclass(eq=False, kw_only=True)(cls)
+
+
+@_section
+class ModelInfo(Section):
+    """``model``: what was analyzed. A caller's extra provenance (family, seed, train) is in ``extra``."""
+
+    path: str | None = None
+    sha256: str | None = None
+    opset: int | None = None
+    producer: str | None = None
+    external_data: bool | None = None
+    n_taps: int | None = None
+    site: str | None = None
+    dequantized_from: str | None = None
+    source: str | None = None
+    architecture: str | None = None
+    encoder: dict[str, Any] | None = None  # {"path", "sha256"} of a seq2seq decoder's encoder
+
+
+@_section
+class CalibrationInfo(Section):
+    """``calibration``: the data the statistics were computed on."""
+
+    sources: list[dict[str, Any]] | None = None  # one entry per --calib source (path, sha256, ...)
+    tokens: int | None = None
+    token_budget: int | None = None
+    seq_len: int | None = None
+    batch_size: int | None = None
+    order: str | None = None  # "sequential"
+    mix: str | None = None  # how the sources share the budget (calib.MIXES)
+    tokenizer: str | None = None
+    prefix: list[int] | None = None  # the special tokens each text window starts with (BOS)
+    from_stats: str | None = None  # the statistics file of a report built with --stats
+
+    def digests(self) -> list[str | None]:
+        """The sha256 of each source, in order (None where it is not recorded)."""
+        if not isinstance(self.sources, list):
+            return []
+        return [s.get("sha256") if isinstance(s, Mapping) and isinstance(s.get("sha256"), str) else None
+                for s in self.sources]
+
+
+@_section
+class RuntimeInfo(Section):
+    """``runtime``: where and how the run went."""
+
+    device: str | None = None
+    providers: list[str] | None = None
+    passes: int | None = None
+    precision: str | None = None
+    max_memory: int | None = None
+    max_memory_source: str | None = None
+    elapsed_s: float | None = None
+    tokens_per_s: float | None = None
+    source: str | None = None  # the statistics file of a report built with --stats
+    ray: dict[str, Any] | None = None
+
+
+@_section
+class Settings(Section):
+    """``settings``: the measurement's parameters."""
+
+    site: str | None = None
+    top_fraction: float | None = None
+    energy_levels: list[float] | None = None
+    advice: dict[str, Any] | None = None  # {"q", "quantile", "align"}
+    taps: str | None = None  # "explicit" when the taps were named with --tap
+
+    def levels(self) -> list[float]:
+        """The energy levels measured (the defaults for a report that does not record them)."""
+        from .metrics import DEFAULT_ENERGY_LEVELS
+
+        return list(self.energy_levels) if self.energy_levels else list(DEFAULT_ENERGY_LEVELS)
+
+    def energy_keys(self) -> list[str]:
+        """The report keys of the energy levels measured: [0.9, 0.95, 0.99] -> ["k90", "k95", "k99"]."""
+        from .metrics import energy_key
+
+        return [energy_key(q) for q in self.levels()]
+
+
+@_section
+class Spread(Section):
+    """One metric's median and spread over the usable layers (``summary.<metric>``)."""
+
+    median: float | None = None
+    mean: float | None = None
+    min: float | None = None
+    max: float | None = None
+    q25: float | None = None
+    q75: float | None = None
+    worst_layer: int | None = None
+
+
+@_section
+class Summary(Section):
+    """``summary``: counts over the layers and each metric's spread (None: no usable layer)."""
+
+    NESTED: ClassVar[dict[str, type[Section]]] = {key: Spread for key in METRIC_KEYS}
+
+    n_layers: int | None = None
+    usable_layers: int | None = None
+    statuses: dict[str, int] | None = None
+    widths: list[int] | None = None
+    min_tokens: int | None = None
+    hard_rank: Spread | None = None
+    soft_rank: Spread | None = None
+    hard_util: Spread | None = None
+    soft_util: Spread | None = None
+    concentration: Spread | None = None
+    sui: Spread | None = None
+    asymmetry: Spread | None = None
+
+    def spread(self, metric: str) -> Spread | None:
+        value = getattr(self, metric, None) if metric in METRIC_KEYS else None
+        return value if isinstance(value, Spread) else None
+
+    def median(self, metric: str) -> float | None:
+        """The median of ``metric`` over usable layers; None when there is none."""
+        spread = self.spread(metric)
+        if spread is None or isinstance(spread.median, bool) or not isinstance(spread.median, (int, float)):
+            return None
+        return float(spread.median)
+
+
+@_section
+class Advice(Section):
+    """``advice``: the width advice (advice.py), and the measured ladder of ``report --eval``."""
+
+    basis: str | None = None
+    q: float | None = None
+    quantile: float | None = None
+    align: int | None = None
+    current_width: int | None = None
+    needed_width: int | None = None
+    recommended_width: int | None = None
+    width_ratio: float | None = None
+    ffn_param_saving: float | None = None
+    ffn_flop_saving: float | None = None
+    max_variance_lost: float | None = None
+    withheld: dict[str, Any] | None = None  # {"reason", "tokens", ...}: too few tokens to advise
+    counted: dict[str, Any] | None = None
+    per_layer: list[dict[str, Any]] | None = None
+    assumptions: list[str] | None = None
+    measured: dict[str, Any] | None = None  # report --eval
+
+    def estimate_key(self) -> str:
+        """The energy key of the advice's variance share: q 0.95 -> "k95" (the "k95 estimate")."""
+        from .metrics import energy_key
+
+        return energy_key(self.q if isinstance(self.q, (int, float)) and not isinstance(self.q, bool) else 0.95)
+
+
+SECTIONS: dict[str, type[Section]] = {"model": ModelInfo, "calibration": CalibrationInfo, "runtime": RuntimeInfo,
+                                      "settings": Settings, "summary": Summary, "advice": Advice}
 
 
 @dataclass
@@ -40,7 +329,7 @@ class LayerResult:
     concentration: float | None = None
     sui: float | None = None
     asymmetry: float | None = None
-    energy_widths: dict[str, int] = field(default_factory=dict)  # {"k90": .., "k95": .., "k99": ..}
+    energy_widths: dict[str, int] = field(default_factory=dict)  # energy_key(level) -> width: {"k90": .., ..}
     status: str = "ok"
     flags: list[str] = field(default_factory=list)
     message: str = ""
@@ -48,7 +337,7 @@ class LayerResult:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(d.pop("energy_widths"))
-        for key in ("k90", "k95", "k99"):
+        for key in SCHEMA_ENERGY_KEYS:
             d.setdefault(key, None)
         return d
 
@@ -66,19 +355,28 @@ class LayerResult:
 
 @dataclass
 class Report:
-    """Everything one analysis produced; provenance dicts are JSON-able as they are."""
+    """Everything one analysis produced. The sections are typed (``Section``); a plain dict given
+    for one (by the constructor or an assignment) is read into its section type."""
 
-    model: dict[str, Any]
-    calibration: dict[str, Any]
-    runtime: dict[str, Any]
-    settings: dict[str, Any]
+    model: ModelInfo
+    calibration: CalibrationInfo
+    runtime: RuntimeInfo
+    settings: Settings
     layers: list[LayerResult]
-    summary: dict[str, Any] = field(default_factory=dict)
-    advice: dict[str, Any] = field(default_factory=dict)
+    summary: Summary = field(default_factory=Summary)
+    advice: Advice = field(default_factory=Advice)
     tool: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     # per-layer eigenvalues (descending) when the report was computed here; not part of the JSON
     eigenvalues: list[Any] | None = field(default=None, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        kind = SECTIONS.get(name)
+        if kind is not None and not isinstance(value, kind):
+            if not isinstance(value, Mapping):
+                raise TypeError(f"Report.{name} must be a {kind.__name__} or a mapping, got {type(value).__name__}")
+            value = kind.from_dict(value)
+        object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,13 +384,13 @@ class Report:
             "schema_version": SCHEMA_VERSION,
             "tool": self.tool,
             "created": self.created,
-            "model": self.model,
-            "calibration": self.calibration,
-            "runtime": self.runtime,
-            "settings": self.settings,
+            "model": self.model.to_dict(),
+            "calibration": self.calibration.to_dict(),
+            "runtime": self.runtime.to_dict(),
+            "settings": self.settings.to_dict(),
             "layers": [layer.to_dict() for layer in self.layers],
-            "summary": self.summary,
-            "advice": self.advice,
+            "summary": self.summary.to_dict(),
+            "advice": self.advice.to_dict(),
         }
 
     def to_json(self) -> str:

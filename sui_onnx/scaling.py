@@ -395,7 +395,7 @@ def _asymmetry_dict(fit: PowerLawFit | None) -> dict[str, Any] | None:
 
 
 def _family_hints(report: Report) -> dict[str, Any]:
-    model = report.model or {}
+    model = report.model.to_dict()  # family is a caller's provenance (ModelInfo.extra), architecture a field
     hints = {key: model[key] for key in ("family", "architecture") if model.get(key) not in (None, "")}
     return hints
 
@@ -413,7 +413,7 @@ def report_seed(report: Report, key: str = DEFAULT_SEED_KEY, label: str = "repor
     bench/results.py write). A seed is a number or a name; anything else is refused."""
     paths = ["seed", "train.seed"] if key == DEFAULT_SEED_KEY else [key]
     for path in paths:
-        node: Any = report.model or {}
+        node: Any = report.model.to_dict()
         for part in path.split("."):
             node = node.get(part) if isinstance(node, dict) else None
             if node is None:
@@ -458,7 +458,7 @@ def _run_point(report: Report, label: str, seed_key: str) -> RunPoint:
         layer_soft=[x.soft_rank if good else None for x, good in zip(layers, ok)],
         layer_sui=[x.sui if good else None for x, good in zip(layers, ok)],
         layer_widths=[x.width for x in layers],
-        provenance=dict(report.model or {}),
+        provenance=report.model.to_dict(),
     )
 
 
@@ -491,7 +491,7 @@ def _pooled(runs: list[RunPoint]) -> ModelPoint:
 
 
 def _site(report: Report) -> str | None:
-    return report.settings.get("site") or (report.model or {}).get("site")
+    return report.settings.site or report.model.site
 
 
 def _grouped(values: Sequence[Any], labels: Sequence[str], unit: str) -> str:
@@ -543,7 +543,7 @@ def _check_family(reports: Sequence[Report], labels: Sequence[str]) -> dict[str,
     sites = {s for s in (_site(r) for r in reports) if s is not None}
     if len(sites) > 1:
         raise SuiError(f"mixed tap sites ({', '.join(sorted(sites))}); analyze every model at the same --site")
-    fractions = {r.settings.get("top_fraction") for r in reports if r.settings.get("top_fraction") is not None}
+    fractions = {r.settings.top_fraction for r in reports if r.settings.top_fraction is not None}
     if len(fractions) > 1:
         raise SuiError(f"mixed --top-fraction values ({', '.join(map(str, sorted(fractions)))}): SUI is not comparable")
     return common
@@ -631,7 +631,7 @@ def scaling_analysis(reports: Sequence[Report], labels: Sequence[str] | None = N
         models=points,
         n_layers=len(layer_ids),
         site=next((s for s in (_site(r) for r in reports) if s), None),
-        top_fraction=next((r.settings.get("top_fraction") for r in reports if r.settings.get("top_fraction") is not None), None),
+        top_fraction=next((r.settings.top_fraction for r in reports if r.settings.top_fraction is not None), None),
         family=family,
         tau=tau,
         soft=soft,

@@ -289,7 +289,7 @@ def slim_record(study: SlimStudy, variant: Variant, request: dict, out_model: Pa
         "align": align,
         "ridge": study.ridge,
         "request": request,
-        "calibration": study.report.calibration,
+        "calibration": study.report.calibration.to_dict(),
         "layers": layers,
         "parameters": {
             "ffn_before": study.ffn_parameters(before),

@@ -430,7 +430,7 @@ def test_committed_reports_are_reproducible_and_valid():
     assert sorted(fresh) == sorted(p.name for p in DATA.glob("*.json"))
     for name, report in fresh.items():
         stored = load_report(DATA / name)
-        assert stored.model == json.loads(json.dumps(report.model))
+        assert stored.model == json.loads(json.dumps(report.model.to_dict()))
         for a, b in zip(stored.layers, report.layers):
             for key in ("hard_rank", "soft_rank", "sui", "concentration"):
                 assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-9)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import ConfigError, SuiError
-from ..report import Report
+from ..report import CalibrationInfo, Report
 from .rules import (HIGHER_IS_WORSE, LIMIT_KEYS, METRIC_LABELS, RESULT_SCHEMA, RESULT_SCHEMA_VERSION, RULES, STATUS_ERRORS,
                     STATUS_STARVED, STATUS_WARNINGS, TOLERANCE, drop_rule_id, limit_rule_id)
 from .thresholds import Thresholds
@@ -85,10 +85,7 @@ class GateResult:
 
 
 def _median(report: Report, metric: str) -> float | None:
-    spread = report.summary.get(metric) if isinstance(report.summary, dict) else None
-    if isinstance(spread, dict) and isinstance(spread.get("median"), (int, float)):
-        return float(spread["median"])
-    return None
+    return report.summary.median(metric)
 
 
 def fmt_value(value: float | None) -> str:
@@ -185,7 +182,7 @@ def check_comparable(report: Report, baseline: Report, baseline_label: str = "ba
             raise SuiError(f"baseline {baseline_label}: layer {idx} has width {base[idx]}, this model {cur[idx]}: "
                            "not comparable (widths differ)")
     for key in ("site", "top_fraction"):
-        a, b = _setting(report, key), _setting(baseline, key)
+        a, b = getattr(report.settings, key), getattr(baseline.settings, key)
         if a is not None and b is not None and a != b:
             raise SuiError(f"baseline {baseline_label} was measured with {key} = {b}, this report with {a}: "
                            "not comparable (rerun one with the other's setting)")
@@ -193,21 +190,14 @@ def check_comparable(report: Report, baseline: Report, baseline_label: str = "ba
         _check_same_calibration(report.calibration, baseline.calibration, baseline_label)
 
 
-def _setting(report: Report, key: str) -> Any:
-    return report.settings.get(key) if isinstance(report.settings, Mapping) else None
-
-
-def calibration_digests(calibration: Mapping[str, Any]) -> list[str | None]:
+def calibration_digests(calibration: CalibrationInfo) -> list[str | None]:
     """The sha256 of each calibration source, in order (None where a report does not record it)."""
-    sources = calibration.get("sources") if isinstance(calibration, Mapping) else None
-    if not isinstance(sources, list):
-        return []
-    return [s.get("sha256") if isinstance(s, Mapping) and isinstance(s.get("sha256"), str) else None for s in sources]
+    return calibration.digests()
 
 
-def _check_same_calibration(cur: Mapping[str, Any], base: Mapping[str, Any], label: str) -> None:
+def _check_same_calibration(cur: CalibrationInfo, base: CalibrationInfo, label: str) -> None:
     how = "pin --calib and --tokens to the baseline's, or pass --allow-calibration-change"
-    a, b = cur.get("tokens"), base.get("tokens")
+    a, b = cur.tokens, base.tokens
     if isinstance(a, int) and isinstance(b, int) and a != b:
         raise SuiError(f"baseline {label} was calibrated on {b:,} tokens, this run on {a:,}: not comparable ({how})")
     da, db = calibration_digests(cur), calibration_digests(base)
@@ -246,10 +236,10 @@ def evaluate(report: Report, thresholds: Thresholds, baseline: Report | None = N
                 checks.append(_limit_check(rule_id, metric, x.layer, getattr(x, metric), limit, direction))
 
     if thresholds.max_width_ratio is not None and want_model:
-        ratio = report.advice.get("width_ratio") if isinstance(report.advice, dict) else None
+        ratio = report.advice.width_ratio
         ratio = float(ratio) if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) else None
         check = _limit_check("sui-onnx/max-width-ratio", "width_ratio", None, ratio, thresholds.max_width_ratio, "max")
-        withheld = report.advice.get("withheld") if isinstance(report.advice, dict) else None
+        withheld = report.advice.withheld
         if ratio is None and isinstance(withheld, dict):
             check = dataclasses.replace(check, message=f"{METRIC_LABELS['width_ratio']} cannot be checked: the width "
                                                        f"advice was withheld ({withheld.get('reason', 'thin data')})")
@@ -278,7 +268,8 @@ def evaluate(report: Report, thresholds: Thresholds, baseline: Report | None = N
         for x in sorted(report.layers, key=lambda x: x.layer):
             checks.append(_status_check(x, thresholds.fail_on_status, thresholds.allow_low_tokens))
 
-    model = {k: report.model.get(k) for k in ("path", "sha256") if isinstance(report.model, dict) and k in report.model}
+    provenance = report.model.to_dict()
+    model = {k: provenance[k] for k in ("path", "sha256") if k in provenance}
     return GateResult(checks=checks, thresholds=thresholds, target=target,
                       baseline=None if baseline is None else (baseline_label or str(thresholds.baseline)),
                       model=model)

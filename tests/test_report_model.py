@@ -1,0 +1,97 @@
+"""The typed report (sui_onnx/report.py): each JSON object is a Section dataclass; a report read
+and written again is byte-identical; keys a caller added survive; the energy-width columns follow
+the configured energy levels."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import pickle
+import re
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from sui_onnx.advice import summarize, width_advice
+from sui_onnx.report import (Advice, CalibrationInfo, LayerResult, ModelInfo, Report, RuntimeInfo, Settings, Spread,
+                             Summary, load_report)
+
+ROOT = Path(__file__).resolve().parents[1]
+STORED = sorted(p for d in (ROOT / "tests" / "data" / "reports", ROOT / "models" / "reports")
+                for p in d.rglob("*.json") if "sui-onnx/report" in p.read_text(encoding="utf-8")[:200])
+
+
+@pytest.mark.parametrize("path", STORED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_stored_report_reads_and_writes_back_byte_identical(path):
+    text = path.read_text(encoding="utf-8")
+    # a version 1 report is written as version 2 (the fields are the same; see SCHEMA_VERSION)
+    expected = re.sub(r'"schema_version": 1,', '"schema_version": 2,', text, count=1)
+    assert load_report(path).to_json() == expected
+
+
+def test_sections_are_typed_and_keep_unknown_keys_in_their_order():
+    d = {"path": "m.onnx", "family": "gpt2", "sha256": "ab", "train": {"seed": 3}, "opset": 17}
+    m = ModelInfo.from_dict(d)
+    assert (m.path, m.sha256, m.opset, m.producer) == ("m.onnx", "ab", 17, None)
+    assert m.extra == {"family": "gpt2", "train": {"seed": 3}}
+    assert list(m.to_dict()) == list(d) and m.to_dict() == d  # order as read, extras in place
+    m.producer = "pytorch 2.4"  # a field set later is written after the keys read
+    assert list(m.to_dict()) == [*d, "producer"]
+    assert "producer" in m and "dequantized_from" not in m and m.get("family") == "gpt2"
+    # a null that was written stays written; a field never given is left out
+    r = RuntimeInfo.from_dict({"device": None, "providers": []})
+    assert r.to_dict() == {"device": None, "providers": []}
+    assert RuntimeInfo(device="cpu").to_dict() == {"device": "cpu"}
+
+
+def test_report_reads_plain_dicts_into_sections_and_nested_spreads():
+    layer = LayerResult(layer=0, tensor="t", width=8, site="post", activation="gelu", op="Gelu", tokens=100,
+                        hard_rank=2.0, soft_rank=3.0, hard_util=0.25, soft_util=0.375, concentration=0.5, sui=0.1,
+                        asymmetry=1.5, energy_widths={"k90": 4, "k95": 5, "k99": 7})
+    rep = Report(model={"path": "m.onnx"}, calibration={"tokens": 100}, runtime={}, settings={"site": "post"},
+                 layers=[layer])
+    assert isinstance(rep.model, ModelInfo) and isinstance(rep.calibration, CalibrationInfo)
+    assert isinstance(rep.settings, Settings) and isinstance(rep.advice, Advice) and not rep.advice
+    rep.summary = summarize([layer])  # assignment of a plain dict reads it too
+    assert isinstance(rep.summary, Summary) and isinstance(rep.summary.sui, Spread)
+    assert rep.summary.median("sui") == 0.1 and rep.summary.sui.worst_layer == 0
+    assert rep.summary.median("nope") is None
+    with pytest.raises(TypeError):
+        rep.model = 3
+    again = Report.from_dict(json.loads(rep.to_json()))
+    assert again == rep and again.to_json() == rep.to_json()
+    assert copy.deepcopy(rep).to_json() == pickle.loads(pickle.dumps(rep)).to_json() == rep.to_json()
+
+
+def test_energy_columns_follow_the_configured_levels():
+    from sui_onnx.render import report_renderable, to_markdown
+
+    layers = [LayerResult(layer=i, tensor=f"t{i}", width=16, site="post", activation="gelu", op="Gelu", tokens=400,
+                          hard_rank=4.0, soft_rank=6.0, hard_util=0.25, soft_util=0.375, concentration=0.4, sui=0.2,
+                          asymmetry=1.5, energy_widths={"k80": 3 + i, "k97.5": 9 + i}) for i in range(2)]
+    rep = Report(model={"path": "m.onnx", "sha256": "00"}, calibration={"tokens": 400}, runtime={"device": "cpu"},
+                 settings={"site": "post", "top_fraction": 0.1, "energy_levels": [0.8, 0.975]}, layers=layers)
+    rep.summary = summarize(layers)
+    assert rep.settings.energy_keys() == ["k80", "k97.5"]
+    md = to_markdown(rep)
+    assert "| SUI | k80 | k97.5 | status |" in md and "| 3 | 9 | ok |" in md and "k95" not in md
+    console = Console(record=True, width=140, file=io.StringIO(), color_system=None)
+    console.print(report_renderable(rep))
+    text = console.export_text()
+    assert "k80" in text and "k97.5" in text and "k90" not in text
+    assert "keeping 80/97.5% of the variance" in text
+    # the JSON keeps the columns the schema requires (null when not measured) beside the measured ones
+    entry = json.loads(rep.to_json())["layers"][0]
+    assert (entry["k80"], entry["k97.5"], entry["k90"], entry["k95"], entry["k99"]) == (3, 9, None, None, None)
+
+
+def test_the_estimate_key_follows_the_advice_quantile():
+    assert Advice(q=0.95).estimate_key() == "k95"
+    assert Advice(q=0.9).estimate_key() == "k90"
+    assert Advice().estimate_key() == "k95"  # a report without advice: the default q
+    eig = [[4.0, 2.0, 1.0, 0.5]]
+    layer = LayerResult(layer=0, tensor="t", width=4, site="post", activation="gelu", op="Gelu", tokens=64,
+                        hard_rank=2.5, soft_rank=3.0, sui=0.4)
+    assert Advice.from_dict(width_advice([layer], eig, q=0.99)).estimate_key() == "k99"
