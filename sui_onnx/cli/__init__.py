@@ -124,8 +124,10 @@ def interrupted_message(exc) -> str:
 
 
 def _interrupt_on_sigterm() -> Callable[[], None]:
-    """SIGTERM, like SIGINT, raises KeyboardInterrupt in every phase of a command (the run loop
-    installs its own handlers, which stop at a batch boundary), so that temporary files are removed
+    """SIGTERM, like SIGINT, raises KeyboardInterrupt in every phase of a command (during a
+    calibration run the StopOnSignal that analysis_options passes installs its own handlers, which
+    stop at a batch boundary; an interrupted run without --checkpoint is saved to the default
+    checkpoint by interrupted_message), so that temporary files are removed
     and the exit code is 130 instead of a kill by signal. Returns the undo."""
     def handler(signum, frame):
         raise KeyboardInterrupt
