@@ -290,7 +290,7 @@ def test_source_digest_of_files_folders_and_the_bundled_corpus(tmp_path):
         h.update(rel.encode() + b"\0" + (tmp_path / rel).read_bytes())
     assert source_digest(tmp_path) == h.hexdigest()
     assert source_digest(tmp_path / "a.txt") == hashlib.sha256(b"aa").hexdigest()
-    stream = CalibrationStream(CalibrationSpec([]), DATA, [])
+    stream = CalibrationStream(CalibrationSpec([]), DATA / "demo", [])  # the demo model's tokenizer
     entry = stream.describe()[0]
     assert entry["bundled"] and entry["sha256"] == hashlib.sha256((DATA / "calib.txt").read_bytes()).hexdigest()
 

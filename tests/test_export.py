@@ -93,6 +93,16 @@ def test_analysis_imports_stay_light():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_the_package_names_are_its_functions_not_its_submodules():
+    """sui_onnx.export loads its names lazily: no submodule may shadow one (validate() once did)."""
+    code = ("import importlib, pkgutil, sys, types; import sui_onnx.export as e; "
+            "[importlib.import_module('sui_onnx.export.' + m.name) for m in pkgutil.iter_modules(e.__path__)]; "
+            "bad = [n for n in e.__all__ if isinstance(getattr(e, n), types.ModuleType)]; "
+            "print(bad); sys.exit(1 if bad or sorted(e.__all__) != sorted(e._MODULE_OF) else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 @pytest.mark.parametrize("blocked, extra", [
     (("optimum", "optimum.exporters", "optimum.exporters.onnx"), []),
     (("torch",), ["--torch-module", "models.ngpt:build_ngpt"]),

@@ -23,7 +23,7 @@ def test_train_three_widths_then_report_and_fit(tmp_path, monkeypatch):
 
     from sui_onnx.cli import main
 
-    ids = train_mod.encode_file(Tokenizer.from_file(str(DATA / "tokenizer.json")), DATA / "calib.txt")
+    ids = train_mod.encode_file(Tokenizer.from_file(str(DATA / "demo" / "tokenizer.json")), DATA / "calib.txt")
     monkeypatch.setattr(train_mod, "training_tokens", lambda tok_path: ids)  # shipped text, no download
     reports = []
     for width in (32, 64, 128):

@@ -11,7 +11,7 @@ from ..errors import SuiError
 from ..graph.exported import dedupe_file
 from .capture import capture_output, failure, log_dedupe, offline
 from .options import DECODER_FILE, ENCODER_FILE, MODEL_FILE, TOKENIZER_FILES, ExportOptions
-from .validate import optimum_task
+from .checks import optimum_task
 
 
 def export_optimum(model_dir: Path, opts: ExportOptions, staging: Path, log: Path) -> tuple[str, str]:
