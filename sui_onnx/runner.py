@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import CalibrationError, ModelError, SuiError, first_line, option
+from .config import DEVICES
 from .layout import ENCODER_FILE  # optimum's name for a seq2seq model's encoder (others import it from here)
 
 _ORT_TO_NUMPY = {
@@ -133,7 +134,7 @@ def create_session(
             so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_folder))
         return so
 
-    if device not in ("auto", "cpu", "cuda"):
+    if device not in DEVICES:
         raise SuiError(f"{option('device')} must be auto, cpu or cuda, got {device!r}")
     want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers()
     if device == "cuda" and not want_cuda:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..calib import DEFAULT_BATCH_SIZE, DEFAULT_SEQ_LEN, MIXES, CalibrationSpec
+from ..config import DEVICES, PRECISIONS, SITES
 from ..errors import SuiError
 from ..layout import ENCODER_FILE, MODEL_FILE
 from ..metrics import DEFAULT_TOP_FRACTION
@@ -130,7 +131,7 @@ def json_object(text: str) -> dict:
 
 def add_tap_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("FFN taps")
-    g.add_argument("--site", choices=("post", "pre"), default="post",
+    g.add_argument("--site", choices=SITES, default="post",
                    help="post: input of the down-projection (after the nonlinearity, default); "
                         "pre: up/gate projection output before it")
     g.add_argument("--include", metavar="REGEX", help="keep only taps whose tensor name matches")
@@ -163,11 +164,11 @@ def add_calib_args(p: argparse.ArgumentParser, encoder: bool = True) -> None:
 
 def add_device_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("device")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    g.add_argument("--device", choices=DEVICES, default="auto",
                    help="auto: CUDA when onnxruntime-gpu and a GPU are usable, else CPU")
     g.add_argument("--threads", type=thread_count, metavar="N",
                    help="onnxruntime intra-op threads (default: all cores; at most 4 per core)")
-    g.add_argument("--precision", choices=("fp32", "fp64"), default="fp32",
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="per-batch X^T X in float32 (default, fast; sums are always float64) or float64 (exact)")
 
 

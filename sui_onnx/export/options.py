@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import SITES as TAP_SITES
 from ..layout import DECODER_FILE, ENCODER_FILE, MODEL_FILE
 
 __all__ = [
@@ -16,7 +17,7 @@ __all__ = [
 ]
 
 INSTALL_HINT = "pip install 'sui-onnx[export]'"
-SITES = ("post", "pre", "both")
+SITES = (*TAP_SITES, "both")  # the tap sites, or both
 DTYPES = ("fp32", "fp16")
 DEFAULT_TASK = "text-generation"
 TORCH_OPSET = 18

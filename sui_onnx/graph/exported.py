@@ -18,7 +18,7 @@ from ..safeio import atomic_write
 from .index import uses_external_data
 from .source import load_model
 from .tapped import write_tapped
-from .taps import find_taps
+from .taps import SITES, find_taps
 
 _TWO_GB = 2**31 - 2**24  # protobuf's 2 GiB limit, with room for the graph itself
 
@@ -115,7 +115,7 @@ def write_taps(model_path: Path, site: str) -> tuple[list, Path, bool]:
     """Find the FFN taps of ``model_path`` (site post, pre or both) and write the tapped copy
     (``model.tapped.onnx``) beside it; returns (taps, path written, has external data)."""
     src = load_model(model_path)
-    sites = ("post", "pre") if site == "both" else (site,)
+    sites = SITES if site == "both" else (site,)
     taps = [t for s in sites for t in find_taps(src.model, site=s)]
     taps.sort(key=lambda t: (t.layer, sites.index(t.site)))
     entry = src.model.metadata_props.add()     # in memory only: the tapped copy describes its outputs

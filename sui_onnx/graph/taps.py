@@ -25,12 +25,12 @@ from typing import Callable, ParamSpec, Sequence, TypeVar
 import onnx
 
 from ..errors import ModelError, SuiError
+from ..config import SITES  # the tap sites (post, pre), defined once
 from .detect import PROJECTION_OPS, FFNBlock, find_ffn_blocks, trace_post_tensor
 from .index import GraphIndex, attr, uses_external_data
 
 P = ParamSpec("P")
 R = TypeVar("R")
-SITES = ("post", "pre")
 _UNEXPECTED = (ValueError, TypeError, KeyError, IndexError, AttributeError, UnicodeDecodeError,
                OverflowError, RecursionError, ZeroDivisionError, MemoryError)
 
