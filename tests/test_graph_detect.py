@@ -138,7 +138,7 @@ def test_include_exclude():
     assert [t.layer for t in find_taps(s.model, exclude=r"layers\.[01]/")] == [2]
     with pytest.raises(ModelError, match="filtered out"):
         find_taps(s.model, include="no-such-layer")
-    with pytest.raises(ModelError, match="invalid --include"):
+    with pytest.raises(ModelError, match="invalid `include`"):
         find_taps(s.model, include="(")
     with pytest.raises(ModelError, match="unknown tap site"):
         find_taps(s.model, site="middle")
@@ -154,7 +154,7 @@ def test_no_ffn_in_conv_net():
     with pytest.raises(ModelError) as err:
         find_taps(conv_net())
     msg = _one_line(err)
-    assert "no FFN block found" in msg and "--tap" in msg and "MatMulNBits" in msg
+    assert "no FFN block found" in msg and "`explicit` TENSOR" in msg and "MatMulNBits" in msg
 
 
 def test_attention_only_and_linear_mlp_are_not_ffn():

@@ -24,7 +24,7 @@ from typing import Callable, ParamSpec, Sequence, TypeVar
 
 import onnx
 
-from ..errors import ModelError, SuiError
+from ..errors import ModelError, SuiError, option
 from ..config import SITES  # the tap sites (post, pre), defined once
 from .detect import PROJECTION_OPS, FFNBlock, find_ffn_blocks, trace_post_tensor
 from .index import GraphIndex, attr, uses_external_data
@@ -121,13 +121,13 @@ def find_taps(model: onnx.ModelProto, site: str = "post", include: str | None = 
         name = f" (graph {model.graph.name!r})" if model.graph.name else ""
         raise ModelError(
             f"no FFN block found in the model{name}: looked for an up-projection -> activation -> down-projection chain "
-            f"({'/'.join(PROJECTION_OPS)}); use --tap TENSOR to name tensors explicitly"
+            f"({'/'.join(PROJECTION_OPS)}); use {option('explicit')} TENSOR to name tensors explicitly"
         )
     taps = [block_tap(analysis.index, layer, b, site) for layer, b in enumerate(analysis.blocks)]
     kept = [t for t in taps if (inc is None or inc.search(t.tensor)) and (exc is None or not exc.search(t.tensor))]
     if not kept:
         raise ModelError(
-            f"all {len(taps)} FFN taps were filtered out by --include/--exclude (first tensor: {taps[0].tensor})"
+            f"all {len(taps)} FFN taps were filtered out by {option('include')}/{option('exclude')} (first tensor: {taps[0].tensor})"
         )
     return kept
 
@@ -145,7 +145,7 @@ def block_tap(ix: GraphIndex, layer: int, block: FFNBlock, site: str) -> Tap:
 def explicit_taps(model: onnx.ModelProto, names: list[str], site: str) -> list[Tap]:
     """Taps for user-named tensors: widths from shape inference or a consuming projection."""
     if len(set(names)) != len(names):
-        raise ModelError("the same tensor is named twice with --tap")
+        raise ModelError(f"the same tensor is named twice with {option('explicit')}")
     index = GraphIndex(model.graph, infer_types(model))
     if not all(index.exists(n) for n in names) and _has_subgraph_projections(model.graph):
         flat = inline_no_past_branch(model)
@@ -160,11 +160,11 @@ def explicit_taps(model: onnx.ModelProto, names: list[str], site: str) -> list[T
     taps = []
     for layer, name in enumerate(names):
         if not index.exists(name):
-            raise ModelError(f"--tap {name}: no tensor of that name in the model")
+            raise ModelError(f"{option('explicit')} {name}: no tensor of that name in the model")
         block = known.get(index.canon(name))
         width = index.last_dim(name) or (block.width if block else None) or _consumer_width(index, name)
         if not width:
-            raise ModelError(f"--tap {name}: cannot tell its width (last dimension) from shapes or a consuming projection")
+            raise ModelError(f"{option('explicit')} {name}: cannot tell its width (last dimension) from shapes or a consuming projection")
         op = raw_producers.get(name) or ("initializer" if name in index.initializers else "input")
         taps.append(Tap(
             layer=layer, tensor=name, width=int(width), site=site, op=op,
@@ -199,7 +199,7 @@ def _compile(pattern: str | None, what: str) -> re.Pattern | None:
     try:
         return re.compile(pattern)
     except re.error as e:
-        raise ModelError(f"invalid --{what} regular expression {pattern!r}: {e}") from None
+        raise ModelError(f"invalid {option(what)} regular expression {pattern!r}: {e}") from None
 
 
 # ---------------------------------------------------------------------------- shape inference
