@@ -31,6 +31,7 @@ LIBRARY_OPTIONS = frozenset({
     "sources", "seq_len", "batch_size", "tokens", "mix", "site", "include", "exclude", "explicit", "device",
     "precision", "threads", "top_fraction", "energy_levels", "advice_q", "advice_quantile", "align", "max_memory",
     "checkpoint", "checkpoint_every", "resume", "stats", "ray", "ray_shards", "encoder",
+    "tau", "min_r2", "seed_key",  # scaling's fit options
 })
 
 
