@@ -207,7 +207,7 @@ def _embedding_rows(model: Any) -> int | None:
 
     from types import SimpleNamespace
 
-    ids = {i.name for i in model.graph.input if FeedBuilder._role(SimpleNamespace(name=i.name, shape=())) == "ids"}
+    ids = {i.name for i in model.graph.input if FeedBuilder.role(SimpleNamespace(name=i.name, shape=())) == "ids"}
     dims = {t.name: list(t.dims) for t in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] in ids and len(dims.get(node.input[0], [])) == 2:
@@ -274,12 +274,12 @@ class _Session:
 
     def run(self, ids: np.ndarray) -> np.ndarray:
         """The output for one [B, L] batch, checked to be [B, L, width]."""
-        from .runner import _run_error
+        from .runner import run_error
 
         try:
             out = self.session.run([self.output], self.feed(ids))[0]
         except Exception as exc:  # onnxruntime's own exception types
-            raise CalibrationError(f"{self.label}: {_run_error(exc, ids.shape)}") from None
+            raise CalibrationError(f"{self.label}: {run_error(exc, ids.shape)}") from None
         out = np.asarray(out)
         if out.ndim != 3 or out.shape[:2] != ids.shape:
             raise ModelError(f"{self.where}: output {self.output!r} has shape {tuple(out.shape)} for token ids of "

@@ -177,13 +177,13 @@ class FeedBuilder:
         for inp in self.inputs:
             if inp.type not in _ORT_TO_NUMPY:  # e.g. bfloat16, which NumPy cannot hold
                 raise CalibrationError(f"cannot feed model input {inp.name!r} of type {inp.type}")
-            if not self._role(inp):
+            if not self.role(inp):
                 raise CalibrationError(
                     f"cannot feed model input {inp.name!r} (shape {inp.shape}): sui-onnx feeds "
                     "input_ids, attention_mask, position_ids, token_type_ids, past key/values, "
                     "use_cache_branch and a seq2seq decoder's encoder_hidden_states"
                 )
-            if self._role(inp) == "past":
+            if self.role(inp) == "past":
                 symbolic = [d for d in inp.shape if not (isinstance(d, int) and d > 0)]
                 if len(symbolic) > 2:  # batch and past length are the only axes an empty cache may choose
                     raise CalibrationError(
@@ -192,7 +192,7 @@ class FeedBuilder:
                         "and its size (the head count or head size) is not known here"
                     )
 
-        cross = next((i.name for i in self.inputs if self._role(i) == "past" and _CROSS_PAST.search(i.name)), None)
+        cross = next((i.name for i in self.inputs if self.role(i) == "past" and _CROSS_PAST.search(i.name)), None)
         if cross and not self.needs_encoder:
             # an empty cache here would leave cross-attention nothing to attend to: wrong numbers
             raise CalibrationError(
@@ -204,10 +204,10 @@ class FeedBuilder:
     @property
     def needs_encoder(self) -> str | None:
         """The name of the encoder-states input (a seq2seq decoder), or None."""
-        return next((i.name for i in self.inputs if self._role(i) == "encoder"), None)
+        return next((i.name for i in self.inputs if self.role(i) == "encoder"), None)
 
     @staticmethod
-    def _role(inp: Any) -> str | None:
+    def role(inp: Any) -> str | None:
         if is_encoder_states_input(inp.name):
             return "encoder"
         name = inp.name.lower()
@@ -232,7 +232,7 @@ class FeedBuilder:
         feeds: dict[str, np.ndarray] = {}
         for inp in self.inputs:
             dtype = _ORT_TO_NUMPY[inp.type]
-            role = self._role(inp)
+            role = self.role(inp)
             if role == "ids":
                 feeds[inp.name] = ids.astype(dtype, copy=False)
             elif role == "mask":
@@ -347,7 +347,7 @@ def table_limits(model: Any) -> TableLimits:
     for inp in g.input:
         if inp.name in dims:
             continue
-        role = FeedBuilder._role(_NameOnly(inp.name))
+        role = FeedBuilder.role(_NameOnly(inp.name))
         if role in ("ids", "positions"):
             roles[inp.name] = role
 
@@ -504,7 +504,7 @@ class EncoderFeed:
         try:
             return self.session.run([self.output], self.feed(ids))[0]
         except Exception as exc:
-            err = _run_error(exc, ids.shape)
+            err = run_error(exc, ids.shape)
             raise CalibrationError(f"encoder: {err}") from None
 
 
@@ -568,7 +568,7 @@ class TapRunner:
         try:
             return self.session.run(self.tap_names, feeds)
         except Exception as exc:
-            raise _run_error(exc, ids.shape) from None
+            raise run_error(exc, ids.shape) from None
 
     def _run_bound(self, ids: np.ndarray, feeds: dict[str, np.ndarray], widths: Sequence[int]) -> list[Any]:
         binding = self._binding
@@ -584,10 +584,10 @@ class TapRunner:
         try:
             self.session.run_with_iobinding(binding)
         except Exception as exc:
-            raise _run_error(exc, ids.shape) from None
+            raise run_error(exc, ids.shape) from None
         return bufs
 
 
-def _run_error(exc: Exception, shape: tuple[int, ...]) -> CalibrationError:
+def run_error(exc: Exception, shape: tuple[int, ...]) -> CalibrationError:
     msg = first_line(exc)
     return CalibrationError(f"onnxruntime failed on a batch of shape {tuple(shape)}: {msg[:300]}")

@@ -220,14 +220,14 @@ def refit(cov: np.ndarray, mean: np.ndarray, weight: np.ndarray, keep: np.ndarra
         scale = float(np.trace(css)) / keep.size
         if ridge > 0 and scale > 0:
             css[np.diag_indices_from(css)] += ridge * scale
-        b = _solve_psd(css, cov[keep] @ weight)   # B W = (C_SS + lambda I)^-1 C_S,: W, [k, m]
+        b = solve_psd(css, cov[keep] @ weight)   # B W = (C_SS + lambda I)^-1 C_S,: W, [k, m]
     else:
         b = weight[keep]
     delta = mean @ weight - mean[keep] @ b        # intercept: E[y] - E[h_S] B W
     return Refit(keep, b, delta)
 
 
-def _solve_psd(a: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+def solve_psd(a: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     """Solve a x = rhs for a symmetric positive semi-definite ``a``: Cholesky when ``a`` is well
     conditioned (below 1e12), else the pseudo-inverse over eigenvalues above 1e-12 of the largest
     (kept neurons that are, up to float32 noise, linear combinations of other kept ones)."""

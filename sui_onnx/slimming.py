@@ -413,7 +413,7 @@ class _CrossMoments:
 
     def fit(self, ridge: float) -> tuple[np.ndarray, np.ndarray]:
         """(W'' [k, m], intercept [m]) of the weighted least-squares fit y ~ h' W'' + c."""
-        from .slim import _solve_psd
+        from .slim import solve_psd
 
         mh, my = self.sum_h / self.weight, self.sum_y / self.weight
         chh = self.hh / self.weight - np.outer(mh, mh)
@@ -422,7 +422,7 @@ class _CrossMoments:
         scale = float(np.trace(chh)) / chh.shape[0]
         if ridge > 0 and scale > 0:
             chh[np.diag_indices_from(chh)] += ridge * scale
-        weight = _solve_psd(chh, chy)
+        weight = solve_psd(chh, chy)
         return weight, (self.shift_y + my) - (self.shift_h + mh) @ weight
 
 
