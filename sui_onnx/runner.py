@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import CalibrationError, ModelError, SuiError, first_line, option
 from .config import DEVICES
-from .layout import ENCODER_FILE  # optimum's name for a seq2seq model's encoder (others import it from here)
+from .layout import ENCODER_FILE, MODEL_FILE  # optimum's name for a seq2seq model's encoder (others import it from here)
 
 _ORT_TO_NUMPY = {
     "tensor(float)": np.float32,
@@ -467,7 +467,7 @@ def model_table_limits(model: Path | bytes) -> TableLimits:
 
     try:
         if isinstance(model, (bytes, bytearray, memoryview)):
-            data, _ = lean.lean_model_bytes(model, "model.onnx")
+            data, _ = lean.lean_model_bytes(model, MODEL_FILE)
         else:
             data, _ = lean.read_lean(Path(os.path.realpath(model)))
         return table_limits(onnx.ModelProto.FromString(data))
