@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import CalibrationError, ModelError, SuiError, first_line, option
 from .config import DEVICES
-from .layout import ENCODER_FILE, MODEL_FILE  # optimum's name for a seq2seq model's encoder (others import it from here)
+from .layout import ENCODER_FILE, MODEL_FILE
 
 _ORT_TO_NUMPY = {
     "tensor(float)": np.float32,
