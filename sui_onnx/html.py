@@ -463,7 +463,7 @@ def scaling_html(result: Any, reports: Sequence[Report] | None = None) -> str:
     parts += ["<h2>Per width (median over usable layers)</h2>",
               _table(["D", "layers", "tokens", "hard rank", "soft rank", "hard/D", "soft/D", "SUI"], rows, left=())]
 
-    from .cli.scaling import PAPER_REFERENCE as ref
+    from .scaling import PAPER_REFERENCE as ref
 
     def ci(c):
         lo, hi = c

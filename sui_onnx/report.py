@@ -396,6 +396,12 @@ class Report:
     def to_json(self) -> str:
         return json.dumps(json_safe(self.to_dict()), indent=2, sort_keys=False, allow_nan=False) + "\n"
 
+    def __rich__(self):
+        """The terminal report (render.report), so ``console.print(report)`` shows it."""
+        from .render import report_renderable
+
+        return report_renderable(self)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Report":
         if not isinstance(d, dict) or d.get("schema") != SCHEMA:

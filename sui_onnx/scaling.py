@@ -34,6 +34,11 @@ CONFIDENCE = 0.95
 MIN_WIDTHS = 3
 DEFAULT_MIN_R2 = 0.95  # fits with a lower R^2 are flagged: not a clean power law (the issue's goal for soft rank)
 DEFAULT_SEED_KEY = "seed"
+# Jha & Reagen (EMNLP 2025), GPT-2 160M, AdamW, D = 768..6144, site post: shown as a labelled comparison
+# row of the fits table, never as a result
+PAPER_REFERENCE = {"caption": "paper = Jha & Reagen (EMNLP 2025), GPT-2 160M at D = 768..6144: for comparison, "
+                              "not a result of this fit",
+                   "soft": (0.661, 0.971), "hard": (0.289, 0.338)}
 
 
 # ------------------------------------------------------------------------------ power-law fit
@@ -364,6 +369,12 @@ class ScalingResult:
             "saturation": self.saturation.to_dict(),
             "sui_peak": self.sui_peak,
         }
+
+    def __rich__(self):
+        """The terminal tables (render.scaling), so ``console.print(result)`` shows them."""
+        from .render.scaling import scaling_renderable
+
+        return scaling_renderable(self)
 
     def to_json(self) -> str:
         """The JSON text; NaN (undefined R^2 or interval) is written as null."""

@@ -396,3 +396,20 @@ def test_result_to_dict_is_json():
     text = json.dumps(d, allow_nan=False)
     assert json.loads(text)["counts"] == {"checks": len(d["checks"]), "failures": 1, "warnings": 1}
     assert d["schema"] == "sui-onnx/check" and d["exit_code"] == 1
+
+
+def test_console_prints_a_gate_result_as_its_table():
+    import io
+
+    from rich.console import Console
+
+    from sui_onnx.render import check_renderable
+
+    result = gate.evaluate(make_report(suis=(0.01, 0.5, 0.6)), gate.Thresholds(min_sui=0.4))
+    texts = []
+    for renderable in (result, check_renderable(result)):  # __rich__ is the renderer of render/check.py
+        console = Console(record=True, width=120, file=io.StringIO(), color_system=None)
+        console.print(renderable)
+        texts.append(console.export_text())
+    assert texts[0] == texts[1]
+    assert "FAIL: 1 of 7 checks breached (sui-onnx/min-sui)" in texts[0] and "layer 0" in texts[0]

@@ -95,3 +95,15 @@ def test_the_estimate_key_follows_the_advice_quantile():
     layer = LayerResult(layer=0, tensor="t", width=4, site="post", activation="gelu", op="Gelu", tokens=64,
                         hard_rank=2.5, soft_rank=3.0, sui=0.4)
     assert Advice.from_dict(width_advice([layer], eig, q=0.99)).estimate_key() == "k99"
+
+
+def test_console_prints_a_report_as_its_terminal_report():
+    from sui_onnx.render import report_renderable
+
+    rep = load_report(STORED[0])
+    texts = []
+    for renderable in (rep, report_renderable(rep)):  # Report.__rich__ is render.report_renderable
+        console = Console(record=True, width=120, file=io.StringIO(), color_system=None)
+        console.print(renderable)
+        texts.append(console.export_text())
+    assert texts[0] == texts[1] and "sui-onnx report" in texts[0]

@@ -69,6 +69,12 @@ class GateResult:
     def exit_code(self) -> int:
         return 0 if self.passed else 1
 
+    def __rich__(self):
+        """The pass/fail table (render.check), so ``console.print(result)`` shows it."""
+        from ..render.check import check_renderable
+
+        return check_renderable(self)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": RESULT_SCHEMA,

@@ -8,14 +8,15 @@ from typing import Any
 
 from rich import box
 from rich.console import Group
-from .safeio import markup as escape, printable
+from ..safeio import markup as escape, printable
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .layout import MODEL_FILE
-from .report import Advice, CalibrationInfo, Report
+from ..layout import MODEL_FILE
+from ..report import Advice, CalibrationInfo, Report
 
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # sui_onnx/
 _STATUS_STYLE = {"ok": "green", "low_tokens": "yellow", "rank_capped": "yellow", "degenerate": "red", "non_finite": "red"}
 _BAR_CELLS = 8
 _BLOCKS = " ▏▎▍▌▋▊▉█"
@@ -46,7 +47,7 @@ def short_path(path: Any, cwd: str | None = None) -> str:
         return text
     here = os.path.abspath(cwd or os.getcwd())
     full = os.path.abspath(text)
-    bundled = os.path.abspath(os.path.join(os.path.dirname(__file__), "data"))
+    bundled = os.path.abspath(os.path.join(_PACKAGE, "data"))
     for root, prefix in ((here, ""), (bundled, "<bundled>/")):
         try:
             if os.path.commonpath([full, root]) == root and full != root:
@@ -331,7 +332,7 @@ def next_steps(report: Report) -> list[tuple[str, str]]:
     if a.withheld:
         steps.append(("calibrate", f"sui-onnx report {path} --tokens {a.withheld['recommended_tokens']}"))
     heldout = "HELDOUT.txt"
-    bundled = os.path.join(os.path.dirname(__file__), "data")
+    bundled = os.path.join(_PACKAGE, "data")
     if os.path.abspath(str(model_path)).startswith(os.path.abspath(bundled) + os.sep):
         heldout = command_path(os.path.join(bundled, "heldout.txt")).replace("MODEL", "HELDOUT.txt")
     if not measured:
