@@ -220,16 +220,18 @@ def calibration_spec(args: argparse.Namespace) -> CalibrationSpec:
                            mix=getattr(args, "mix", "sequential"))
 
 
-def analysis_options(args: argparse.Namespace, progress: Any = None):
+def analysis_options(args: argparse.Namespace, progress: Any = None, long_runs: bool = True):
+    """The options of add_analysis_args(p, long_runs); without the long-run group (scaling) its
+    options keep their defaults (AnalysisOptions')."""
     from ..analyze import AnalysisOptions
     from ..stopping import StopOnSignal
 
+    runs = dict(max_memory=args.max_memory, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
+                resume=args.resume, stats=args.stats, ray=args.ray, ray_shards=args.ray_shards) if long_runs else {}
     return AnalysisOptions(
         site=args.site, include=args.include, exclude=args.exclude, explicit=tuple(args.tap),
         device=args.device, threads=args.threads, precision=args.precision, top_fraction=args.top_fraction,
-        advice_q=args.advice_q, advice_quantile=args.advice_quantile, align=args.align,
-        max_memory=args.max_memory, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
-        resume=args.resume, stats=args.stats, progress=progress, ray=args.ray, ray_shards=args.ray_shards,
+        advice_q=args.advice_q, advice_quantile=args.advice_quantile, align=args.align, progress=progress, **runs,
         encoder=getattr(args, "encoder", None), stop=StopOnSignal(),  # SIGINT/SIGTERM stop at a batch boundary
     )
 

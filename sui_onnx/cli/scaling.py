@@ -6,17 +6,51 @@ metric options."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import SuiError
-from .options import (TokenProgress, add_analysis_args, add_run_args, analysis_options, calibration_spec, guard_outputs,
-                      make_console, positive_number, unit_number, write_text_atomic)
+from ..scaling import DEFAULT_MIN_R2, DEFAULT_SEED_KEY, DEFAULT_TAU
+from .options import (TokenProgress, add_analysis_args, analysis_options, calibration_spec, guard_outputs, make_console,
+                      positive_number, unit_number, write_text_atomic)
 
 PLOT_FILES = ("scaling_ranks.png", "scaling_sui.png")  # what --plot DIR receives (plots_scaling.py)
-def register(sub: argparse._SubParsersAction) -> None:
-    from ..scaling import DEFAULT_MIN_R2, DEFAULT_SEED_KEY, DEFAULT_TAU
+@dataclass(frozen=True)
+class ScalingConfig:
+    """What the fit is asked for (scaling_analysis' keywords)."""
 
+    tau: float = DEFAULT_TAU  # saturation threshold on d hard / d D
+    min_r2: float = DEFAULT_MIN_R2  # fits below it are flagged
+    seed_key: str = DEFAULT_SEED_KEY  # where a report records its training seed
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {"tau": self.tau, "min_r2": self.min_r2, "seed_key": self.seed_key}
+
+
+class ScalingArgs:
+    """The `scaling` argument group, in the manner of Polygraphy's BaseArgs: ``add_to_parser`` adds
+    the flags (validated by their argparse types), ``parse`` turns a namespace into a ScalingConfig."""
+
+    def add_to_parser(self, p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("scaling")
+        g.add_argument("--tau", type=positive_number, default=DEFAULT_TAU, metavar="T",
+                       help=f"saturation threshold: width where d hard / d D falls below T (default {DEFAULT_TAU})")
+        g.add_argument("--min-r2", type=unit_number, default=DEFAULT_MIN_R2, metavar="R",
+                       help=f"flag fits whose R^2 is below R: not a clean power law (default {DEFAULT_MIN_R2})")
+        g.add_argument("--seed-key", default=DEFAULT_SEED_KEY, metavar="KEY",
+                       help="where a report records its training seed: a dotted path in its model provenance; "
+                            "reports of one width with different seeds are pooled (default "
+                            f"{DEFAULT_SEED_KEY!r}: model.seed, else model.train.seed)")
+
+    def parse(self, args: argparse.Namespace) -> ScalingConfig:
+        return ScalingConfig(tau=args.tau, min_r2=args.min_r2, seed_key=args.seed_key)
+
+
+SCALING_ARGS = ScalingArgs()
+
+
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "scaling",
         help="fit the spectral scaling law (rank = A * D^beta) across FFN widths of one family",
@@ -30,16 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="report JSON (sui-onnx report --json), .onnx file or folder holding model.onnx; "
                         "models are analyzed here with the options below")
-    add_analysis_args(p, long_runs=False)
-    g = p.add_argument_group("scaling")
-    g.add_argument("--tau", type=positive_number, default=DEFAULT_TAU, metavar="T",
-                   help=f"saturation threshold: width where d hard / d D falls below T (default {DEFAULT_TAU})")
-    g.add_argument("--min-r2", type=unit_number, default=DEFAULT_MIN_R2, metavar="R",
-                   help=f"flag fits whose R^2 is below R: not a clean power law (default {DEFAULT_MIN_R2})")
-    g.add_argument("--seed-key", default=DEFAULT_SEED_KEY, metavar="KEY",
-                   help="where a report records its training seed: a dotted path in its model provenance; "
-                        "reports of one width with different seeds are pooled (default "
-                        f"{DEFAULT_SEED_KEY!r}: model.seed, else model.train.seed)")
+    add_analysis_args(p, long_runs=False)  # one model per input: no checkpoints, --stats, --ray or --encoder
+    SCALING_ARGS.add_to_parser(p)
     g = p.add_argument_group("outputs")
     g.add_argument("--json", type=Path, metavar="OUT", help="write the scaling JSON (schema sui-onnx/scaling); '-' for stdout")
     g.add_argument("--plot", type=Path, metavar="DIR", help="write scaling_ranks.png and scaling_sui.png (needs the `plot` extra)")
@@ -48,16 +74,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "fetched); '-' for stdout")
     g.add_argument("-q", "--quiet", action="store_true", help="no terminal table or progress bar")
     p.set_defaults(run=run)
-
-
-def _fill_run_defaults(args: argparse.Namespace) -> None:
-    """analysis_options() also reads the long-run options (checkpoints, --stats, memory cap, ...),
-    which this command does not offer; give them their defaults from their one definition."""
-    probe = argparse.ArgumentParser(add_help=False)
-    add_run_args(probe)
-    for key, value in vars(probe.parse_args([])).items():
-        if not hasattr(args, key):
-            setattr(args, key, value)
 
 
 def classify(path: Path) -> str:
@@ -81,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from ..report import load_report
     from ..scaling import MIN_WIDTHS, scaling_analysis
 
+    config = SCALING_ARGS.parse(args)
     paths = [Path(x) for x in args.inputs]
     if len(paths) < MIN_WIDTHS:
         raise SuiError(f"scaling needs at least {MIN_WIDTHS} inputs of distinct FFN widths; got {len(paths)}")
@@ -97,15 +114,13 @@ def run(args: argparse.Namespace) -> int:
     if "model" in kinds:
         from ..analyze import analyze
 
-        _fill_run_defaults(args)
         spec = calibration_spec(args)
         for i, (p, kind) in enumerate(zip(paths, kinds)):
             if kind == "model":
                 with TokenProgress(enabled=not quiet) as progress:
-                    reports[i] = analyze(p, spec, analysis_options(args, progress))
+                    reports[i] = analyze(p, spec, analysis_options(args, progress, long_runs=False))
 
-    result = scaling_analysis(reports, labels=[str(p) for p in paths], tau=args.tau, min_r2=args.min_r2,
-                              seed_key=args.seed_key)
+    result = scaling_analysis(reports, labels=[str(p) for p in paths], **config.as_kwargs())
     if args.json is not None:
         write_text_atomic(args.json, result.to_json())
     if args.html is not None:
