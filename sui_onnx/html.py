@@ -153,7 +153,7 @@ def _header(report: Report) -> str:
     from .render import seq_text, short_path
 
     m, c, r = report.model, report.calibration, report.runtime
-    sources = ", ".join(f"<code>{_e(short_path(s.get('path', '?')))}</code>" for s in c.sources or []) \
+    sources = ", ".join(f"<code>{_e(short_path(s.path if s.path is not None else '?'))}</code>" for s in c.sources or []) \
         or (f"saved statistics <code>{_e(short_path(c.from_stats))}</code>" if c.from_stats else "–")
     calib = f"{c.tokens or 0:,} tokens" + (f" · {_e(seq_text(c))}" if seq_text(c) else "") + f" · {sources}"
     if r.device == "none":
@@ -167,7 +167,7 @@ def _header(report: Report) -> str:
              ("sha256", f"<code>{_e(m.sha256 if m.sha256 is not None else '')}</code>"),
              ("opset", _e(m.opset)), ("calibration", calib), ("run", f"{run} · {taps}")]
     if m.encoder:
-        items.insert(1, ("encoder", f"<code>{_e(short_path(m.encoder.get('path')))}</code>"))
+        items.insert(1, ("encoder", f"<code>{_e(short_path(m.encoder.path))}</code>"))
     return _facts(items)
 
 
@@ -177,13 +177,13 @@ def _notes(report: Report) -> str:
     notes = []
     w = report.advice.withheld
     if w:
-        notes.append(("bad", f"Thin data: {w['tokens']:,} tokens &lt; 4·D = {w['min_tokens']:,}. The metrics are "
+        notes.append(("bad", f"Thin data: {w.tokens:,} tokens &lt; 4·D = {w.min_tokens:,}. The metrics are "
                              "biased low (flagged below) and the width advice is withheld."))
     if unfilled_budget(report):
         notes.append(("", _e(unfilled_budget(report))))
     for x in report.calibration.sources or []:
-        if x.get("tokens") == 0:
-            notes.append(("", f"No tokens from <code>{_e(x.get('path'))}</code>: the budget was spent on the sources "
+        if x.tokens == 0:
+            notes.append(("", f"No tokens from <code>{_e(x.path)}</code>: the budget was spent on the sources "
                               "before it (--mix even gives each source an equal share)."))
     if (report.runtime.passes or 1) > 1:
         notes.append(("", f"{report.runtime.passes} passes over the calibration data (memory cap)."))
@@ -248,10 +248,10 @@ def _advice(report: Report) -> str:
 
     a = report.advice
     if a.measured:
-        return _measured(report) + (f'<p class="note">Calibration: {_e(a.withheld["reason"])} (the {a.estimate_key()} '
+        return _measured(report) + (f'<p class="note">Calibration: {_e(a.withheld.reason)} (the {a.estimate_key()} '
                                     "estimate was not measured).</p>" if a.withheld else "")
     if a.withheld:
-        return (f'<div class="box"><p class="fail">Width advice withheld: {_e(a.withheld["reason"])}</p>'
+        return (f'<div class="box"><p class="fail">Width advice withheld: {_e(a.withheld.reason)}</p>'
                 "<p>The spectra of starved layers are biased low: a width read from them would be too narrow.</p></div>")
     if a.recommended_width is None:
         return '<div class="box"><p>No usable layer: no width advice.</p></div>'
@@ -412,8 +412,8 @@ def _assumptions(report: Report) -> str:
 
 def _provenance(report: Report) -> str:
     m, c = report.model, report.calibration
-    rows = [[f"<code>{_e(s.get('path'))}</code>", _e(s.get("kind")), f"{s['tokens']:,}" if isinstance(s.get("tokens"), int)
-             else "–", f"<code>{_e(s.get('sha256', 'not recorded'))}</code>"] for s in c.sources or []]
+    rows = [[f"<code>{_e(s.path)}</code>", _e(s.kind), f"{s.tokens:,}" if isinstance(s.tokens, int) else "–",
+             f"<code>{_e(s.sha256 if s.sha256 is not None else 'not recorded')}</code>"] for s in c.sources or []]
     env = environment()
     def given(value: Any) -> Any:
         return "–" if value is None else value
@@ -501,7 +501,7 @@ def scaling_html(result: Any, reports: Sequence[Report] | None = None) -> str:
     prov_rows = []
     for i, m in enumerate(result.models):
         rep = reports[i] if reports is not None and i < len(reports) else None
-        digests = ", ".join((s.get("sha256") or "not recorded")[:16] for s in ((rep.calibration.sources or []) if rep else []))
+        digests = ", ".join((s.sha256 or "not recorded")[:16] for s in ((rep.calibration.sources or []) if rep else []))
         prov_rows.append([f"<code>{_e(short_path(m.label))}</code>", str(m.width),
                           f"<code>{_e(str(m.provenance.get('sha256', '–'))[:16])}</code>", f"{m.min_tokens:,}",
                           f"<code>{_e(digests or '–')}</code>"])

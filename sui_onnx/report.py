@@ -38,24 +38,24 @@ class Section:
     callers that hold a key name rather than an attribute."""
 
     NESTED: ClassVar[dict[str, type["Section"]]] = {}  # field -> the section type of its value
+    NESTED_LISTS: ClassVar[dict[str, type["Section"]]] = {}  # field -> the section type of its items
 
     extra: dict[str, Any]
     _keys: list[str]
 
     def __post_init__(self) -> None:
-        names = _field_names(type(self))
-        keys = [f for f in names if getattr(self, f) is not None]
+        names = _field_order(type(self))
+        keys = [f for f in names if f != "extra" and getattr(self, f) is not None]
         keys += [k for k in self.extra if k not in names]
         object.__setattr__(self, "_keys", keys)
-        for name, kind in self.NESTED.items():
-            value = getattr(self, name)
-            if isinstance(value, Mapping) and not isinstance(value, Section):
-                object.__setattr__(self, name, kind.from_dict(value))
 
     def __setattr__(self, name: str, value: Any) -> None:
         kind = self.NESTED.get(name)
         if kind is not None and isinstance(value, Mapping) and not isinstance(value, Section):
             value = kind.from_dict(value)
+        kind = self.NESTED_LISTS.get(name)
+        if kind is not None and isinstance(value, list):
+            value = [kind.from_dict(v) if isinstance(v, Mapping) and not isinstance(v, Section) else v for v in value]
         object.__setattr__(self, name, value)
         keys = self.__dict__.get("_keys")
         if keys is not None and name in _field_names(type(self)) and name not in keys:
@@ -133,12 +133,19 @@ class Section:
     __hash__ = None  # type: ignore[assignment]
 
 
+def _field_order(cls: type) -> tuple[str, ...]:
+    """The fields of a section type, in declaration order (``extra`` last)."""
+    order = cls.__dict__.get("_FIELD_ORDER")
+    if order is None:
+        order = tuple(f.name for f in fields(cls))
+        cls._FIELD_ORDER = order  # type: ignore[attr-defined]
+        cls._FIELD_NAMES = frozenset(order)  # type: ignore[attr-defined]
+    return order
+
+
 def _field_names(cls: type) -> frozenset[str]:
-    names = cls.__dict__.get("_FIELD_NAMES")
-    if names is None:
-        names = frozenset(f.name for f in fields(cls))
-        cls._FIELD_NAMES = names  # type: ignore[attr-defined]
-    return names
+    _field_order(cls)
+    return cls.__dict__["_FIELD_NAMES"]
 
 
 def _encode(value: Any) -> Any:
@@ -157,8 +164,18 @@ def _section(cls: type) -> type:
 
 
 @_section
+class EncoderRef(Section):
+    """``model.encoder``: the encoder a seq2seq decoder was run with."""
+
+    path: str | None = None
+    sha256: str | None = None
+
+
+@_section
 class ModelInfo(Section):
     """``model``: what was analyzed. A caller's extra provenance (family, seed, train) is in ``extra``."""
+
+    NESTED: ClassVar[dict[str, type[Section]]] = {"encoder": EncoderRef}
 
     path: str | None = None
     sha256: str | None = None
@@ -170,14 +187,28 @@ class ModelInfo(Section):
     dequantized_from: str | None = None
     source: str | None = None
     architecture: str | None = None
-    encoder: dict[str, Any] | None = None  # {"path", "sha256"} of a seq2seq decoder's encoder
+    encoder: EncoderRef | None = None  # a seq2seq decoder's encoder
+
+
+@_section
+class CalibrationSource(Section):
+    """``calibration.sources[]``: one --calib source."""
+
+    path: str | None = None
+    kind: str | None = None  # "text" | "npy"
+    bundled: bool | None = None  # the package's own calibration text
+    sha256: str | None = None
+    tokens: int | None = None  # tokens taken from it
+    seq_len: int | None = None  # rows of ids (.npy): their length
 
 
 @_section
 class CalibrationInfo(Section):
     """``calibration``: the data the statistics were computed on."""
 
-    sources: list[dict[str, Any]] | None = None  # one entry per --calib source (path, sha256, ...)
+    NESTED_LISTS: ClassVar[dict[str, type[Section]]] = {"sources": CalibrationSource}
+
+    sources: list[CalibrationSource] | None = None  # one entry per --calib source
     tokens: int | None = None
     token_budget: int | None = None
     seq_len: int | None = None
@@ -192,7 +223,7 @@ class CalibrationInfo(Section):
         """The sha256 of each source, in order (None where it is not recorded)."""
         if not isinstance(self.sources, list):
             return []
-        return [s.get("sha256") if isinstance(s, Mapping) and isinstance(s.get("sha256"), str) else None
+        return [s.sha256 if isinstance(s, CalibrationSource) and isinstance(s.sha256, str) else None
                 for s in self.sources]
 
 
@@ -213,13 +244,24 @@ class RuntimeInfo(Section):
 
 
 @_section
+class AdviceSettings(Section):
+    """``settings.advice``: what the width advice was asked for."""
+
+    q: float | None = None
+    quantile: float | None = None
+    align: int | None = None
+
+
+@_section
 class Settings(Section):
     """``settings``: the measurement's parameters."""
+
+    NESTED: ClassVar[dict[str, type[Section]]] = {"advice": AdviceSettings}
 
     site: str | None = None
     top_fraction: float | None = None
     energy_levels: list[float] | None = None
-    advice: dict[str, Any] | None = None  # {"q", "quantile", "align"}
+    advice: AdviceSettings | None = None
     taps: str | None = None  # "explicit" when the taps were named with --tap
 
     def levels(self) -> list[float]:
@@ -280,8 +322,21 @@ class Summary(Section):
 
 
 @_section
+class Withheld(Section):
+    """``advice.withheld``: why there is no width advice (too few calibration tokens)."""
+
+    reason: str | None = None
+    tokens: int | None = None
+    min_tokens: int | None = None  # 4 x the width
+    recommended_tokens: int | None = None
+    layers: list[int] | None = None  # the starved layers
+
+
+@_section
 class Advice(Section):
     """``advice``: the width advice (advice.py), and the measured ladder of ``report --eval``."""
+
+    NESTED: ClassVar[dict[str, type[Section]]] = {"withheld": Withheld}
 
     basis: str | None = None
     q: float | None = None
@@ -294,7 +349,7 @@ class Advice(Section):
     ffn_param_saving: float | None = None
     ffn_flop_saving: float | None = None
     max_variance_lost: float | None = None
-    withheld: dict[str, Any] | None = None  # {"reason", "tokens", ...}: too few tokens to advise
+    withheld: Withheld | None = None  # too few tokens to advise
     counted: dict[str, Any] | None = None
     per_layer: list[dict[str, Any]] | None = None
     assumptions: list[str] | None = None

@@ -107,3 +107,23 @@ def test_console_prints_a_report_as_its_terminal_report():
         console.print(renderable)
         texts.append(console.export_text())
     assert texts[0] == texts[1] and "sui-onnx report" in texts[0]
+
+
+def test_nested_objects_are_typed_too():
+    from sui_onnx.report import AdviceSettings, CalibrationSource, EncoderRef, Withheld
+
+    calib = CalibrationInfo.from_dict({"sources": [{"path": "a.txt", "kind": "text", "sha256": "ff", "tokens": 9},
+                                                   {"path": "<bundled>/calib.txt", "kind": "text", "bundled": True}],
+                                       "tokens": 9})
+    assert all(isinstance(s, CalibrationSource) for s in calib.sources)
+    assert calib.digests() == ["ff", None] and calib.sources[1].bundled is True
+    assert calib.to_dict()["sources"][1] == {"path": "<bundled>/calib.txt", "kind": "text", "bundled": True}
+    model = ModelInfo.from_dict({"path": "dec.onnx", "encoder": {"path": "enc.onnx", "sha256": "aa"}})
+    assert isinstance(model.encoder, EncoderRef) and model.encoder.path == "enc.onnx"
+    settings = Settings.from_dict({"site": "post", "advice": {"q": 0.9, "quantile": 1.0, "align": 64}})
+    assert isinstance(settings.advice, AdviceSettings) and settings.advice.align == 64
+    advice = Advice.from_dict({"recommended_width": None, "withheld": {"reason": "thin", "tokens": 10, "min_tokens": 64,
+                                                                       "recommended_tokens": 160, "layers": [0]}})
+    assert isinstance(advice.withheld, Withheld) and advice.withheld.recommended_tokens == 160
+    assert advice.to_dict() == {"recommended_width": None, "withheld": {"reason": "thin", "tokens": 10, "min_tokens": 64,
+                                                                        "recommended_tokens": 160, "layers": [0]}}

@@ -246,9 +246,10 @@ def evaluate(report: Report, thresholds: Thresholds, baseline: Report | None = N
         ratio = float(ratio) if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) else None
         check = _limit_check("sui-onnx/max-width-ratio", "width_ratio", None, ratio, thresholds.max_width_ratio, "max")
         withheld = report.advice.withheld
-        if ratio is None and isinstance(withheld, dict):
+        if ratio is None and withheld is not None:
+            reason = withheld.reason if withheld.reason is not None else "thin data"
             check = dataclasses.replace(check, message=f"{METRIC_LABELS['width_ratio']} cannot be checked: the width "
-                                                       f"advice was withheld ({withheld.get('reason', 'thin data')})")
+                                                       f"advice was withheld ({reason})")
         checks.append(check)
 
     if baseline is not None:

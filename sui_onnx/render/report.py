@@ -61,8 +61,8 @@ def seq_text(c: CalibrationInfo) -> str:
     """The window length(s) of the calibration, in words: "seq 128", "seq 128 (text), 64 (rows of ids)"."""
     """The window length: --seq-len for text, the row length of each .npy source."""
     sources = c.sources or []
-    rows = sorted({s["seq_len"] for s in sources if s.get("kind") == "npy" and isinstance(s.get("seq_len"), int)})
-    text = any(s.get("kind") != "npy" for s in sources)
+    rows = sorted({s.seq_len for s in sources if s.kind == "npy" and isinstance(s.seq_len, int)})
+    text = any(s.kind != "npy" for s in sources)
     parts = []
     if text and c.seq_len:
         parts.append(f"{c.seq_len}" + (" (text)" if rows else ""))
@@ -87,7 +87,7 @@ def header(report: Report) -> Panel:
     calib = [f"{c.tokens or 0:,} tokens"]
     if seq_text(c):
         calib.append(seq_text(c))
-    sources = ", ".join(escape(short_path(x.get("path", "?"))) for x in c.sources or [])
+    sources = ", ".join(escape(short_path(x.path if x.path is not None else "?")) for x in c.sources or [])
     if c.from_stats:
         sources = sources or f"statistics {escape(short_path(c.from_stats))}"
     if sources:
@@ -102,8 +102,9 @@ def header(report: Report) -> Panel:
                      f"({escape(', '.join(r.providers or []) or '-')}) · "
                      f"{r.elapsed_s or 0:.1f} s · {r.tokens_per_s or 0:,.0f} tok/s · {_taps(report)}")
     if m.encoder:
-        lines.insert(1, f"[bold]enc[/]    {escape(short_path(m.encoder.get('path')))}  "
-                        f"[dim]sha256 {str(m.encoder.get('sha256', ''))[:12]}[/]")
+        enc = m.encoder
+        lines.insert(1, f"[bold]enc[/]    {escape(short_path(enc.path))}  "
+                        f"[dim]sha256 {str(enc.sha256 if enc.sha256 is not None else '')[:12]}[/]")
     if (r.passes or 1) > 1:
         why = ("statistics over half the free memory" if r.max_memory_source == "auto"
                else "--max-memory")
@@ -113,13 +114,13 @@ def header(report: Report) -> Panel:
     unfilled = unfilled_budget(report)
     if unfilled:
         lines.append(f"[yellow]{escape(unfilled)}[/]")
-    unused = [escape(short_path(x.get("path"))) for x in c.sources or [] if x.get("tokens") == 0]
+    unused = [escape(short_path(x.path)) for x in c.sources or [] if x.tokens == 0]
     if unused:
         lines.append(f"[yellow]no tokens from {', '.join(unused)}: the budget was spent on the sources before it "
                      "(--mix even gives each source an equal share)[/]")
     withheld = report.advice.withheld
     if withheld:
-        lines.append(f"[red]thin data: {withheld['tokens']:,} tokens < 4·D = {withheld['min_tokens']:,}: metrics "
+        lines.append(f"[red]thin data: {withheld.tokens:,} tokens < 4·D = {withheld.min_tokens:,}: metrics "
                      "biased low (flagged), width advice withheld[/]")
     if m.dequantized_from:
         lines.append(f"[yellow]weights dequantized from {escape(m.dequantized_from)}[/]")
@@ -241,7 +242,7 @@ def advice_panel(report: Report) -> Panel:
     a = report.advice
     if a.withheld and not a.measured:
         w = a.withheld
-        lines = [f"[red]width advice withheld: {escape(w['reason'])}[/]",
+        lines = [f"[red]width advice withheld: {escape(w.reason)}[/]",
                  "the spectra of starved layers are biased low: a width read from them would be too narrow"]
         return Panel("\n".join(lines), title="width advice (withheld)", title_align="left", box=box.ROUNDED)
     if not a or a.recommended_width is None and not a.measured:
@@ -330,7 +331,7 @@ def next_steps(report: Report) -> list[tuple[str, str]]:
     measured = a.measured or {}
     steps = []
     if a.withheld:
-        steps.append(("calibrate", f"sui-onnx report {path} --tokens {a.withheld['recommended_tokens']}"))
+        steps.append(("calibrate", f"sui-onnx report {path} --tokens {a.withheld.recommended_tokens}"))
     heldout = "HELDOUT.txt"
     bundled = os.path.join(_PACKAGE, "data")
     if os.path.abspath(str(model_path)).startswith(os.path.abspath(bundled) + os.sep):
@@ -377,7 +378,7 @@ def report_renderable(report: Report) -> Group:
     parts.append(advice_panel(report))
     a = report.advice
     if a.measured and a.withheld:
-        parts.append(Text(f"calibration: {a.withheld['reason']} (the {a.estimate_key()} estimate was not measured)",
+        parts.append(Text(f"calibration: {a.withheld.reason} (the {a.estimate_key()} estimate was not measured)",
                           style="yellow"))
     parts.append(next_text(report))
     return Group(*parts)
@@ -427,7 +428,7 @@ def to_markdown(report: Report) -> str:
             out.append(f"| {row['label']} ({max(row['widths'])}) | {row['ffn_param_saving']:.0%} | "
                        f"{_delta(row['projection']['worst_delta_ce'])} | {_delta(row['slim']['worst_delta_ce'])} |")
     elif a.withheld:
-        out += ["", f"**Width advice withheld**: {a.withheld['reason']}. The metrics above are biased low."]
+        out += ["", f"**Width advice withheld**: {a.withheld.reason}. The metrics above are biased low."]
     elif a.recommended_width is not None:
         needed = a.needed_width if "needed_width" in a else a.recommended_width
         out += [
