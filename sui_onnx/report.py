@@ -125,12 +125,36 @@ class Section:
     def values(self):
         return self.to_dict().values()
 
+    @classmethod
+    def validate_dict(cls, d: Mapping[str, Any], where: str) -> None:
+        """SuiError (one line naming the field) for a value of ``d`` that breaks its field's rule
+        (``field(metadata=rule(...))``); fields without a rule and unknown keys are left alone."""
+        for f in fields(cls):
+            check = f.metadata.get("check")
+            if check is None or f.name not in d:
+                continue
+            test, want, nullable = check
+            value = d[f.name]
+            if not (value is None and nullable) and not test(value):
+                raise _bad(f"{where}.{f.name}", want, value)
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (Section, Mapping)):
             return self.to_dict() == (other.to_dict() if isinstance(other, Section) else dict(other))
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def rule(test: Any, want: str, nullable: bool = False) -> dict[str, Any]:
+    """A field's validation rule, as dataclass field metadata: ``test(value)`` must hold (None
+    passes when ``nullable``); ``want`` completes "must be ..." in the error."""
+    return {"check": (test, want, nullable)}
+
+
+COUNT = rule(lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+NUMBER_OR_NULL = rule(lambda v: _is_number(v), "a finite number or null", nullable=True)
+COUNT_OR_NULL = rule(lambda v: _is_int(v) and v >= 0, "an integer or null", nullable=True)
 
 
 def _field_order(cls: type) -> tuple[str, ...]:
@@ -296,11 +320,11 @@ class Summary(Section):
 
     NESTED: ClassVar[dict[str, type[Section]]] = {key: Spread for key in METRIC_KEYS}
 
-    n_layers: int | None = None
-    usable_layers: int | None = None
+    n_layers: int | None = field(default=None, metadata=COUNT)
+    usable_layers: int | None = field(default=None, metadata=COUNT)
     statuses: dict[str, int] | None = None
     widths: list[int] | None = None
-    min_tokens: int | None = None
+    min_tokens: int | None = field(default=None, metadata=COUNT)
     hard_rank: Spread | None = None
     soft_rank: Spread | None = None
     hard_util: Spread | None = None
@@ -308,6 +332,30 @@ class Summary(Section):
     concentration: Spread | None = None
     sui: Spread | None = None
     asymmetry: Spread | None = None
+
+    @classmethod
+    def validate_dict(cls, d: Mapping[str, Any], where: str, present: set[str] | None = None) -> None:
+        """The field rules, then each metric's spread: an object with a finite median, its values
+        in the metric's range; missing only where no layer has the metric (``present``)."""
+        super().validate_dict(d, where)
+        for key in METRIC_KEYS:
+            spread = d.get(key)
+            if spread is None:
+                if d and key in (present or ()) and key != "asymmetry":
+                    raise SuiError(f"malformed report: {where}.{key} is missing although layers have {key}")
+                continue
+            if not isinstance(spread, dict):
+                raise _bad(f"{where}.{key}", "an object or null", spread)
+            if "median" not in spread:
+                raise SuiError(f"malformed report: {where}.{key} has no median")
+            for stat, v in spread.items():
+                if stat == "worst_layer":
+                    if v is not None and not _is_int(v):
+                        raise _bad(f"{where}.{key}.worst_layer", "an integer", v)
+                elif stat in ("median", "mean", "min", "max", "q25", "q75"):
+                    _check_metric(f"{where}.{key}.{stat}", key, v)
+            if spread["median"] is None:
+                raise _bad(f"{where}.{key}.median", "a finite number", None)
 
     def spread(self, metric: str) -> Spread | None:
         value = getattr(self, metric, None) if metric in METRIC_KEYS else None
@@ -339,16 +387,16 @@ class Advice(Section):
     NESTED: ClassVar[dict[str, type[Section]]] = {"withheld": Withheld}
 
     basis: str | None = None
-    q: float | None = None
+    q: float | None = field(default=None, metadata=NUMBER_OR_NULL)
     quantile: float | None = None
     align: int | None = None
-    current_width: int | None = None
+    current_width: int | None = field(default=None, metadata=COUNT_OR_NULL)
     needed_width: int | None = None
-    recommended_width: int | None = None
-    width_ratio: float | None = None
-    ffn_param_saving: float | None = None
+    recommended_width: int | None = field(default=None, metadata=COUNT_OR_NULL)
+    width_ratio: float | None = field(default=None, metadata=NUMBER_OR_NULL)
+    ffn_param_saving: float | None = field(default=None, metadata=NUMBER_OR_NULL)
     ffn_flop_saving: float | None = None
-    max_variance_lost: float | None = None
+    max_variance_lost: float | None = field(default=None, metadata=NUMBER_OR_NULL)
     withheld: Withheld | None = None  # too few tokens to advise
     counted: dict[str, Any] | None = None
     per_layer: list[dict[str, Any]] | None = None
@@ -406,6 +454,27 @@ class LayerResult:
     @property
     def usable(self) -> bool:
         return self.sui is not None
+
+    @staticmethod
+    def validate_dict(x: Any, where: str) -> None:
+        """SuiError (one line naming the field) for a layer entry of the wrong type or range."""
+        if not isinstance(x, dict):
+            raise _bad(where, "an object", x)
+        for key, test, want in (("layer", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+                                ("width", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+                                ("tokens", lambda v: _is_int(v) and v >= 0, "an integer >= 0")):
+            if key not in x or not test(x[key]):
+                raise _bad(f"{where}.{key}", want, x.get(key))
+        for key in ("tensor", "site", "activation", "op", "status", "message"):
+            if key in x and not isinstance(x[key], str):
+                raise _bad(f"{where}.{key}", "a string", x[key])
+        if "flags" in x and not (isinstance(x["flags"], list) and all(isinstance(f, str) for f in x["flags"])):
+            raise _bad(f"{where}.flags", "a list of strings", x["flags"])
+        for key in METRIC_KEYS:
+            _check_metric(f"{where}.{key}", key, x.get(key), x["width"])
+        for key, v in x.items():
+            if key.startswith("k") and key[1:].isdigit() and v is not None and not (_is_int(v) and 0 <= v <= x["width"]):
+                raise _bad(f"{where}.{key}", f"an integer in [0, {x['width']}] or null", v)
 
 
 @dataclass
@@ -565,7 +634,8 @@ def _check_metric(where: str, key: str, v: Any, width: int | None = None) -> Non
 
 def validate_report_dict(d: dict[str, Any]) -> None:
     """Raise SuiError (one line naming the field) when a report's known fields have the wrong type
-    or range; fields this version does not know are left alone."""
+    or range; fields this version does not know are left alone. The sections' own rules live with
+    their fields (``Section.validate_dict``); the layers' with LayerResult."""
     for key in ("model", "calibration"):
         if not isinstance(d.get(key), dict):
             raise _bad(key, "an object", d.get(key))
@@ -580,58 +650,13 @@ def validate_report_dict(d: dict[str, Any]) -> None:
     seen: set[int] = set()
     present: set[str] = set()
     for n, x in enumerate(layers):
-        where = f"layers[{n}]"
-        if not isinstance(x, dict):
-            raise _bad(where, "an object", x)
-        for key, test, want in (("layer", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-                                ("width", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-                                ("tokens", lambda v: _is_int(v) and v >= 0, "an integer >= 0")):
-            if key not in x or not test(x[key]):
-                raise _bad(f"{where}.{key}", want, x.get(key))
+        LayerResult.validate_dict(x, f"layers[{n}]")
         if x["layer"] in seen:
             raise SuiError(f"malformed report: layer {x['layer']} appears twice")
         seen.add(x["layer"])
-        for key in ("tensor", "site", "activation", "op", "status", "message"):
-            if key in x and not isinstance(x[key], str):
-                raise _bad(f"{where}.{key}", "a string", x[key])
-        if "flags" in x and not (isinstance(x["flags"], list) and all(isinstance(f, str) for f in x["flags"])):
-            raise _bad(f"{where}.flags", "a list of strings", x["flags"])
-        for key in METRIC_KEYS:
-            _check_metric(f"{where}.{key}", key, x.get(key), x["width"])
-            if x.get(key) is not None:
-                present.add(key)
-        for key, v in x.items():
-            if key.startswith("k") and key[1:].isdigit() and v is not None and not (_is_int(v) and 0 <= v <= x["width"]):
-                raise _bad(f"{where}.{key}", f"an integer in [0, {x['width']}] or null", v)
-    summary = d.get("summary", {})
-    for key in ("n_layers", "usable_layers", "min_tokens"):
-        if key in summary and not (_is_int(summary[key]) and summary[key] >= 0):
-            raise _bad(f"summary.{key}", "an integer >= 0", summary[key])
-    for key in METRIC_KEYS:
-        spread = summary.get(key)
-        if spread is None:
-            if summary and key in present and key != "asymmetry":
-                raise SuiError(f"malformed report: summary.{key} is missing although layers have {key}")
-            continue
-        if not isinstance(spread, dict):
-            raise _bad(f"summary.{key}", "an object or null", spread)
-        if "median" not in spread:
-            raise SuiError(f"malformed report: summary.{key} has no median")
-        for stat, v in spread.items():
-            if stat == "worst_layer":
-                if v is not None and not _is_int(v):
-                    raise _bad(f"summary.{key}.worst_layer", "an integer", v)
-            elif stat in ("median", "mean", "min", "max", "q25", "q75"):
-                _check_metric(f"summary.{key}.{stat}", key, v)
-        if spread["median"] is None:
-            raise _bad(f"summary.{key}.median", "a finite number", None)
-    advice = d.get("advice", {})
-    for key in ("width_ratio", "ffn_param_saving", "max_variance_lost", "q"):
-        if advice.get(key) is not None and not _is_number(advice[key]):
-            raise _bad(f"advice.{key}", "a finite number or null", advice[key])
-    for key in ("recommended_width", "current_width"):
-        if advice.get(key) is not None and not (_is_int(advice[key]) and advice[key] >= 0):
-            raise _bad(f"advice.{key}", "an integer or null", advice[key])
+        present.update(key for key in METRIC_KEYS if x.get(key) is not None)
+    Summary.validate_dict(d.get("summary", {}), "summary", present)
+    Advice.validate_dict(d.get("advice", {}), "advice")
 
 
 def json_safe(obj: Any) -> Any:

@@ -127,3 +127,23 @@ def test_nested_objects_are_typed_too():
     assert isinstance(advice.withheld, Withheld) and advice.withheld.recommended_tokens == 160
     assert advice.to_dict() == {"recommended_width": None, "withheld": {"reason": "thin", "tokens": 10, "min_tokens": 64,
                                                                         "recommended_tokens": 160, "layers": [0]}}
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("summary", "n_layers", -1, "summary.n_layers must be an integer >= 0, got -1"),
+    ("summary", "min_tokens", None, "summary.min_tokens must be an integer >= 0, got None"),
+    ("advice", "width_ratio", "0.5", "advice.width_ratio must be a finite number or null, got '0.5'"),
+    ("advice", "q", True, "advice.q must be a finite number or null, got True"),
+    ("advice", "recommended_width", 1.5, "advice.recommended_width must be an integer or null, got 1.5"),
+    ("advice", "current_width", -64, "advice.current_width must be an integer or null, got -64"),
+])
+def test_a_field_that_breaks_its_rule_is_one_error_naming_it(section, key, value, message):
+    from sui_onnx.errors import SuiError
+
+    d = json.loads(STORED[0].read_text(encoding="utf-8"))
+    d[section][key] = value
+    with pytest.raises(SuiError) as exc:
+        Report.from_dict(d)
+    assert str(exc.value) == f"malformed report: {message}"
+    d[section][key] = None if section == "advice" else 0  # null is a value where the rule allows it
+    Report.from_dict(d)
