@@ -98,12 +98,12 @@ def advice_widths(report: Report) -> dict[str, Any]:
     out: dict[str, Any] = {"estimate": None, "measured": None, "needed": a.needed_width}
     if a.recommended_width is not None:
         out["estimate"] = [min(a.recommended_width, x.width) for x in report.layers]
-    m = a.measured or {}
-    widths = m.get("recommended_widths")
+    m = a.measured
+    widths = m.recommended_widths if m is not None else None
     if isinstance(widths, list) and len(widths) == n:
         out["measured"] = widths
-    elif m.get("recommended_width") is not None:
-        out["measured"] = [min(m["recommended_width"], x.width) for x in report.layers]
+    elif m is not None and m.recommended_width is not None:
+        out["measured"] = [min(m.recommended_width, x.width) for x in report.layers]
     return out
 
 

@@ -381,10 +381,40 @@ class Withheld(Section):
 
 
 @_section
+class LadderRung(Section):
+    """``advice.measured.ladder[]``: one width measured, as a projection and as a slim model."""
+
+    label: str | None = None  # "D/8", ..., "k95 estimate" (several joined by " = " when they coincide)
+    widths: list[int] | None = None  # per layer
+    width: int | None = None
+    ffn_param_saving: float | None = None
+    projection: dict[str, Any] | None = None  # evaluate.eval_summary: worst_delta_ce (or worst_cosine), sources
+    slim: dict[str, Any] | None = None
+
+
+@_section
+class MeasuredAdvice(Section):
+    """``advice.measured``: the ladder ``report --eval`` measured and the width it recommends."""
+
+    NESTED_LISTS: ClassVar[dict[str, type[Section]]] = {"ladder": LadderRung}
+
+    method: str | None = None
+    max_loss_increase: float | None = None  # nats/token
+    kind: str | None = None  # "encoder": hidden states compared, no loss, no recommendation
+    eval: list[dict[str, Any]] | None = None  # the held-out sources: path, sha256, held_out, tokens, ce
+    ladder: list[LadderRung] | None = None
+    recommended_width: int | None = None
+    recommended_widths: list[int] | None = None
+    recommended_label: str | None = None
+    ffn_param_saving: float | None = None
+    warnings: list[str] | None = None
+
+
+@_section
 class Advice(Section):
     """``advice``: the width advice (advice.py), and the measured ladder of ``report --eval``."""
 
-    NESTED: ClassVar[dict[str, type[Section]]] = {"withheld": Withheld}
+    NESTED: ClassVar[dict[str, type[Section]]] = {"withheld": Withheld, "measured": MeasuredAdvice}
 
     basis: str | None = None
     q: float | None = field(default=None, metadata=NUMBER_OR_NULL)
@@ -401,7 +431,7 @@ class Advice(Section):
     counted: dict[str, Any] | None = None
     per_layer: list[dict[str, Any]] | None = None
     assumptions: list[str] | None = None
-    measured: dict[str, Any] | None = None  # report --eval
+    measured: MeasuredAdvice | None = None  # report --eval
 
     def estimate_key(self) -> str:
         """The energy key of the advice's variance share: q 0.95 -> "k95" (the "k95 estimate")."""

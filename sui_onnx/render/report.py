@@ -267,40 +267,40 @@ def measured_panel(report: Report) -> Panel:
     encoder (no logits) the hidden states' cosine and relative error against the original."""
     m = report.advice.measured
     current = report.advice.current_width
-    encoder = m.get("kind") == "encoder"
+    encoder = m.kind == "encoder"
     t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
     cols = (("cos proj", "cos slim", "err slim") if encoder else ("dCE projection", "dCE slim", "top-1"))
     for name, justify in (("width", "left"), ("", "right"), ("FFN saved", "right")) + tuple((c, "right") for c in cols):
         t.add_column(name, justify=justify, no_wrap=True)
-    for row in m["ladder"]:
-        widths = row["widths"]
+    for row in m.ladder or []:
+        widths = row.widths
         w = str(widths[0]) if len(set(widths)) == 1 else f"{min(widths)}..{max(widths)}"
         if encoder:
-            cells = [_num(row["projection"].get("worst_cosine"), ".5f"), _num(row["slim"].get("worst_cosine"), ".5f"),
-                     _num(row["slim"].get("worst_rel_error"), ".4f")]
+            cells = [_num(row.projection.get("worst_cosine"), ".5f"), _num(row.slim.get("worst_cosine"), ".5f"),
+                     _num(row.slim.get("worst_rel_error"), ".4f")]
         else:
-            slim_ok = row["slim"]["worst_delta_ce"] is not None and row["slim"]["worst_delta_ce"] <= m["max_loss_increase"]
-            top1 = [s["top1"] for s in row["slim"]["sources"] if s.get("top1") is not None]
-            cells = [_delta(row["projection"]["worst_delta_ce"]),
-                     Text(_delta(row["slim"]["worst_delta_ce"]), style="green" if slim_ok else "red"),
+            slim_ok = row.slim["worst_delta_ce"] is not None and row.slim["worst_delta_ce"] <= m.max_loss_increase
+            top1 = [s["top1"] for s in row.slim["sources"] if s.get("top1") is not None]
+            cells = [_delta(row.projection["worst_delta_ce"]),
+                     Text(_delta(row.slim["worst_delta_ce"]), style="green" if slim_ok else "red"),
                      f"{100 * min(top1):.1f}%" if top1 else "-"]
-        t.add_row(escape(row["label"]), w, f"{row['ffn_param_saving']:.0%}", *cells)
-    names = escape(", ".join(str(s.get("path", "?")).rsplit("/", 1)[-1] for s in m.get("eval", [])))
+        t.add_row(escape(row.label), w, f"{row.ffn_param_saving:.0%}", *cells)
+    names = escape(", ".join(str(s.get("path", "?")).rsplit("/", 1)[-1] for s in m.eval or []))
     if encoder:
         head = ("an encoder (no logits): the ladder compares the last hidden state with the original's (worst eval "
                 "source); there is no loss to bound, so no width is recommended")
-    elif m.get("recommended_width") is not None:
-        head = (f"recommended FFN width [bold]{m['recommended_width']}[/] of {current} ({escape(m['recommended_label'])}): "
-                f"measured dCE within {m['max_loss_increase']} nats/token on {names}; saves "
-                f"{m['ffn_param_saving']:.0%} of FFN parameters")
+    elif m.recommended_width is not None:
+        head = (f"recommended FFN width [bold]{m.recommended_width}[/] of {current} ({escape(m.recommended_label)}): "
+                f"measured dCE within {m.max_loss_increase} nats/token on {names}; saves "
+                f"{m.ffn_param_saving:.0%} of FFN parameters")
     else:
-        head = (f"no measured width keeps dCE within {m['max_loss_increase']} nats/token on {names}: keep {current} "
+        head = (f"no measured width keeps dCE within {m.max_loss_increase} nats/token on {names}: keep {current} "
                 "(or allow more with --max-loss-increase)")
     legend = ("cos: mean per-token cosine of the last hidden state (proj: projection); err: its relative L2 error" if encoder else
               "dCE: held-out cross-entropy increase in nats/token, worst eval source; projection = the top "
               "principal directions only (full width, saves nothing); slim = the narrower FFN `sui-onnx slim` writes")
     notes = [Text.from_markup(head), t, Text(legend, style="dim")]
-    notes += [Text(f"warning: {w}", style="yellow") for w in m.get("warnings", [])]
+    notes += [Text(f"warning: {w}", style="yellow") for w in m.warnings or []]
     return Panel(Group(*notes), title="width advice (measured)", title_align="left", box=box.ROUNDED)
 
 
@@ -328,7 +328,7 @@ def next_steps(report: Report) -> list[tuple[str, str]]:
     model_path = report.model.path if report.model.path is not None else ""
     path = command_path(model_path)
     a = report.advice
-    measured = a.measured or {}
+    measured = a.measured
     steps = []
     if a.withheld:
         steps.append(("calibrate", f"sui-onnx report {path} --tokens {a.withheld.recommended_tokens}"))
@@ -338,7 +338,7 @@ def next_steps(report: Report) -> list[tuple[str, str]]:
         heldout = command_path(os.path.join(bundled, "heldout.txt")).replace("MODEL", "HELDOUT.txt")
     if not measured:
         steps.append(("measure", f"sui-onnx report {path} --eval {heldout}"))
-    width = measured.get("recommended_width") if measured else a.recommended_width
+    width = measured.recommended_width if measured else a.recommended_width
     current = a.current_width if "current_width" in a else 0
     narrow = f"--width {width}" if width and width < current else "--max-loss-increase 0.01"
     steps.append(("narrow", f"sui-onnx slim {path} OUT {narrow} --eval {heldout}"))
@@ -419,14 +419,14 @@ def to_markdown(report: Report) -> str:
         )
     if a.measured:
         m = a.measured
-        rec = (f"**{m['recommended_width']}** of {a.current_width} ({m['recommended_label']}, saves "
-               f"{m['ffn_param_saving']:.0%} of FFN parameters)" if m.get("recommended_width") is not None
+        rec = (f"**{m.recommended_width}** of {a.current_width} ({m.recommended_label}, saves "
+               f"{m.ffn_param_saving:.0%} of FFN parameters)" if m.recommended_width is not None
                else f"keep {a.current_width} (no measured width within the limit)")
-        out += ["", f"**Width advice** (measured, dCE <= {m['max_loss_increase']} nats/token on every eval source): {rec}.",
+        out += ["", f"**Width advice** (measured, dCE <= {m.max_loss_increase} nats/token on every eval source): {rec}.",
                 "", "| width | FFN saved | dCE projection | dCE slim |", "|:--|---:|---:|---:|"]
-        for row in m["ladder"]:
-            out.append(f"| {row['label']} ({max(row['widths'])}) | {row['ffn_param_saving']:.0%} | "
-                       f"{_delta(row['projection']['worst_delta_ce'])} | {_delta(row['slim']['worst_delta_ce'])} |")
+        for row in m.ladder or []:
+            out.append(f"| {row.label} ({max(row.widths)}) | {row.ffn_param_saving:.0%} | "
+                       f"{_delta(row.projection['worst_delta_ce'])} | {_delta(row.slim['worst_delta_ce'])} |")
     elif a.withheld:
         out += ["", f"**Width advice withheld**: {a.withheld.reason}. The metrics above are biased low."]
     elif a.recommended_width is not None:
