@@ -264,3 +264,19 @@ def test_drop_metrics_flag(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["check", str(cur), "--baseline", "base.json", "--drop-metrics", "rank"])
     assert exc.value.code == 2 and "unknown metric 'rank'" in capsys.readouterr().err
+
+
+def test_threshold_group_parses_into_a_gate_config(tmp_path):
+    from sui_onnx.cli import build_parser
+    from sui_onnx.cli.check import THRESHOLD_ARGS, GateConfig
+
+    (tmp_path / "pyproject.toml").write_text('[tool.sui-onnx.check]\nmin_sui = 0.1\nscope = "model"\n')
+    args = build_parser().parse_args(["check", "r.json", "--min-hard-util", "0.2", "--scope", "both"])
+    config = THRESHOLD_ARGS.parse(args, tmp_path)
+    assert isinstance(config, GateConfig) and config.config_path == tmp_path / "pyproject.toml"
+    t = config.thresholds  # the file's min_sui, the flags' min_hard_util and scope (flags win)
+    assert (t.min_sui, t.min_hard_util, t.scope) == (0.1, 0.2, "both")
+    args = build_parser().parse_args(["check", "r.json", "--min-sui", "0.3", "--no-config"])
+    from sui_onnx.gate import Thresholds
+
+    assert THRESHOLD_ARGS.parse(args, tmp_path) == GateConfig(Thresholds(min_sui=0.3), None)

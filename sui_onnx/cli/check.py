@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import gate
@@ -53,6 +54,53 @@ def _flag_type(key: str):
     return parse
 
 
+@dataclass(frozen=True)
+class GateConfig:
+    """What ``check`` gates on: the thresholds (config file, then flags) and the file they came from."""
+
+    thresholds: gate.Thresholds
+    config_path: Path | None = None
+
+
+class ThresholdArgs:
+    """The `check` thresholds group, in the manner of Polygraphy's BaseArgs: ``add_to_parser`` adds
+    the flags (each validated by gate.validate_value), ``parse`` merges them over the config file
+    into a validated GateConfig."""
+
+    def add_to_parser(self, p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("thresholds")
+        for key, (flag, metavar, text) in THRESHOLD_FLAGS.items():
+            g.add_argument(flag, dest=key, metavar=metavar, type=_flag_type(key), default=None, help=text)
+        g.add_argument("--scope", choices=gate.SCOPES, default=None,
+                       help="apply thresholds to model medians, each layer, or both (default both)")
+        g.add_argument("--fail-on-status", action=argparse.BooleanOptionalAction, default=None,
+                       help="degenerate / non_finite layers fail the gate (default: they warn)")
+        g.add_argument("--allow-low-tokens", action=argparse.BooleanOptionalAction, default=None,
+                       help="rank_capped layers (fewer calibration tokens than their width) warn instead of failing")
+        g.add_argument("--allow-calibration-change", action=argparse.BooleanOptionalAction, default=None,
+                       help="compare with a --baseline calibrated on a different token count or data (default: exit 2)")
+        g.add_argument("--config", type=Path, metavar="FILE",
+                       help="TOML file with a [check] table (default: [tool.sui-onnx.check] of the nearest pyproject.toml)")
+        g.add_argument("--no-config", action="store_true", help="ignore pyproject.toml; use the flags only")
+
+    def parse(self, args: argparse.Namespace, cwd: Path) -> GateConfig:
+        if args.config is not None and args.no_config:
+            raise ConfigError("--config and --no-config contradict each other")
+        table, source = ({}, None) if args.no_config else gate.load_config(args.config, cwd)
+        thresholds = gate.thresholds_from_config(table, source)
+        flags = {key: getattr(args, key) for key in THRESHOLD_FLAGS}
+        flags["scope"] = args.scope
+        flags["fail_on_status"] = args.fail_on_status
+        flags["allow_low_tokens"] = args.allow_low_tokens
+        flags["allow_calibration_change"] = args.allow_calibration_change
+        thresholds = thresholds.override(**flags)
+        thresholds.validate()
+        return GateConfig(thresholds, source)
+
+
+THRESHOLD_ARGS = ThresholdArgs()
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "check",
@@ -67,20 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("target", metavar="MODEL|REPORT.json",
                    help=".onnx file or folder (analyzed now) or a report JSON from `sui-onnx report --json` (suffix .json)")
-    g = p.add_argument_group("thresholds")
-    for key, (flag, metavar, text) in THRESHOLD_FLAGS.items():
-        g.add_argument(flag, dest=key, metavar=metavar, type=_flag_type(key), default=None, help=text)
-    g.add_argument("--scope", choices=gate.SCOPES, default=None,
-                   help="apply thresholds to model medians, each layer, or both (default both)")
-    g.add_argument("--fail-on-status", action=argparse.BooleanOptionalAction, default=None,
-                   help="degenerate / non_finite layers fail the gate (default: they warn)")
-    g.add_argument("--allow-low-tokens", action=argparse.BooleanOptionalAction, default=None,
-                   help="rank_capped layers (fewer calibration tokens than their width) warn instead of failing")
-    g.add_argument("--allow-calibration-change", action=argparse.BooleanOptionalAction, default=None,
-                   help="compare with a --baseline calibrated on a different token count or data (default: exit 2)")
-    g.add_argument("--config", type=Path, metavar="FILE",
-                   help="TOML file with a [check] table (default: [tool.sui-onnx.check] of the nearest pyproject.toml)")
-    g.add_argument("--no-config", action="store_true", help="ignore pyproject.toml; use the flags only")
+    THRESHOLD_ARGS.add_to_parser(p)
     add_analysis_args(p)
     o = p.add_argument_group("outputs")
     o.add_argument("--junit", type=Path, metavar="OUT.xml", help="write JUnit XML (one testcase per rule and scope); '-' for stdout")
@@ -92,28 +127,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def resolve_thresholds(args: argparse.Namespace, cwd: Path) -> tuple[gate.Thresholds, Path | None]:
-    if args.config is not None and args.no_config:
-        raise ConfigError("--config and --no-config contradict each other")
-    table, source = ({}, None) if args.no_config else gate.load_config(args.config, cwd)
-    thresholds = gate.thresholds_from_config(table, source)
-    flags = {key: getattr(args, key) for key in THRESHOLD_FLAGS}
-    flags["scope"] = args.scope
-    flags["fail_on_status"] = args.fail_on_status
-    flags["allow_low_tokens"] = args.allow_low_tokens
-    flags["allow_calibration_change"] = args.allow_calibration_change
-    thresholds = thresholds.override(**flags)
-    thresholds.validate()
-    return thresholds, source
-
-
 def run(args: argparse.Namespace) -> int:
     from .._version import __version__
     from ..report import MAX_REPORT_BYTES, load_report
     from ..safeio import read_input
 
     cwd = Path.cwd()
-    thresholds, config_path = resolve_thresholds(args, cwd)
+    config = THRESHOLD_ARGS.parse(args, cwd)
+    thresholds, config_path = config.thresholds, config.config_path
     target = Path(args.target)
     is_report = target.suffix.lower() == ".json"
     if not target.exists():
