@@ -300,6 +300,11 @@ def test_medians_sui_and_peak_against_an_independent_computation():
     assert hard.r2 == pytest.approx(0.25, rel=1e-12) and hard.n == 3
     se = math.sqrt(1.5) / math.sqrt(2)
     assert hard.beta_ci95 == pytest.approx((0.5 - 12.706204736174698 * se, 0.5 + 12.706204736174698 * se), rel=1e-9)
+    # residual SD in ln units: sqrt(SSE / (n - 2)) with SSE = 1.5 (ln 2)^2
+    d = hard.to_dict()
+    assert d.pop("beta_ci95") == pytest.approx([0.5 - 12.706204736174698 * se, 0.5 + 12.706204736174698 * se], rel=1e-9)
+    assert d == pytest.approx({"beta": 0.5, "A": 2 ** -1.5, "r2": 0.25, "beta_se": se, "n": 3,
+                               "residual_sd": math.sqrt(1.5) * math.log(2)}, rel=1e-9)
     assert soft.beta == pytest.approx(1.0, rel=1e-12) and soft.A == pytest.approx(0.25, rel=1e-12)
     assert soft.r2 == pytest.approx(1.0, abs=1e-12)
     assert result.asymmetry.beta == pytest.approx(0.5, rel=1e-12)
@@ -445,3 +450,104 @@ def test_committed_reports_match_the_report_schema():
     schema = json.loads((Path(__file__).parents[1] / "sui_onnx" / "schema" / "report.schema.json").read_text())
     for path in DATA.glob("*.json"):
         jsonschema.validate(json.loads(path.read_text()), schema)
+
+
+# ------------------------------------------------------------------------------ boundaries and seeds
+# (each pins a behaviour that a mutant of sui_onnx/scaling.py changed without any other test noticing)
+def _fit(beta=0.5, a=1.0, r2=1.0, ci=(0.4, 0.6), n=3):
+    return PowerLawFit(beta=beta, A=a, r2=r2, beta_ci95=ci, n=n, residual_sd=0.0)
+
+
+def test_results_are_values():
+    import dataclasses
+
+    from sui_onnx.scaling import Spread
+
+    for value, name in ((_fit(), "beta"), (saturation(_fit(), [1, 2, 4]), "width"), (Spread.of([1.0, 2.0]), "mean")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, name, 0.0)
+
+
+def test_saturation_exactly_at_the_smallest_or_largest_width_is_within():
+    """"below" / "above" mean strictly outside the measured range."""
+    star = saturation_width(0.5, 16.0, 0.25)
+    assert star == pytest.approx(1024.0, rel=1e-12)  # (0.5 * 16 / 0.25)^2
+    assert saturation(_fit(0.5, 16.0), [star, 2 * star, 4 * star], 0.25).position == "within"
+    assert saturation(_fit(0.5, 16.0), [star / 4, star / 2, star], 0.25).position == "within"
+    assert saturation(_fit(0.5, 16.0), [1.01 * star, 2 * star, 4 * star], 0.25).position == "below"
+    assert saturation(_fit(0.5, 16.0), [star / 4, star / 2, 0.99 * star], 0.25).position == "above"
+
+
+def test_asymmetry_verdict_at_zero_and_without_an_interval():
+    from sui_onnx.scaling import asymmetry_verdict
+
+    assert asymmetry_verdict(_fit(ci=(0.1, 0.3))) == "above 0" and asymmetry_verdict(_fit(ci=(-0.3, -0.1))) == "below 0"
+    assert asymmetry_verdict(_fit(ci=(0.0, 0.3))) == "includes 0"  # an interval touching 0 includes it
+    assert asymmetry_verdict(_fit(ci=(-0.3, 0.0))) == "includes 0"
+    assert asymmetry_verdict(_fit(ci=(math.nan, math.nan))) == "undefined" and asymmetry_verdict(None) == "undefined"
+    assert asymmetry_verdict(_fit(ci=(math.nan, 0.3))) == "undefined"  # one bound missing: no interval
+    assert asymmetry_verdict(_fit(ci=(0.1, math.inf))) == "undefined"
+
+
+def test_low_r2_means_strictly_below_the_level():
+    reports = [_report([_layer(i, w, h, s, 0.2) for i, (h, s) in enumerate(zip(*v))])
+               for w, v in {64: ([2.0, 2.0], [16.0, 16.0]), 128: ([8.0, 8.0], [32.0, 32.0]), 256: ([4.0, 4.0], [64.0, 64.0])}.items()]
+    r2 = scaling_analysis(reports).hard.r2
+    assert r2 == pytest.approx(0.25, rel=1e-12)
+    at = scaling_analysis(reports, min_r2=r2)
+    assert at.low_r2(at.hard) is False and at.to_dict()["median_fits"]["hard_rank"]["low_r2"] is False
+    above = scaling_analysis(reports, min_r2=math.nextafter(r2, 1.0))
+    assert above.low_r2(above.hard) is True and above.to_dict()["median_fits"]["hard_rank"]["low_r2"] is True
+    for ok in (0.0, 1.0):  # the closed ends of [0, 1]
+        assert scaling_analysis(reports, min_r2=ok).min_r2 == ok
+    for bad in (-0.01, 1.01, 2.0, math.nan, math.inf):
+        with pytest.raises(SuiError, match=r"--min-r2 must be a number in \[0, 1\]"):
+            scaling_analysis(reports, min_r2=bad)
+    for bad in ("", ".seed", "train..seed", "seed."):
+        with pytest.raises(SuiError, match="--seed-key must be a dotted path"):
+            scaling_analysis(reports, seed_key=bad)
+
+
+def test_seeds_are_ordered_numbers_then_names_then_none_and_pooled_labels_count_them():
+    widths = (64, 128, 256)
+
+    def run(w, seed):
+        model = {} if seed is None else {"seed": seed}
+        return _report([_layer(0, w, w ** 0.3, w ** 0.6, 0.3), _layer(1, w, w ** 0.3, w ** 0.6, 0.3)], **model)
+
+    seeds = ["b", 10, None, "a", 2]
+    reports = [run(w, s) for s in seeds for w in widths]
+    labels = [f"{w}-{s}" for s in seeds for w in widths]
+    result = scaling_analysis(reports, labels)
+    assert result.seeds == [2, 10, "a", "b", None]
+    assert [r.seed for r in result.runs[:5]] == [2, 10, "a", "b", None]  # runs: by width, then seed
+    assert [f.seed for f in result.seed_fits] == [2, 10, "a", "b", None]
+    assert result.models[0].label == "64-2 (+4 more seeds)"  # the label of the width's first seed
+    two = scaling_analysis([run(w, s) for s in (1, 2) for w in widths], [f"{w}-{s}" for s in (1, 2) for w in widths])
+    assert [f.seed for f in two.seed_fits] == [1, 2] and [f.widths for f in two.seed_fits] == [[64, 128, 256]] * 2
+    assert two.models[1].label == "128-1 (+1 more seed)"
+    one = scaling_analysis([run(w, 7) for w in widths], ["a", "b", "c"])
+    assert [m.label for m in one.models] == ["a", "b", "c"] and one.seed_fits == []
+    # a seed at only two widths gets no fit of its own
+    partial = scaling_analysis([run(w, 1) for w in widths] + [run(w, 2) for w in widths[:2]])
+    assert [f.seed for f in partial.seed_fits] == [1]
+
+
+def test_mixed_depths_message_groups_the_inputs():
+    reports = [_simple(256), _simple(512), _simple(768), _simple(1024, n_layers=3)]
+    with pytest.raises(SuiError) as exc:
+        scaling_analysis(reports, ["a.json", "b.json", "c.json", "d.json"])
+    assert str(exc.value) == ("mixed depths (2 FFN layers in a.json (+2 more), 3 in d.json); "
+                              "a scaling fit needs one family at one depth")
+    with pytest.raises(SuiError) as exc:
+        scaling_analysis(reports[2:] + [_simple(2048)], ["c.json", "d.json", "e.json"])
+    assert str(exc.value).startswith("mixed depths (2 FFN layers in c.json (+1 more), 3 in d.json)")
+    with pytest.raises(SuiError) as exc:
+        scaling_analysis([_simple(256), _simple(512, n_layers=3), _simple(1024, n_layers=4)], ["a", "b", "c"])
+    assert str(exc.value).startswith("mixed depths (2 FFN layers in a, 3 in b, 4 in c)")
+
+
+def test_sui_peak_at_the_largest_width():
+    reports = [_report([_layer(i, w, w ** 0.3, w ** 0.6, sui) for i in range(2)])
+               for w, sui in ((256, 0.1), (512, 0.2), (1024, 0.3))]
+    assert scaling_analysis(reports).sui_peak == {"width": 1024, "median_sui": 0.3, "position": "largest"}
