@@ -314,7 +314,8 @@ def test_width_advice_by_hand():
     skip = width_advice(layers, [ev[0], None], align=1)
     assert skip["counted"] == {"layers": [0], "excluded": 1, "above_needed": [], "set_by": 0}
     none = width_advice(layers, [None, None])
-    assert none["recommended_width"] is None and none["per_layer"] == []
+    assert none["recommended_width"] is None and none["per_layer"] == [] and none["current_width"] == 16
+    assert width_advice([], [])["current_width"] == 0  # no layers at all: nothing to advise on
 
 
 def test_width_advice_refuses_bad_settings_and_withholds_on_thin_data():
