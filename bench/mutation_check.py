@@ -178,12 +178,16 @@ def run_tests(work: Path, tests: list[str], deselect: list[str], timeout: float,
     return status, took, (proc.stdout + proc.stderr)[-3000:]
 
 
-def check_module(work: Path, module: str, tests: list[str], max_mutants: int, seed: int, log) -> dict:
+def check_module(work: Path, module: str, tests: list[str], max_mutants: int, seed: int, log,
+                 only: list[dict] | None = None) -> dict:
     path = work / module
     original = path.read_text()
     everything = mutants(original)
     chosen = everything
-    if len(everything) > max_mutants:
+    if only is not None:  # --recheck: the survivors of an earlier run, matched by flip and source line
+        wanted = {(m["op"], m["code"]) for m in only}
+        chosen = [m for m in everything if (m["op"], m["code"]) in wanted]
+    elif len(everything) > max_mutants:
         chosen = sorted(random.Random(seed).sample(everything, max_mutants), key=lambda m: (m["line"], m["col"], m["op"]))
     # baseline: the unmutated snapshot; tests failing there are deselected
     status, took, out = run_tests(work, tests, [], timeout=600, first_failure=False)
@@ -225,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max", type=int, default=150, help="most mutants per module (a seeded sample above that)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--list", action="store_true", help="only count and list the mutants")
+    ap.add_argument("--recheck", type=Path, help="run only the survivors recorded in this earlier result JSON")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "mutation.json")
     args = ap.parse_args(argv)
 
@@ -251,9 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sui-mutation-") as tmp:
         work = Path(tmp)
         snapshot(work)
+        earlier = json.loads(args.recheck.read_text())["modules"] if args.recheck else None
+        if earlier is not None:
+            summary["recheck_of"] = str(args.recheck)
+            modules = [m for m in modules if m in earlier]
         for module in modules:
+            only = earlier[module]["survivors"] if earlier is not None else None
             summary["modules"][module] = check_module(work, module, TESTS[module], args.max, args.seed,
-                                                      lambda s: print(s, flush=True))
+                                                      lambda s: print(s, flush=True), only)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     summary["wall_seconds"] = round(time.monotonic() - start, 1)
     summary["cpu_seconds_children"] = round(usage.ru_utime + usage.ru_stime, 1)
