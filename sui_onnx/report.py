@@ -33,9 +33,10 @@ class Section:
     exactly those keys back in that order (then keys set since), so a report read and written
     again is byte-identical. A field that is None and was never given is left out of the JSON.
 
-    The report's types and ranges are checked once, on reading a file (``validate_report_dict``).
-    Item access (``section["key"]``, ``get``, ``in``) reads and writes the same fields, for
-    callers that hold a key name rather than an attribute."""
+    The types and ranges are checked once, on reading a file: each field's rule (field metadata,
+    ``rule(...)``) by ``validate_dict``, composed by ``validate_report_dict``. Item access
+    (``section["key"]``, ``get``, ``in``) reads and writes the same fields, for callers that hold
+    a key name rather than an attribute (a dotted provenance path, older code)."""
 
     NESTED: ClassVar[dict[str, type["Section"]]] = {}  # field -> the section type of its value
     NESTED_LISTS: ClassVar[dict[str, type["Section"]]] = {}  # field -> the section type of its items
