@@ -551,3 +551,11 @@ def test_sui_peak_at_the_largest_width():
     reports = [_report([_layer(i, w, w ** 0.3, w ** 0.6, sui) for i in range(2)])
                for w, sui in ((256, 0.1), (512, 0.2), (1024, 0.3))]
     assert scaling_analysis(reports).sui_peak == {"width": 1024, "median_sui": 0.3, "position": "largest"}
+
+
+def test_r2_of_a_flat_fit_is_zero_even_when_round_off_makes_the_residuals_exceed_the_total():
+    """These ranks are uncorrelated with ln D (beta ~ 1e-12), so R^2 = beta^2 Sxx / SST ~ 1e-25: zero. Here
+    round-off makes the residual sum of squares exceed the total sum by an ulp; R^2 stays 0, never 1."""
+    fit = fit_power_law([64, 128, 256, 512], [5.018072720790686, 5.023192633448548, 5.023456656709491, 5.017984805811691])
+    assert abs(fit.beta) < 1e-11
+    assert fit.r2 == pytest.approx(0.0, abs=1e-12)
