@@ -304,14 +304,14 @@ def slim_record(study: SlimStudy, variant: Variant, request: dict, out_model: Pa
 
 
 def ladder_widths(study: SlimStudy, align: int, estimate: int | None) -> list[tuple[str, list[int]]]:
-    """The widths report --eval measures: D/8, D/4, D/2, 3D/4 (aligned) and the k95 estimate,
-    each as (label, per-layer widths); duplicates are measured once."""
+    """The widths report --eval measures: D/8, D/4, D/2, 3D/4 (aligned) and the k_q estimate ("k95
+    estimate" for the default --advice-q), each as (label, per-layer widths); duplicates are measured once."""
     out: list[tuple[str, list[int]]] = []
     seen: dict[tuple[int, ...], int] = {}
     rungs = [(f"{num}D/{den}" if num > 1 else f"D/{den}", [aligned(d, num / den, align) for d in study.widths])
              for num, den in LADDER]
     if estimate is not None:
-        rungs.append(("k95 estimate", [min(int(estimate), d) for d in study.widths]))
+        rungs.append((f"{study.report.advice.estimate_key()} estimate", [min(int(estimate), d) for d in study.widths]))
     for label, widths in rungs:
         key = tuple(widths)
         if key in seen:
