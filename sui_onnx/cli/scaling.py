@@ -16,6 +16,8 @@ from .options import (TokenProgress, add_analysis_args, analysis_options, calibr
                       positive_number, unit_number, write_text_atomic)
 
 PLOT_FILES = ("scaling_ranks.png", "scaling_sui.png")  # what --plot DIR receives (plots_scaling.py)
+
+
 @dataclass(frozen=True)
 class ScalingConfig:
     """What the fit is asked for (scaling_analysis' keywords)."""
