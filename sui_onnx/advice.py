@@ -6,12 +6,18 @@ Pure: numbers in, numbers out. Advice is advisory and carries its assumptions wi
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from .metrics import energy_key, energy_shares, energy_width
-from .report import METRIC_KEYS, STATUS_ORDER, LayerResult
+from .metrics import METRIC_KEYS
+
+if TYPE_CHECKING:  # report imports this module, never the other way round
+    from .report import LayerResult
+
+# Layer status values, most severe first; `flags` may hold several, `status` is the most severe.
+STATUS_ORDER = ("non_finite", "degenerate", "rank_capped", "low_tokens", "ok")
 
 LOW_TOKENS_FACTOR = 4  # N < 4 D: metrics biased low
 RECOMMENDED_TOKENS_FACTOR = 10

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 from .xp import array_namespace
 
 DEFAULT_TOP_FRACTION = 0.10
+# the per-layer metrics a report carries and summarizes, in table order
+METRIC_KEYS = ("hard_rank", "soft_rank", "hard_util", "soft_util", "concentration", "sui", "asymmetry")
 DEFAULT_ENERGY_LEVELS: tuple[float, ...] = (0.90, 0.95, 0.99)
 _TOL = 1e-12  # tolerance for cumulative-energy and top-k comparisons against round-off
 

@@ -12,16 +12,15 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Mapping
 
+from .advice import STATUS_ORDER, summarize
 from .errors import SuiError
+from .metrics import METRIC_KEYS
 
 SCHEMA = "sui-onnx/report"
 SCHEMA_VERSION = 2  # 2: advice.basis, advice.measured (report --eval); version 1 reports still read
-METRIC_KEYS = ("hard_rank", "soft_rank", "hard_util", "soft_util", "concentration", "sui", "asymmetry")
 # the energy widths every layer entry carries (null when not measured): the schema requires them
 SCHEMA_ENERGY_KEYS = ("k90", "k95", "k99")
 
-# Layer status values, most severe first; `flags` may hold several, `status` is the most severe.
-STATUS_ORDER = ("non_finite", "degenerate", "rank_capped", "low_tokens", "ok")
 
 
 # -- the report's sections ---------------------------------------------------------------------
@@ -580,8 +579,6 @@ class Report:
         except (KeyError, TypeError, ValueError) as exc:
             raise SuiError(f"malformed report: {exc.__class__.__name__}: {exc}") from None
         if not report.summary and report.layers:  # a report written without its summary: derive it
-            from .advice import summarize
-
             report.summary = summarize(report.layers)
         return report
 

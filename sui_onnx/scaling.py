@@ -370,6 +370,16 @@ class ScalingResult:
             "sui_peak": self.sui_peak,
         }
 
+    @property
+    def paper_reference(self) -> dict[str, Any]:
+        """The paper's fits, shown as a labelled comparison row (PAPER_REFERENCE)."""
+        return PAPER_REFERENCE
+
+    @property
+    def asymmetry_verdict(self) -> str:
+        """Where the interval of beta_soft - beta_hard lies (asymmetry_verdict)."""
+        return asymmetry_verdict(self.asymmetry)
+
     def __rich__(self):
         """The terminal tables (render.scaling), so ``console.print(result)`` shows them."""
         from .render.scaling import scaling_renderable

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import ConfigError, SuiError
+from ..fmt import fmt_value
 from ..report import CalibrationInfo, Report
 from .rules import (HIGHER_IS_WORSE, LIMIT_KEYS, METRIC_LABELS, RESULT_SCHEMA, RESULT_SCHEMA_VERSION, RULES, STATUS_ERRORS,
                     STATUS_STARVED, STATUS_WARNINGS, TOLERANCE, drop_rule_id, limit_rule_id)
@@ -69,6 +70,15 @@ class GateResult:
     def exit_code(self) -> int:
         return 0 if self.passed else 1
 
+    def by_rule(self) -> list[tuple[str, list[Check]]]:
+        """The checks grouped by rule, in rule order (the terminal table's rows)."""
+        return summarize_checks(self.checks)
+
+    @staticmethod
+    def closest(checks: Sequence[Check]) -> Check | None:
+        """The check closest to (or furthest past) its limit."""
+        return worst(checks)
+
     def __rich__(self):
         """The pass/fail table (render.check), so ``console.print(result)`` shows it."""
         from ..render.check import check_renderable
@@ -92,15 +102,6 @@ class GateResult:
 
 def _median(report: Report, metric: str) -> float | None:
     return report.summary.median(metric)
-
-
-def fmt_value(value: float | None) -> str:
-    """A gate value as the messages show it: 4 significant digits, "n/a" for None, "inf"."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, float) and math.isinf(value):
-        return "inf"
-    return f"{value:.4g}"
 
 
 def _limit_check(rule_id: str, metric: str, layer: int | None, value: float | None, limit: float,

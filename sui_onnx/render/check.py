@@ -7,8 +7,13 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from ..gate.evaluate import Check, GateResult, fmt_value, summarize_checks, worst
+from typing import TYPE_CHECKING
+
+from ..fmt import fmt_value
 from ..safeio import markup, printable
+
+if TYPE_CHECKING:  # the gate imports this module (GateResult.__rich__), never the other way round
+    from ..gate.evaluate import Check, GateResult
 
 
 def _value(v, relative: bool = False) -> str:
@@ -40,7 +45,7 @@ def check_renderable(result: GateResult) -> Group:
     marks = {"error": Text("FAIL", style="bold red"), "warning": Text("WARN", style="yellow"),
              "none": Text("pass", style="green")}
     notes = []
-    for rule_id, checks in summarize_checks(result.checks):
+    for rule_id, checks in result.by_rule():
         name = rule_id.removeprefix("sui-onnx/")
         rel = "-rel-" in rule_id
         layer_pass = [c for c in checks if c.layer is not None and c.level == "none"]
@@ -56,7 +61,7 @@ def check_renderable(result: GateResult) -> Group:
                         notes.append(c.message)
                 table.add_row(marks[c.level], markup(name), markup(c.scope_label), value, limit, markup(detail))
         if layer_pass:
-            w = worst(layer_pass)
+            w = result.closest(layer_pass)
             others = len(layer_pass) < sum(1 for c in checks if c.layer is not None)
             scope = f"{len(layer_pass)} {'other ' if others else ''}layers"
             if w is None:

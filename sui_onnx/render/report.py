@@ -4,17 +4,19 @@ of the terminal; these small functions read it and nothing else."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Group
-from ..safeio import markup as escape, printable
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
 from ..layout import MODEL_FILE
-from ..report import Advice, CalibrationInfo, Report
+from ..safeio import markup as escape, printable
+
+if TYPE_CHECKING:  # report imports this module (Report.__rich__), never the other way round
+    from ..report import Advice, CalibrationInfo, Report
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # sui_onnx/
 _STATUS_STYLE = {"ok": "green", "low_tokens": "yellow", "rank_capped": "yellow", "degenerate": "red", "non_finite": "red"}

@@ -11,7 +11,10 @@ from rich.table import Table
 from rich.text import Text
 
 from ..safeio import printable
-from ..scaling import PAPER_REFERENCE, ScalingResult, asymmetry_verdict
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # scaling imports this module (ScalingResult.__rich__), never the other way round
+    from ..scaling import ScalingResult
 
 
 def _num(value: float | None, fmt: str = ".3f") -> str:
@@ -75,7 +78,7 @@ def scaling_renderables(result: ScalingResult) -> list[Any]:
     a = result.asymmetry
     fits.add_row("soft - hard", _num(a.beta), _ci(a.beta_ci95), "", "", "", str(a.n))
     fits.add_section()
-    ref = PAPER_REFERENCE
+    ref = result.paper_reference
     for name, key in (("soft rank", "soft"), ("hard rank", "hard")):
         fits.add_row(f"paper: {name}", _num(ref[key][0]), "", "", _num(ref[key][1]), "", "", style="dim")
     fits.add_row("paper: soft - hard", _num(ref["soft"][0] - ref["hard"][0]), "", "", "", "", "", style="dim")
@@ -111,7 +114,7 @@ def scaling_renderables(result: ScalingResult) -> list[Any]:
     else:
         sat_line = "not reached: beta_hard >= 1, the slope never falls"
     lines = Text()
-    verdict = asymmetry_verdict(a)
+    verdict = result.asymmetry_verdict
     meaning = {"above 0": "soft rank grows faster than hard rank, as in the paper",
                "includes 0": "not distinguishable from equal exponents at this confidence",
                "below 0": "hard rank grows faster than soft rank, unlike the paper",
