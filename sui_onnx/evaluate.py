@@ -27,7 +27,7 @@ import numpy as np
 
 from . import __version__
 from .calib import CalibrationSpec, CalibrationStream
-from .errors import CalibrationError, ModelError, NumericalError, SuiError
+from .errors import CalibrationError, ModelError, NumericalError, SuiError, option
 
 SCHEMA = "sui-onnx/eval"
 SCHEMA_VERSION = 1
@@ -320,9 +320,9 @@ class Evaluator:
         self._ref_cache: list[list[tuple[float, np.ndarray]]] | None = None
         self.source_paths = [Path(s) for s in sources]
         if not self.source_paths:
-            raise CalibrationError("eval needs at least one data source (--data)")
+            raise CalibrationError(f"eval needs at least one data source ({option('eval_data')})")
         if tokens is not None and tokens < 2:
-            raise CalibrationError(f"--tokens must be at least 2 (a prediction needs two tokens), got {tokens}")
+            raise CalibrationError(f"{option('eval_tokens')} must be at least 2 (a prediction needs two tokens), got {tokens}")
         CalibrationSpec([], seq_len, batch_size, tokens)  # checks the numbers, one line each
         self.tokenizer_folder = Path(tokenizer_folder) if tokenizer_folder is not None else None
         self.seq_len, self.batch_size = int(seq_len), int(batch_size)
@@ -358,7 +358,7 @@ class Evaluator:
             raise ModelError(f"{m.where} is {'a' if m.kind == 'decoder' else 'an'} {m.kind} and {ref.where} "
                              f"{'a' if ref.kind == 'decoder' else 'an'} {ref.kind}: they cannot be compared")
         if m.kind == "encoder" and ref is None:
-            raise ModelError(f"{m.where} has no logits output (an encoder): eval needs --reference to compare "
+            raise ModelError(f"{m.where} has no logits output (an encoder): eval needs {option('reference')} to compare "
                              "hidden states")
         width = self._width(m, ref)
         noun = "vocabulary" if m.kind == "decoder" else "hidden width"

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._version import __version__
-from .errors import SuiError
+from .errors import SuiError, option
 from .report import Report, json_safe
 from .student_t import betainc, student_t_quantile, student_t_sf  # noqa: F401 (re-exported)
 
@@ -563,10 +563,10 @@ def _check_family(reports: Sequence[Report], labels: Sequence[str]) -> dict[str,
             common["activations"] = known
     sites = {s for s in (_site(r) for r in reports) if s is not None}
     if len(sites) > 1:
-        raise SuiError(f"mixed tap sites ({', '.join(sorted(sites))}); analyze every model at the same --site")
+        raise SuiError(f"mixed tap sites ({', '.join(sorted(sites))}); analyze every model at the same {option('site')}")
     fractions = {r.settings.top_fraction for r in reports if r.settings.top_fraction is not None}
     if len(fractions) > 1:
-        raise SuiError(f"mixed --top-fraction values ({', '.join(map(str, sorted(fractions)))}): SUI is not comparable")
+        raise SuiError(f"mixed {option('top_fraction')} values ({', '.join(map(str, sorted(fractions)))}): SUI is not comparable")
     return common
 
 
@@ -583,11 +583,11 @@ def scaling_analysis(reports: Sequence[Report], labels: Sequence[str] | None = N
     also fitted on its own (``seed_fits``). Fits with R^2 below ``min_r2`` are flagged (``low_r2``).
     Raises SuiError for sets that cannot be fitted."""
     if not tau > 0 or not math.isfinite(tau):
-        raise SuiError(f"--tau must be a positive number, got {tau}")
+        raise SuiError(f"{option('tau')} must be a positive number, got {tau}")
     if not (math.isfinite(min_r2) and 0.0 <= min_r2 <= 1.0):
-        raise SuiError(f"--min-r2 must be a number in [0, 1], got {min_r2}")
+        raise SuiError(f"{option('min_r2')} must be a number in [0, 1], got {min_r2}")
     if not seed_key or any(not part for part in seed_key.split(".")):
-        raise SuiError(f"--seed-key must be a dotted path such as seed or train.seed, got {seed_key!r}")
+        raise SuiError(f"{option('seed_key')} must be a dotted path such as seed or train.seed, got {seed_key!r}")
     labels = list(labels) if labels is not None else [f"input {i + 1}" for i in range(len(reports))]
     if len(labels) != len(reports):
         raise ValueError("labels and reports differ in length")
@@ -602,7 +602,7 @@ def scaling_analysis(reports: Sequence[Report], labels: Sequence[str] | None = N
             seed = "no seed recorded" if run.seed is None else f"seed {run.seed}"
             raise SuiError(f"duplicate width D={run.width} with the same seed ({by_key[key]} and {run.label}: {seed}); "
                            f"give one model per width and seed (the seed is read from the report's model "
-                           f"provenance, --seed-key {seed_key})")
+                           f"provenance, {option('seed_key')} {seed_key})")
         by_key[key] = run.label
     runs.sort(key=lambda r: (r.width, _seed_order(r.seed)))
     groups: dict[int, list[RunPoint]] = {}

@@ -22,7 +22,7 @@ from . import __version__
 
 if TYPE_CHECKING:
     import onnx
-from .errors import SuiError
+from .errors import SuiError, option
 from .slim import (DEFAULT_RIDGE, METHODS, Refit, Selection, WeightedMoments, allocate, norm_weights, projection,
                    refit, select)
 
@@ -62,7 +62,7 @@ class SlimStudy:
         from .graph.surgery import FFNSurgery
 
         if ridge < 0 or not math.isfinite(ridge):
-            raise SuiError(f"--ridge must be a finite number >= 0, got {ridge}")
+            raise SuiError(f"{option('ridge')} must be a finite number >= 0, got {ridge}")
         self.ridge = float(ridge)
         self.src = load_model(model, lean=True)
         self.surgery = FFNSurgery(self.src)  # refuses unsupported graphs before any calibration
@@ -136,7 +136,7 @@ class SlimStudy:
     def selection(self, layer: int, method: str, kmax: int) -> Selection:
         """The keep order of ``layer`` (computed once up to the largest width asked so far)."""
         if method not in METHODS:
-            raise SuiError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+            raise SuiError(f"{option('method')} must be one of {', '.join(METHODS)}, got {method!r}")
         cached = self._selections.get((method, layer))
         if cached is None or len(cached.order) < kmax:
             weight = self.weights[layer] if self.output_weighted else None
@@ -151,10 +151,10 @@ class SlimStudy:
             raise SuiError("give exactly one of a width and a ratio")
         if width is not None:
             if width < 1:
-                raise SuiError(f"--width must be at least 1, got {width}")
+                raise SuiError(f"{option('width')} must be at least 1, got {width}")
             return [min(int(width), d) for d in self.widths]
         if not 0 < ratio <= 1:
-            raise SuiError(f"--ratio must be in (0, 1], got {ratio}")
+            raise SuiError(f"{option('ratio')} must be in (0, 1], got {ratio}")
         return [aligned(d, ratio, align) for d in self.widths]
 
     def per_layer_widths(self, uniform: Sequence[int], method: str, align: int) -> list[int]:

@@ -122,3 +122,23 @@ def test_the_cli_shows_each_option_a_library_error_names_as_its_flag():
     assert cli_message(exc) == ("--seq-len 4 leaves no room; lower --seq-len or --batch-size, resume with the same "
                                 "--calib and --tap; `not_an_option` and `sui-onnx slim` stay")
     assert cli_message(SuiError(f"wrapped: {exc}")).startswith("wrapped: --seq-len 4")
+
+
+def test_an_option_is_shown_as_the_flag_of_the_command_that_failed(tmp_path):
+    """evaluate's `eval_tokens` is --eval-tokens under report/slim and --tokens under eval, through
+    the real entry point (the library message is the same)."""
+    import subprocess
+    import sys
+
+    heldout = Path(__file__).resolve().parents[1] / "sui_onnx" / "data" / "heldout.txt"
+    model = Path(__file__).resolve().parents[1] / "sui_onnx" / "data" / "demo" / "model.onnx"
+    runs = {"eval": ["eval", str(model), "--data", str(heldout), "--tokens", "1"],
+            "report": ["report", str(model), "--tokens", "2048", "--eval", str(heldout), "--eval-tokens", "1"]}
+    for command, argv in runs.items():
+        proc = subprocess.run([sys.executable, "-m", "sui_onnx", *argv], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=300)
+        flag = "--tokens" if command == "eval" else "--eval-tokens"
+        assert proc.returncode == 2, (command, proc.stderr)
+        assert proc.stderr.strip().splitlines() == [
+            f"sui-onnx: error: {flag} must be at least 2 (a prediction needs two tokens), got 1"], (command, proc.stderr)
+    assert not list(tmp_path.iterdir())

@@ -236,7 +236,7 @@ def test_encoder_cosine_and_relative_error(tmp_path, monkeypatch):
     assert res.kind == "encoder" and s.tokens == 65 and s.windows == 5 and s.ce is None
     assert s.cosine == pytest.approx(cos.mean(), rel=1e-6)
     assert s.rel_error == pytest.approx(np.sqrt(((a - b) ** 2).sum() / (b ** 2).sum()), rel=1e-6)
-    with pytest.raises(SuiError, match="has no logits output .an encoder.: eval needs --reference"):
+    with pytest.raises(SuiError, match="has no logits output .an encoder.: eval needs `reference`"):
         evaluate(model, [tmp_path / "ids.npy"])
     np.save(tmp_path / "big.npy", np.array([[3, 25, 1]], dtype=np.int64))  # the table has 20 rows
     with pytest.raises(SuiError, match=r"token id 25 .*size 20\)"):

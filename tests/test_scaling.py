@@ -393,7 +393,7 @@ def test_refuses_mixed_sites_and_top_fractions_and_unusable_models():
         scaling_analysis(pre)
     frac = copy.deepcopy(reports)
     frac[2].settings["top_fraction"] = 0.2
-    with pytest.raises(SuiError, match="top-fraction"):
+    with pytest.raises(SuiError, match="mixed `top_fraction` values"):
         scaling_analysis(frac)
     dead = copy.deepcopy(reports)
     for layer in dead[0].layers:
@@ -501,10 +501,10 @@ def test_low_r2_means_strictly_below_the_level():
     for ok in (0.0, 1.0):  # the closed ends of [0, 1]
         assert scaling_analysis(reports, min_r2=ok).min_r2 == ok
     for bad in (-0.01, 1.01, 2.0, math.nan, math.inf):
-        with pytest.raises(SuiError, match=r"--min-r2 must be a number in \[0, 1\]"):
+        with pytest.raises(SuiError, match=r"`min_r2` must be a number in \[0, 1\]"):
             scaling_analysis(reports, min_r2=bad)
     for bad in ("", ".seed", "train..seed", "seed."):
-        with pytest.raises(SuiError, match="--seed-key must be a dotted path"):
+        with pytest.raises(SuiError, match="`seed_key` must be a dotted path"):
             scaling_analysis(reports, seed_key=bad)
 
 

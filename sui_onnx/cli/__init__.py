@@ -26,12 +26,16 @@ CHECKPOINT_SUFFIX = ".sui-checkpoint.npz"  # the default checkpoint of an interr
 
 # The flag of each library option an error message names (errors.option); every other option
 # `name` is shown as --name with dashes.
-OPTION_FLAGS = {"sources": "--calib", "explicit": "--tap"}
+OPTION_FLAGS = {"sources": "--calib", "explicit": "--tap", "eval_data": "--eval"}
+# where one command spells an option otherwise (`sui-onnx eval` names its data --data, not --eval)
+COMMAND_FLAGS = {"eval": {"eval_data": "--data", "eval_tokens": "--tokens", "eval_seq_len": "--seq-len"}}
 LIBRARY_OPTIONS = frozenset({
     "sources", "seq_len", "batch_size", "tokens", "mix", "site", "include", "exclude", "explicit", "device",
     "precision", "threads", "top_fraction", "energy_levels", "advice_q", "advice_quantile", "align", "max_memory",
     "checkpoint", "checkpoint_every", "resume", "stats", "ray", "ray_shards", "encoder",
     "tau", "min_r2", "seed_key",  # scaling's fit options
+    "eval_data", "eval_tokens", "eval_seq_len", "reference",  # evaluate
+    "ridge", "method", "width", "ratio",  # slimming
 })
 
 
@@ -83,17 +87,17 @@ def _say(text: str) -> None:
         pass
 
 
-def flag_for(name: str) -> str:
-    """The command-line flag of the library option ``name``."""
-    return OPTION_FLAGS.get(name) or "--" + name.replace("_", "-")
+def flag_for(name: str, command: str | None = None) -> str:
+    """The command-line flag of the library option ``name`` (as ``command`` spells it)."""
+    return COMMAND_FLAGS.get(command or "", {}).get(name) or OPTION_FLAGS.get(name) or "--" + name.replace("_", "-")
 
 
-def cli_message(exc: BaseException) -> str:
+def cli_message(exc: BaseException, command: str | None = None) -> str:
     """The message of a library error as the command line says it: each option it names
-    (`seq_len`) shown as its flag (--seq-len)."""
+    (`seq_len`) shown as its flag (--seq-len), as ``command`` spells it."""
     from ..errors import OPTION_PATTERN
 
-    return OPTION_PATTERN.sub(lambda m: flag_for(m[1]) if m[1] in LIBRARY_OPTIONS else m[0], str(exc))
+    return OPTION_PATTERN.sub(lambda m: flag_for(m[1], command) if m[1] in LIBRARY_OPTIONS else m[0], str(exc))
 
 
 def default_checkpoint_path(model: str | Path, avoid: Path | None = None) -> Path:
@@ -176,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SuiError as exc:
             if debug:
                 traceback.print_exc()
-            _say(f"error: {cli_message(exc)}")
+            _say(f"error: {cli_message(exc, args.command)}")
             return EXIT_ERROR
     except KeyboardInterrupt:
         _say("interrupted")
