@@ -39,7 +39,8 @@ def calibrations(prose: Path, code: Path) -> dict[str, tuple[list[Path], str]]:
 
 
 def measure_study(model: Path, sources: list[Path], mix: str, tokens: int, evals: list[Path], eval_tokens: int,
-                  seq_len: int, eval_seq_len: int, ridge: float, threads: int | None) -> dict:
+                  seq_len: int, eval_seq_len: int, ridge: float, threads: int | None,
+                  ratios: tuple[tuple[int, int], ...] = RATIOS) -> dict:
     from sui_onnx.analyze import AnalysisOptions
     from sui_onnx.calib import CalibrationSpec
     from sui_onnx.evaluate import Evaluator, ModelInput
@@ -52,7 +53,7 @@ def measure_study(model: Path, sources: list[Path], mix: str, tokens: int, evals
     ev = Evaluator(evals, study.src.folder, ModelInput(path=study.src.path, label="original"), seq_len=eval_seq_len,
                    tokens=eval_tokens, device="cpu", threads=threads, kl=False)
     rows = []
-    for num, den in RATIOS:
+    for num, den in ratios:
         widths = [aligned(d, num / den, 1) for d in study.widths]
         row = {"ratio": f"{num}/{den}", "widths": widths}
         for name, build in (("id", lambda: study.variant(widths, "id")),
@@ -118,6 +119,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--only", nargs="*", default=None, help="calibrations to run (prose, code, mixed)")
     ap.add_argument("--skip-cli", action="store_true", help="skip the CLI wall time / memory / latency part")
+    ap.add_argument("--ratios", nargs="*", default=None, metavar="N/D",
+                    help="widths to measure as fractions of D (default 1/8 1/4 1/2 3/4)")
     args = ap.parse_args()
 
     from models.domains import build
@@ -128,6 +131,7 @@ def main() -> None:
     code_calib, code_heldout = build(ROOT / "models" / "work")
     prose_calib, prose_heldout = ROOT / "sui_onnx" / "data" / "calib.txt", ROOT / "sui_onnx" / "data" / "heldout.txt"
     evals = [prose_heldout, code_heldout]
+    ratios = RATIOS if not args.ratios else tuple(tuple(int(x) for x in r.split("/")) for r in args.ratios)
     out = {"model": str(args.model), "name": args.name, "ridge": ridge, "tokens": args.tokens,
            "eval_tokens": args.eval_tokens, "eval_seq_len": args.eval_seq_len,
            "machine": {"platform": platform.platform(), "cpus": len(__import__("os").sched_getaffinity(0))},
@@ -138,7 +142,7 @@ def main() -> None:
             continue
         print(f"calibration {name}:", flush=True)
         out["calibrations"][name] = measure_study(args.model, sources, mix, args.tokens, evals, args.eval_tokens,
-                                                  args.seq_len, args.eval_seq_len, ridge, args.threads)
+                                                  args.seq_len, args.eval_seq_len, ridge, args.threads, ratios)
     if not args.skip_cli:
         with tempfile.TemporaryDirectory() as tmp:
             slim_dir = Path(tmp) / "slim"
