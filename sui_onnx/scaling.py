@@ -188,12 +188,12 @@ class Spread:
 
 
 @dataclass
-class RunPoint:
-    """One input (one trained model, one seed): its width, seed and per-layer / median measurements."""
+class _Point:
+    """The measurements of one width that the fits read: per-layer ranks and SUI (None where a layer
+    is not usable), their medians over the usable layers, and where they came from."""
 
     label: str
     width: int
-    seed: Any
     n_layers: int
     usable_layers: int
     min_tokens: int
@@ -205,6 +205,13 @@ class RunPoint:
     layer_sui: list[float | None]
     layer_widths: list[int]
     provenance: dict[str, Any]
+
+
+@dataclass
+class RunPoint(_Point):
+    """One input (one trained model, one seed): its width, seed and per-layer / median measurements."""
+
+    seed: Any = field(kw_only=True)  # required, after the shared fields
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -223,26 +230,13 @@ class RunPoint:
 
 
 @dataclass
-class ModelPoint:
+class ModelPoint(_Point):
     """One width of the family, pooled over its seeds (one run: that run's numbers).
 
     median_*: the arithmetic mean over the runs of each run's median over its usable layers;
     layer_*: per layer position, the mean over the runs where that layer is usable (None if none);
     usable_layers / min_tokens: the smallest over the runs. These are the points the fits use."""
 
-    label: str
-    width: int
-    n_layers: int
-    usable_layers: int
-    min_tokens: int
-    median_hard: float
-    median_soft: float
-    median_sui: float
-    layer_hard: list[float | None]
-    layer_soft: list[float | None]
-    layer_sui: list[float | None]
-    layer_widths: list[int]
-    provenance: dict[str, Any]
     runs: list[RunPoint] = field(default_factory=list)
 
     @property
