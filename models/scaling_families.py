@@ -355,8 +355,7 @@ def probe(recipe: Recipe, threads: int, steps: int = 2, post: bool = True) -> di
 
     from models.export import export_model
     from models.families import build_model
-    from models.ngpt import normalize_weights_
-    from models.train import lm_loss, make_optimizer, sample_batch, text_tokens, tokenizer_for
+    from models.train import make_optimizer, sample_batch, text_tokens, tokenizer_for, train_step
 
     torch.set_num_threads(threads)
     texts = recipe.texts()
@@ -377,13 +376,7 @@ def probe(recipe: Recipe, threads: int, steps: int = 2, post: bool = True) -> di
             times = []
             for k in range(steps + 1):
                 t0 = _clock()
-                loss = lm_loss(model, sample_batch(tokens, rng, recipe.batch, recipe.seq))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                if family == "ngpt":
-                    normalize_weights_(model)
+                train_step(model, opt, family, sample_batch(tokens, rng, recipe.batch, recipe.seq))
                 if k:
                     times.append(_since(t0))
             step_s.setdefault(family, {})[width] = tuple(float(np.median([t[i] for t in times])) for i in (0, 1))

@@ -115,6 +115,20 @@ def lm_loss(model: torch.nn.Module, window: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), window[:, 1:].reshape(-1))
 
 
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, family: str, window: torch.Tensor) -> torch.Tensor:
+    """One optimizer step on one batch of windows: loss, backward, gradient clipping at 1, step, and
+    nGPT's re-normalization of its weights after it. Returns the loss (before the step)."""
+    loss = lm_loss(model, window)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    if family == "ngpt":
+        from models.ngpt import normalize_weights_
+        normalize_weights_(model)
+    return loss
+
+
 @torch.no_grad()
 def heldout_perplexity(model: torch.nn.Module, tokens: np.ndarray, seq: int, batch: int = 16,
                        limit: int | None = None) -> float:
@@ -211,14 +225,7 @@ def train(family: str, d_model: int, n_layers: int, d_ff: int, steps: int, seed:
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup)
-        loss = lm_loss(model, sample_batch(tokens, rng, batch, seq))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if family == "ngpt":
-            from models.ngpt import normalize_weights_
-            normalize_weights_(model)
+        loss = train_step(model, opt, family, sample_batch(tokens, rng, batch, seq))
         losses.append(loss.item())
         if (step + 1) % 10 == 0 or step == 0:
             curve.append([step + 1, round(float(np.mean(losses[-10:])), 4)])
