@@ -105,7 +105,18 @@ def test_tiny_sweep_trains_analyzes_keeps_and_resumes(tmp_path):
     shutil.rmtree(work / "gpt2_w128_s0")
     (reports / "training" / "gpt2_w32_s0.json").unlink()
     (work / "gpt2_w32_s0" / "train.json").unlink()  # as if killed before training finished
+    # the budget check (a probe that trains, exports and analyzes, and writes nothing) runs on a fresh
+    # folder on the second core while the interrupted sweep resumes on the first
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    check = subprocess.Popen([sys.executable, "-m", "models.scaling_families", *TINY, "--seeds", "0", "1", "2",
+                              "--budget-check", "--reports", str(fresh / "reports"), "--work", str(fresh / "work")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     again = recipe_cli(*TINY, tmp_path=tmp_path)
+    check_out, check_err = check.communicate(timeout=600)
+    assert check.returncode == 0, check_err
+    assert "0 done, 9 to run" in check_out and "estimate (CPU time" in check_out and "gpt2_w32_s2" in check_out
+    assert not any(p.is_file() for p in fresh.rglob("*"))  # it wrote nothing
     assert again.returncode == 0, again.stdout + again.stderr
     assert "4 done, 2 to run" in again.stdout and "2 of 2 models done" in again.stdout
     assert (work / "gpt2_w64_s1" / "train.json").read_text() == trained  # analyzed again, not retrained
@@ -117,7 +128,6 @@ def test_tiny_sweep_trains_analyzes_keeps_and_resumes(tmp_path):
     # other settings under the same name are refused; the budget check prints an estimate
     other = recipe_cli(*TINY, "--steps", "4", tmp_path=tmp_path)
     assert other.returncode != 0 and "other settings (steps)" in other.stderr
-    check = recipe_cli(*TINY, "--seeds", "0", "1", "2", "--budget-check", tmp_path=tmp_path)
-    assert check.returncode == 0, check.stderr
-    assert "6 done, 3 to run" in check.stdout and "estimate (CPU time" in check.stdout
-    assert "gpt2_w32_s2" in check.stdout and not (reports / "training" / "gpt2_w32_s2.json").exists()
+    plan = recipe_cli(*TINY, "--seeds", "0", "1", "2", "--dry-run", tmp_path=tmp_path)
+    assert "6 done, 3 to run" in plan.stdout and "gpt2_w32_s2" in plan.stdout
+    assert not (reports / "training" / "gpt2_w32_s2.json").exists()
