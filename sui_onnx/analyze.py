@@ -133,7 +133,8 @@ def resolve_encoder(src, requested: Path | None) -> Path | None:
     beside it); None for every other model. Errors say what to pass."""
     from .graph.source import resolve_model_path
     from .layout import ENCODER_FILE
-    from .runner import companion_encoder, is_encoder_states_input
+    from .layout import companion_encoder
+    from .runner import is_encoder_states_input
 
     flag = option("encoder")
     inits = {i.name for i in src.model.graph.initializer}

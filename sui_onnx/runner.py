@@ -32,15 +32,6 @@ _ENCODER_STATES = re.compile(r"^encoder_(hidden_states|outputs?)$", re.IGNORECAS
 _CROSS_PAST = re.compile(r"(\.encoder\.|cross)", re.IGNORECASE)  # cached cross-attention keys/values
 
 
-def companion_encoder(model: Path | None) -> Path | None:
-    """The encoder optimum writes beside a seq2seq decoder (``model`` a file or its folder), if any."""
-    if model is None:
-        return None
-    model = Path(model)
-    candidate = (model if model.is_dir() else model.parent) / ENCODER_FILE
-    return candidate if candidate.is_file() else None
-
-
 def is_encoder_states_input(name: str) -> bool:
     """True for the input of a seq2seq decoder (T5, BART, ...) that takes the encoder's output."""
     return bool(_ENCODER_STATES.match(name))

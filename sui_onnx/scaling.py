@@ -25,15 +25,13 @@ import numpy as np
 from ._version import __version__
 from .errors import SuiError, option
 from .report import Report, json_safe
+from .defaults import DEFAULT_MIN_R2, DEFAULT_SEED_KEY, DEFAULT_TAU  # noqa: F401 (re-exported)
 from .student_t import betainc, student_t_quantile, student_t_sf  # noqa: F401 (re-exported)
 
 SCHEMA = "sui-onnx/scaling"
 SCHEMA_VERSION = 2  # 2: seeds pooled per width (per_width, seed_fits, inputs.seeds), low_r2 flags
-DEFAULT_TAU = 0.05
 CONFIDENCE = 0.95
 MIN_WIDTHS = 3
-DEFAULT_MIN_R2 = 0.95  # fits with a lower R^2 are flagged: not a clean power law (the goal for soft rank)
-DEFAULT_SEED_KEY = "seed"
 # Jha & Reagen (EMNLP 2025), GPT-2 160M, AdamW, D = 768..6144, site post: shown as a labelled comparison
 # row of the fits table, never as a result
 PAPER_REFERENCE = {"caption": "paper = Jha & Reagen (EMNLP 2025), GPT-2 160M at D = 768..6144: for comparison, "

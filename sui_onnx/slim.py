@@ -23,8 +23,8 @@ from typing import Sequence
 
 import numpy as np
 
-METHODS = ("id", "variance")
-DEFAULT_RIDGE = 1e-3  # relative to the mean variance of the kept neurons (docs/slim.md: measured)
+from .defaults import DEFAULT_RIDGE, METHODS  # noqa: F401 (re-exported)
+
 _PIVOT_TOL = 1e-10  # residual variance below this share of the largest is treated as zero
 
 

@@ -23,14 +23,13 @@ from . import __version__
 if TYPE_CHECKING:
     import onnx
 from .errors import SuiError, option
+from .defaults import DEFAULT_MAX_LOSS, SCHEDULES  # noqa: F401 (re-exported)
 from .slim import (DEFAULT_RIDGE, METHODS, Refit, Selection, WeightedMoments, allocate, norm_weights, projection,
                    refit, select)
 
 SLIM_SCHEMA = "sui-onnx/slim"
 SLIM_SCHEMA_VERSION = 1
-SCHEDULES = ("uniform", "per-layer")
 LADDER = ((1, 8), (1, 4), (1, 2), (3, 4))  # report --eval: widths D/8, D/4, D/2, 3D/4
-DEFAULT_MAX_LOSS = 0.01  # nats per token
 
 
 def aligned(width: int, ratio: float, align: int) -> int:

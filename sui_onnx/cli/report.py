@@ -6,11 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
+from ..layout import companion_encoder
 
-from ..runner import companion_encoder
-
-from ..slimming import DEFAULT_MAX_LOSS
+from ..defaults import DEFAULT_MAX_LOSS
 from .options import (TokenProgress, add_analysis_args, positive_int, analysis_options, calibration_spec, guard_outputs, make_console, model_argument, nonnegative_number, write_text_atomic)
 
 
@@ -153,6 +151,8 @@ def write_outputs(report, args: argparse.Namespace) -> None:
 
 def save_spectra(path: Path, report) -> None:
     """Eigenvalues per layer (descending) as layer_<i>, with tensor names and token counts."""
+    import numpy as np
+
     from .options import write_bytes_atomic
 
     arrays = {

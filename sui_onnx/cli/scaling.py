@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SuiError
-from ..scaling import DEFAULT_MIN_R2, DEFAULT_SEED_KEY, DEFAULT_TAU
+from ..defaults import DEFAULT_MIN_R2, DEFAULT_SEED_KEY, DEFAULT_TAU
 from .options import (TokenProgress, add_analysis_args, analysis_options, calibration_spec, guard_outputs, make_console,
                       positive_number, unit_number, write_text_atomic)
 

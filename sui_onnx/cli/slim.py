@@ -24,8 +24,7 @@ the model will serve). See docs/slim.md."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..slim import DEFAULT_RIDGE, METHODS
-    from ..slimming import SCHEDULES
+    from ..defaults import DEFAULT_RIDGE, METHODS, SCHEDULES
 
     p = sub.add_parser(
         "slim",

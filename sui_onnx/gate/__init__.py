@@ -18,15 +18,24 @@ value equal to its limit passes, drops computed as differences included.
 
 from __future__ import annotations
 
-from .config import MAX_CONFIG_BYTES, find_pyproject, load_config, thresholds_from_config
-from .evaluate import (Check, GateResult, calibration_digests, check_comparable, evaluate, fmt_value, summarize_checks,
-                       worst)
-from .formats import (artifact_uri, escape_workflow_data, escape_workflow_property, github_annotations,
-                      report_json_lines, to_junit, to_sarif)
-from .rules import (DEFAULT_DROP_METRICS, DEFAULT_MAX_DROP, DROP_METRICS, HIGHER_IS_WORSE, LIMIT_KEYS, METRIC_LABELS,
-                    RESULT_SCHEMA, RESULT_SCHEMA_VERSION, RULES, SARIF_SCHEMA_URI, SCOPES, STATUS_ERRORS, STATUS_STARVED,
-                    STATUS_WARNINGS, TOLERANCE, Rule, drop_rule_id, limit_rule_id)
-from .thresholds import CONFIG_KEYS, VALIDATORS, Thresholds, validate_value
+from importlib import import_module
+from typing import Any
+
+# Each name is loaded from its submodule on first use (PEP 562): the CLI's parser reads the
+# defaults of ``rules`` and the validators of ``thresholds`` without loading the report model that
+# ``evaluate`` needs.
+_LAZY = {
+    **dict.fromkeys(("MAX_CONFIG_BYTES", "find_pyproject", "load_config", "thresholds_from_config"), "config"),
+    **dict.fromkeys(("Check", "GateResult", "calibration_digests", "check_comparable", "evaluate", "fmt_value",
+                     "summarize_checks", "worst"), "evaluate"),
+    **dict.fromkeys(("artifact_uri", "escape_workflow_data", "escape_workflow_property", "github_annotations",
+                     "report_json_lines", "to_junit", "to_sarif"), "formats"),
+    **dict.fromkeys(("DEFAULT_DROP_METRICS", "DEFAULT_MAX_DROP", "DROP_METRICS", "HIGHER_IS_WORSE", "LIMIT_KEYS",
+                     "METRIC_LABELS", "RESULT_SCHEMA", "RESULT_SCHEMA_VERSION", "RULES", "SARIF_SCHEMA_URI", "SCOPES",
+                     "STATUS_ERRORS", "STATUS_STARVED", "STATUS_WARNINGS", "TOLERANCE", "Rule", "drop_rule_id",
+                     "limit_rule_id"), "rules"),
+    **dict.fromkeys(("CONFIG_KEYS", "VALIDATORS", "Thresholds", "validate_value"), "thresholds"),
+}
 
 __all__ = [
     "CONFIG_KEYS", "DEFAULT_DROP_METRICS", "DEFAULT_MAX_DROP", "DROP_METRICS", "HIGHER_IS_WORSE", "LIMIT_KEYS",
@@ -37,3 +46,16 @@ __all__ = [
     "load_config", "report_json_lines", "summarize_checks", "thresholds_from_config", "to_junit", "to_sarif",
     "validate_value", "worst",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
