@@ -6,17 +6,15 @@ Public API (stable):
     CovarianceAccumulator, Spectrum, save_accumulators, load_accumulators
         -- streaming, mergeable covariance per tap
 
-Importing the package imports nothing else and changes nothing in the process: each name is
-loaded from its module on first use (PEP 562). The CLI sets its environment where it starts
+Importing the package imports nothing but its version and the lazy-name helper (lazy.py), and
+changes nothing in the process: each name is loaded from its module on first use (PEP 562). The CLI sets its environment where it starts
 (sui_onnx.cli.main).
 """
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
-
 from ._version import __version__
+from .lazy import lazy_names
 
 _LAZY = {
     "SuiError": "errors",
@@ -36,14 +34,4 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
-    globals()[name] = value  # once loaded, a plain attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
