@@ -7,8 +7,8 @@ Public API (stable):
         -- streaming, mergeable covariance per tap
 
 Importing the package imports nothing but its version and the lazy-name helper (lazy.py), and
-changes nothing in the process: each name is loaded from its module on first use (PEP 562). The CLI sets its environment where it starts
-(sui_onnx.cli.main).
+changes nothing in the process: each name is loaded from its module on first use (PEP 562).
+The CLI sets its environment where it starts (sui_onnx.cli.main).
 """
 
 from __future__ import annotations
