@@ -267,36 +267,17 @@ def _advice(report: Report) -> str:
 
 
 def _measured(report: Report) -> str:
-    m = report.advice.measured
-    current = report.advice.current_width
-    names = ", ".join(_e(str(s.get("path", "?")).rsplit("/", 1)[-1]) for s in m.eval or [])
-    if m.recommended_width is not None:
-        head = (f"Recommended FFN width <b>{m.recommended_width}</b> of {current} ({_e(m.recommended_label)}): "
-                f"measured dCE within {m.max_loss_increase} nats/token on {names}; saves "
-                f"{m.ffn_param_saving:.0%} of FFN parameters.")
-    else:
-        head = (f"No measured width keeps dCE within {m.max_loss_increase} nats/token on {names}: keep {current} "
-                "(or allow more with --max-loss-increase).")
-    rows = []
-    for row in m.ladder or []:
-        widths = row.widths
-        w = str(widths[0]) if len(set(widths)) == 1 else f"{min(widths)}..{max(widths)}"
-        slim = row.slim["worst_delta_ce"]
-        ok = slim is not None and slim <= m.max_loss_increase
-        top1 = [s["top1"] for s in row.slim["sources"] if s.get("top1") is not None]
-        rows.append([_e(row.label), w, f"{row.ffn_param_saving:.0%}", _delta(row.projection["worst_delta_ce"]),
-                     f'<span class="{"pass" if ok else "fail"}">{_delta(slim)}</span>',
-                     f"{100 * min(top1):.1f}%" if top1 else "–"])
-    warnings = "".join(f'<p class="note">{_e(w)}</p>' for w in m.warnings or [])
+    from .ladder import measured_view
+
+    view = measured_view(report)
+    before, width, after = view.headline
+    head = _e(before[:1].upper() + before[1:]) + (f"<b>{_e(width)}</b>" if width else "") + _e(after) + "."
+    rows = [[f'<span class="{c.status}">{_e(c.text or "–")}</span>' if c.status else _e(c.text or "–") for c in row]
+            for row in view.rows]
+    warnings = "".join(f'<p class="note">{_e(w)}</p>' for w in view.warnings)
+    legend = _e(view.legend).replace("`sui-onnx slim`", "<code>sui-onnx slim</code>")
     return (f'<div class="box"><p><b>Measured</b>: {head}</p><p class="hint">scroll the table sideways →</p>'
-            + _table(["width", "neurons", "FFN saved", "dCE projection", "dCE slim", "top-1 slim"], rows)
-            + '<p class="sub">dCE: held-out cross-entropy increase in nats/token, worst eval source; projection = the '
-              "top principal directions only (full width, saves nothing); slim = the narrower FFN "
-              "<code>sui-onnx slim</code> writes.</p>" + warnings + "</div>")
-
-
-def _delta(value: float | None) -> str:
-    return "–" if value is None else f"{value:+.4f}"
+            + _table(list(view.columns), rows) + f'<p class="sub">{legend}.</p>' + warnings + "</div>")
 
 
 def _plots(report: Report) -> str:

@@ -134,6 +134,26 @@ def test_report_html_shows_the_measured_ladder(measured):
     assert f"recommended {m['recommended_width']} (measured)" in path.read_text(encoding="utf-8")
 
 
+def test_an_encoders_measured_ladder_shows_cosines_everywhere_and_recommends_nothing(tmp_path):
+    """An encoder has no logits: terminal, HTML and markdown all show the hidden-state cosine and
+    relative error of each ladder width (one definition, sui_onnx.ladder), and none claims a dCE."""
+    encoder = ROOT / "tests" / "fixtures" / "bert_w128"
+    r = cli("report", encoder, "--tokens", 2000, "--seq-len", 32, "--eval", HELDOUT, "--eval-tokens", 500,
+            "--html", tmp_path / "r.html", "--json", tmp_path / "r.json", "--markdown", tmp_path / "r.md")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "r.json").read_text())["advice"]["measured"]
+    assert m["kind"] == "encoder" and m["recommended_width"] is None and m["ladder"]
+    words = assert_self_contained((tmp_path / "r.html").read_text(encoding="utf-8")).words
+    markdown = (tmp_path / "r.md").read_text(encoding="utf-8")
+    terminal = " ".join(r.stdout.split())
+    for text in (words, markdown, terminal):
+        assert "no width is recommended" in text and "dCE within" not in text and "keep 128" not in text
+        assert "cos proj" in text and "cos slim" in text and "err slim" in text
+        for row in m["ladder"]:
+            assert f"{row['slim']['worst_cosine']:.5f}" in text and f"{row['slim']['worst_rel_error']:.4f}" in text
+            assert f"{row['projection']['worst_cosine']:.5f}" in text
+
+
 def test_report_html_on_thin_data_withholds_the_advice(tmp_path):
     r = cli("report", MODEL, "--tokens", 300, "--seq-len", 50, "--html", tmp_path / "r.html", "-q")
     assert r.returncode == 0, r.stderr

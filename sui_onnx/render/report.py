@@ -264,54 +264,23 @@ def advice_panel(report: Report) -> Panel:
 
 
 def measured_panel(report: Report) -> Panel:
-    """The measured ladder: dCE of the projection (what the spectrum allows) and of slim (a
-    narrower FFN without retraining), worst over the eval sources, and the recommendation; for an
-    encoder (no logits) the hidden states' cosine and relative error against the original."""
-    m = report.advice.measured
-    current = report.advice.current_width
-    encoder = m.kind == "encoder"
+    """The measured ladder (sui_onnx.ladder): dCE of the projection (what the spectrum allows) and of
+    slim (a narrower FFN without retraining), worst over the eval sources, and the recommendation;
+    for an encoder (no logits) the hidden states' cosine and relative error against the original."""
+    from ..ladder import measured_view
+
+    view = measured_view(report)
     t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
-    cols = (("cos proj", "cos slim", "err slim") if encoder else ("dCE projection", "dCE slim", "top-1"))
-    for name, justify in (("width", "left"), ("", "right"), ("FFN saved", "right")) + tuple((c, "right") for c in cols):
-        t.add_column(name, justify=justify, no_wrap=True)
-    for row in m.ladder or []:
-        widths = row.widths
-        w = str(widths[0]) if len(set(widths)) == 1 else f"{min(widths)}..{max(widths)}"
-        if encoder:
-            cells = [_num(row.projection.get("worst_cosine"), ".5f"), _num(row.slim.get("worst_cosine"), ".5f"),
-                     _num(row.slim.get("worst_rel_error"), ".4f")]
-        else:
-            slim_ok = row.slim["worst_delta_ce"] is not None and row.slim["worst_delta_ce"] <= m.max_loss_increase
-            top1 = [s["top1"] for s in row.slim["sources"] if s.get("top1") is not None]
-            cells = [_delta(row.projection["worst_delta_ce"]),
-                     Text(_delta(row.slim["worst_delta_ce"]), style="green" if slim_ok else "red"),
-                     f"{100 * min(top1):.1f}%" if top1 else "-"]
-        t.add_row(escape(row.label), w, f"{row.ffn_param_saving:.0%}", *cells)
-    names = escape(", ".join(str(s.get("path", "?")).rsplit("/", 1)[-1] for s in m.eval or []))
-    if encoder:
-        head = ("an encoder (no logits): the ladder compares the last hidden state with the original's (worst eval "
-                "source); there is no loss to bound, so no width is recommended")
-    elif m.recommended_width is not None:
-        head = (f"recommended FFN width [bold]{m.recommended_width}[/] of {current} ({escape(m.recommended_label)}): "
-                f"measured dCE within {m.max_loss_increase} nats/token on {names}; saves "
-                f"{m.ffn_param_saving:.0%} of FFN parameters")
-    else:
-        head = (f"no measured width keeps dCE within {m.max_loss_increase} nats/token on {names}: keep {current} "
-                "(or allow more with --max-loss-increase)")
-    legend = ("cos: mean per-token cosine of the last hidden state (proj: projection); err: its relative L2 error" if encoder else
-              "dCE: held-out cross-entropy increase in nats/token, worst eval source; projection = the top "
-              "principal directions only (full width, saves nothing); slim = the narrower FFN `sui-onnx slim` writes")
-    notes = [Text.from_markup(head), t, Text(legend, style="dim")]
-    notes += [Text(f"warning: {w}", style="yellow") for w in m.warnings or []]
+    for i, name in enumerate(view.columns):
+        t.add_column(name, justify="left" if i == 0 else "right", no_wrap=True)
+    for row in view.rows:
+        t.add_row(*(Text(c.text if c.text is not None else "-", style={"pass": "green", "fail": "red"}.get(c.status, ""))
+                    for c in row))
+    before, width, after = view.headline
+    head = escape(before) + (f"[bold]{escape(width)}[/]" if width else "") + escape(after)
+    notes = [Text.from_markup(head), t, Text(view.legend, style="dim")]
+    notes += [Text(f"warning: {w}", style="yellow") for w in view.warnings]
     return Panel(Group(*notes), title="width advice (measured)", title_align="left", box=box.ROUNDED)
-
-
-def _num(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _delta(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.4f}"
 
 
 def command_path(path: Any) -> str:
@@ -420,15 +389,17 @@ def to_markdown(report: Report) -> str:
             f"{_fmt(x.sui, '.3f')} | " + "".join(f"{_fmt(e.get(key), 'd')} | " for key in keys) + f"{x.status} |"
         )
     if a.measured:
-        m = a.measured
-        rec = (f"**{m.recommended_width}** of {a.current_width} ({m.recommended_label}, saves "
-               f"{m.ffn_param_saving:.0%} of FFN parameters)" if m.recommended_width is not None
-               else f"keep {a.current_width} (no measured width within the limit)")
-        out += ["", f"**Width advice** (measured, dCE <= {m.max_loss_increase} nats/token on every eval source): {rec}.",
-                "", "| width | FFN saved | dCE projection | dCE slim |", "|:--|---:|---:|---:|"]
-        for row in m.ladder or []:
-            out.append(f"| {row.label} ({max(row.widths)}) | {row.ffn_param_saving:.0%} | "
-                       f"{_delta(row.projection['worst_delta_ce'])} | {_delta(row.slim['worst_delta_ce'])} |")
+        from ..ladder import measured_view
+
+        view = measured_view(report)
+        before, width, after = view.headline
+        head = (before[:1].upper() + before[1:]) + (f"**{width}**" if width else "") + after
+        out += ["", f"**Width advice** (measured): {head}.", "", "| " + " | ".join(view.columns) + " |",
+                "|:--|" + "---:|" * (len(view.columns) - 1)]
+        out += ["| " + " | ".join(c.text if c.text is not None else "–" for c in row) + " |" for row in view.rows]
+        out += ["", f"{view.legend}."] if view.rows else []
+        for w in view.warnings:
+            out += ["", f"Warning: {w}."]
     elif a.withheld:
         out += ["", f"**Width advice withheld**: {a.withheld.reason}. The metrics above are biased low."]
     elif a.recommended_width is not None:
