@@ -132,8 +132,7 @@ def resolve_encoder(src, requested: Path | None) -> Path | None:
     """The encoder a seq2seq decoder needs (``requested``, else optimum's ``encoder_model.onnx``
     beside it); None for every other model. Errors say what to pass."""
     from .graph.source import resolve_model_path
-    from .layout import ENCODER_FILE
-    from .layout import companion_encoder
+    from .layout import ENCODER_FILE, companion_encoder
     from .runner import is_encoder_states_input
 
     flag = option("encoder")

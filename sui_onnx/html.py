@@ -9,6 +9,7 @@ import platform
 from html import escape
 from typing import Any, Sequence
 
+from .ladder import measured_view
 from .report import Report
 from .svg import Ref, Series, chart, fitted, layer_color, thin
 
@@ -267,8 +268,6 @@ def _advice(report: Report) -> str:
 
 
 def _measured(report: Report) -> str:
-    from .ladder import measured_view
-
     view = measured_view(report)
     before, width, after = view.headline
     head = _e(before[:1].upper() + before[1:]) + (f"<b>{_e(width)}</b>" if width else "") + _e(after) + "."

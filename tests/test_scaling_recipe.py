@@ -22,9 +22,13 @@ TINY = ["--families", "gpt2", "--widths", "32", "64", "128", "--seeds", "0", "1"
         "--text", "shipped", "--calib-tokens", "1024", "--eval-every", "2", "--name", "tiny"]
 
 
+def recipe_argv(*args: str, tmp_path: Path) -> list[str]:
+    return [sys.executable, "-m", "models.scaling_families", *args, "--reports", str(tmp_path / "reports"),
+            "--work", str(tmp_path / "work")]
+
+
 def recipe_cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "models.scaling_families", *args, "--reports", str(tmp_path / "reports"),
-                           "--work", str(tmp_path / "work")], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    return subprocess.run(recipe_argv(*args, tmp_path=tmp_path), capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
 def test_defaults_are_the_settings_issue_20_measured():
@@ -109,8 +113,7 @@ def test_tiny_sweep_trains_analyzes_keeps_and_resumes(tmp_path):
     # folder on the second core while the interrupted sweep resumes on the first
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    check = subprocess.Popen([sys.executable, "-m", "models.scaling_families", *TINY, "--seeds", "0", "1", "2",
-                              "--budget-check", "--reports", str(fresh / "reports"), "--work", str(fresh / "work")],
+    check = subprocess.Popen(recipe_argv(*TINY, "--seeds", "0", "1", "2", "--budget-check", tmp_path=fresh),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     again = recipe_cli(*TINY, tmp_path=tmp_path)
     check_out, check_err = check.communicate(timeout=600)
@@ -125,7 +128,7 @@ def test_tiny_sweep_trains_analyzes_keeps_and_resumes(tmp_path):
     assert not (work / "gpt2_w128_s0").exists()  # done: its reports are kept, nothing redone
     assert "6 done, 0 to run" in recipe_cli(*TINY, "--dry-run", tmp_path=tmp_path).stdout
 
-    # other settings under the same name are refused; the budget check prints an estimate
+    # other settings under the same name are refused; a longer seed list is planned on top of what is done
     other = recipe_cli(*TINY, "--steps", "4", tmp_path=tmp_path)
     assert other.returncode != 0 and "other settings (steps)" in other.stderr
     plan = recipe_cli(*TINY, "--seeds", "0", "1", "2", "--dry-run", tmp_path=tmp_path)

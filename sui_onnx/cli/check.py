@@ -14,8 +14,7 @@ from pathlib import Path
 
 from .. import gate
 from ..errors import ConfigError, SuiError
-from ..layout import MODEL_FILE
-from ..layout import companion_encoder
+from ..layout import MODEL_FILE, companion_encoder
 from .options import (TokenProgress, add_analysis_args, analysis_options, calibration_spec, guard_outputs, make_console, write_text_atomic)
 from .report import warn_unfilled_budget
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..layout import companion_encoder
-
 from ..defaults import DEFAULT_MAX_LOSS
+from ..layout import companion_encoder
 from .options import (TokenProgress, add_analysis_args, positive_int, analysis_options, calibration_spec, guard_outputs, make_console, model_argument, nonnegative_number, write_text_atomic)
 
 

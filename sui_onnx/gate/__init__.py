@@ -36,15 +36,7 @@ _LAZY = {
     **dict.fromkeys(("CONFIG_KEYS", "VALIDATORS", "Thresholds", "validate_value"), "thresholds"),
 }
 
-__all__ = [
-    "CONFIG_KEYS", "DEFAULT_DROP_METRICS", "DEFAULT_MAX_DROP", "DROP_METRICS", "HIGHER_IS_WORSE", "LIMIT_KEYS",
-    "MAX_CONFIG_BYTES", "METRIC_LABELS", "RESULT_SCHEMA", "RESULT_SCHEMA_VERSION", "RULES", "SARIF_SCHEMA_URI", "SCOPES",
-    "STATUS_ERRORS", "STATUS_STARVED", "STATUS_WARNINGS", "TOLERANCE", "VALIDATORS", "Check", "GateResult", "Rule",
-    "Thresholds", "artifact_uri", "calibration_digests", "check_comparable", "drop_rule_id", "escape_workflow_data",
-    "escape_workflow_property", "evaluate", "find_pyproject", "fmt_value", "github_annotations", "limit_rule_id",
-    "load_config", "report_json_lines", "summarize_checks", "thresholds_from_config", "to_junit", "to_sarif",
-    "validate_value", "worst",
-]
+__all__ = sorted(_LAZY)
 
 
 __getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())

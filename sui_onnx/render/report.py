@@ -12,6 +12,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from ..ladder import measured_view
 from ..layout import MODEL_FILE
 from ..safeio import markup as escape, printable
 
@@ -267,8 +268,6 @@ def measured_panel(report: Report) -> Panel:
     """The measured ladder (sui_onnx.ladder): dCE of the projection (what the spectrum allows) and of
     slim (a narrower FFN without retraining), worst over the eval sources, and the recommendation;
     for an encoder (no logits) the hidden states' cosine and relative error against the original."""
-    from ..ladder import measured_view
-
     view = measured_view(report)
     t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
     for i, name in enumerate(view.columns):
@@ -389,8 +388,6 @@ def to_markdown(report: Report) -> str:
             f"{_fmt(x.sui, '.3f')} | " + "".join(f"{_fmt(e.get(key), 'd')} | " for key in keys) + f"{x.status} |"
         )
     if a.measured:
-        from ..ladder import measured_view
-
         view = measured_view(report)
         before, width, after = view.headline
         head = (before[:1].upper() + before[1:]) + (f"**{width}**" if width else "") + after
