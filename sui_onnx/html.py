@@ -9,7 +9,7 @@ import platform
 from html import escape
 from typing import Any, Sequence
 
-from .ladder import measured_view
+from .ladder import code_spans, estimate_view, measured_view, sentence, withheld_note
 from .report import Report
 from .svg import Ref, Series, chart, fitted, layer_color, thin
 
@@ -244,33 +244,32 @@ def _legend(report: Report) -> str:
             f"<li>{_e(TYPICAL)}; gate a model against its own baseline rather than a fixed bar</li></ul></details>")
 
 
-def _advice(report: Report) -> str:
-    from .render import counted_text
+def _note(text: str) -> str:
+    """A view's sentence as HTML: escaped, its `code` marks as <code>."""
+    return "".join(f"<code>{_e(part)}</code>" if code else _e(part) for part, code in code_spans(sentence(text)))
 
-    a = report.advice
-    if a.measured:
-        return _measured(report) + (f'<p class="note">Calibration: {_e(a.withheld.reason)} (the {a.estimate_key()} '
-                                    "estimate was not measured).</p>" if a.withheld else "")
-    if a.withheld:
-        return (f'<div class="box"><p class="fail">Width advice withheld: {_e(a.withheld.reason)}</p>'
-                "<p>The spectra of starved layers are biased low: a width read from them would be too narrow.</p></div>")
-    if a.recommended_width is None:
-        return '<div class="box"><p>No usable layer: no width advice.</p></div>'
-    needed = a.needed_width if "needed_width" in a else a.recommended_width
-    return (
-        '<div class="box"><p><b>Estimate</b> (variance kept, unmeasured): '
-        f"k{round(100 * a.q)} needs <b>{needed}</b> of {a.current_width} "
-        f"neurons; {a.recommended_width} after rounding up to a multiple of {a.align if 'align' in a else 64}.</p>"
-        f"<p>Counted: {_e(counted_text(a))}; the worst layer loses {a.max_variance_lost:.2%} of its variance.</p>"
-        '<p class="note">A compressibility estimate, not a deployable width: accuracy must be measured '
-        "(<code>--eval HELDOUT</code>, or <code>sui-onnx slim --eval</code>). A narrower FFN without retraining costs "
-        "more than the variance it drops.</p></div>")
+
+def _advice(report: Report) -> str:
+    if report.advice.measured:
+        note = withheld_note(report)
+        return _measured(report) + (f'<p class="note">{_note(note)}.</p>' if note else "")
+    view = estimate_view(report)
+    before, width, after = view.headline
+    if view.kind == "withheld":
+        return (f'<div class="box"><p class="fail">{_e(sentence(before) + after)}</p>'
+                + "".join(f"<p>{_note(n)}.</p>" for n in view.notes) + "</div>")
+    if view.kind == "none":
+        return f'<div class="box"><p>{_e(sentence(before))}.</p></div>'
+    *notes, caveat = view.notes
+    return ('<div class="box"><p><b>Estimate</b> (variance kept, unmeasured): '
+            f"{_e(before)}<b>{_e(width)}</b>{_e(after)}.</p>" + "".join(f"<p>{_note(n)}.</p>" for n in notes)
+            + f'<p class="note">{_note(caveat)}.</p></div>')
 
 
 def _measured(report: Report) -> str:
     view = measured_view(report)
     before, width, after = view.headline
-    head = _e(before[:1].upper() + before[1:]) + (f"<b>{_e(width)}</b>" if width else "") + _e(after) + "."
+    head = _e(sentence(before)) + (f"<b>{_e(width)}</b>" if width else "") + _e(after) + "."
     rows = [[f'<span class="{c.status}">{_e(c.text or "–")}</span>' if c.status else _e(c.text or "–") for c in row]
             for row in view.rows]
     warnings = "".join(f'<p class="note">{_e(w)}</p>' for w in view.warnings)

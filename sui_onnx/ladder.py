@@ -1,16 +1,29 @@
-"""What the measured width advice says, once, for both renderers (the terminal's rich panel in
-render/report.py and the HTML report in html.py): the headline, the ladder's columns and cells with
-their pass/fail status, the legend and the warnings, as plain text. Each renderer only escapes,
-emphasizes and colours. Decoders are measured by dCE against the original; encoders (no logits) by
-the cosine and relative error of their last hidden state, and get no recommended width."""
+"""What the width advice says, once, for the three renderers (the terminal's rich panel and the
+markdown in render/report.py, the HTML report in html.py), as plain text; each renderer only
+escapes, emphasizes and colours.
+
+- ``measured_view``: the measured advice (``report --eval``): the headline, the ladder's columns and
+  cells with their pass/fail status, the legend and the warnings. Decoders are measured by dCE
+  against the original; encoders (no logits) by the cosine and relative error of their last hidden
+  state, and get no recommended width.
+- ``estimate_view``: the unmeasured advice: the k_q estimate with what it counted and why it is not
+  a deployable width, or why the advice is withheld, or that there is none.
+
+In the notes a command or option is marked `like this`: markdown keeps the backticks, HTML makes
+them code, the terminal drops them (``code_spans``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .report import Report
+    from .report import Advice, Report
+
+CAVEAT = ("a compressibility estimate, not a deployable width: accuracy must be measured (`sui-onnx report --eval "
+          "HELDOUT` or `sui-onnx slim --eval HELDOUT`); a narrower FFN without retraining costs more than the "
+          "variance it drops")
+STARVED = "the spectra of starved layers are biased low: a width read from them would be too narrow"
 
 
 @dataclass(frozen=True)
@@ -27,6 +40,77 @@ class LadderView:
     rows: tuple[tuple[Cell, ...], ...]
     legend: str
     warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EstimateView:
+    kind: str                       # "estimate" | "withheld" | "none"
+    headline: tuple[str, str, str]  # (before, emphasized, after): the emphasized part is the needed width
+    notes: tuple[str, ...]          # sentences after the headline; `...` marks a command or option
+
+
+def sentence(text: str) -> str:
+    """``text`` with its first letter capitalized (the views are lower case, as in the terminal)."""
+    return text[:1].upper() + text[1:]
+
+
+def code_spans(text: str) -> list[tuple[str, bool]]:
+    """``text`` split at its backticks into (part, is_code) pairs."""
+    return [(part, i % 2 == 1) for i, part in enumerate(text.split("`")) if part]
+
+
+def listing(items: list[Any], most: int = 6) -> str:
+    shown = ", ".join(str(x) for x in items[:most])
+    return shown + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
+def counted_text(a: Advice, report: Report | None = None) -> str:
+    """Which layers the width advice counted, in words."""
+    counted = a.counted or {}
+    layers = counted.get("layers")
+    n = len(layers) if isinstance(layers, list) else None
+    quantile = a.quantile if a.quantile is not None else 1.0
+    if n is None:  # a report written before "counted" existed
+        return "every usable layer" if quantile >= 1.0 else f"the {quantile:.0%} quantile of layers"
+    excluded = counted.get("excluded") or 0
+    total = n + excluded
+    if quantile >= 1.0:
+        text = f"all {n} usable layers" if n > 1 else "the one usable layer"
+        if counted.get("set_by") is not None and n > 1:
+            text += f" (layer {counted['set_by']} sets it)"
+    else:
+        above = counted.get("above_needed") or []
+        text = f"the {quantile:.0%} quantile of {n} layers"
+        if above:
+            text += f"; layer{'s' if len(above) > 1 else ''} {listing(above)} need{'' if len(above) > 1 else 's'} more"
+    if excluded:
+        text += f"; {excluded} of {total} layers excluded (no usable spectrum)"
+    return text
+
+
+def estimate_view(report: Report) -> EstimateView:
+    """The unmeasured advice of ``report`` (for a report without ``report.advice.measured``)."""
+    a = report.advice
+    if a.withheld:
+        return EstimateView("withheld", ("width advice withheld: ", "", a.withheld.reason), (STARVED,))
+    if not a or a.recommended_width is None:
+        return EstimateView("none", ("no usable layer: no width advice", "", ""), ())
+    needed = a.needed_width if "needed_width" in a else a.recommended_width
+    align = a.align if "align" in a else 64
+    return EstimateView("estimate", (f"k{round(100 * a.q)} needs ", str(needed),
+                                     f" of {a.current_width} neurons; {a.recommended_width} after rounding up to a "
+                                     f"multiple of {align}"),
+                        (f"counted: {counted_text(a)}; the worst layer loses {a.max_variance_lost:.2%} of its variance",
+                         CAVEAT))
+
+
+def withheld_note(report: Report) -> str | None:
+    """For measured advice over a calibration too thin for the estimate: why the k_q estimate was not
+    measured (None otherwise)."""
+    a = report.advice
+    if not (a.measured and a.withheld):
+        return None
+    return f"calibration: {a.withheld.reason} (the {a.estimate_key()} estimate was not measured)"
 
 
 def _num(value: float | None, spec: str) -> str | None:

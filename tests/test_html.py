@@ -154,6 +154,32 @@ def test_an_encoders_measured_ladder_shows_cosines_everywhere_and_recommends_not
             assert f"{row['projection']['worst_cosine']:.5f}" in text
 
 
+@pytest.mark.parametrize("tokens", [2000, 300], ids=["estimate", "withheld"])
+def test_the_unmeasured_advice_says_the_same_in_terminal_html_and_markdown(tokens, tmp_path):
+    """Without --eval the advice is an estimate (or withheld): the terminal, HTML and markdown give
+    the same numbers and the same caveat, naming both commands that measure it (one definition,
+    sui_onnx.ladder.estimate_view)."""
+    r = cli("report", MODEL, "--tokens", tokens, "--seq-len", 50, "--html", tmp_path / "r.html",
+            "--markdown", tmp_path / "r.md", "--json", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    a = json.loads((tmp_path / "r.json").read_text())["advice"]
+    html = assert_self_contained((tmp_path / "r.html").read_text(encoding="utf-8")).words
+    md = re.sub(r"[*`]", "", (tmp_path / "r.md").read_text(encoding="utf-8"))
+    term = " ".join(r.stdout.replace("│", " ").split())  # the panel's lines joined again
+    for text in (html, md, term):
+        low = text.lower()
+        if a.get("withheld"):
+            assert f"width advice withheld: {a['withheld']['reason']}".lower() in low
+            assert "biased low: a width read from them would be too narrow" in low
+            assert "k95 needs" not in low and "not a deployable width" not in low
+        else:
+            assert f"k95 needs {a['needed_width']} of 128 neurons; {a['recommended_width']} after rounding up to a multiple of 64" in text
+            assert f"the worst layer loses {a['max_variance_lost']:.2%} of its variance" in text
+            assert "a compressibility estimate, not a deployable width: accuracy must be measured" in low
+            assert "sui-onnx report --eval heldout" in low and "sui-onnx slim --eval heldout" in low
+            assert "saves" not in low.split("width advice")[-1]
+
+
 def test_report_html_on_thin_data_withholds_the_advice(tmp_path):
     r = cli("report", MODEL, "--tokens", 300, "--seq-len", 50, "--html", tmp_path / "r.html", "-q")
     assert r.returncode == 0, r.stderr

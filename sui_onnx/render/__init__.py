@@ -8,9 +8,10 @@ terminal (their ``__rich__`` calls in here, so ``console.print(result)`` works):
 
 from __future__ import annotations
 
-from .report import (TYPICAL, advice_panel, bar, command_path, counted_text, flags_note, header, layer_table, legend,
-                     legend_lines, measured_panel, next_steps, next_text, report_renderable, seq_text, short_path,
-                     to_markdown, unfilled_budget)
+from ..ladder import counted_text
+from .report import (TYPICAL, advice_panel, bar, command_path, flags_note, header, layer_table, legend, legend_lines,
+                     measured_panel, next_steps, next_text, report_renderable, seq_text, short_path, to_markdown,
+                     unfilled_budget)
 
 __all__ = [
     "TYPICAL", "advice_panel", "bar", "check_renderable", "command_path", "counted_text", "flags_note", "header",

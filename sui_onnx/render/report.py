@@ -12,12 +12,12 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ..ladder import measured_view
+from ..ladder import code_spans, estimate_view, listing as _list, measured_view, sentence, withheld_note
 from ..layout import MODEL_FILE
 from ..safeio import markup as escape, printable
 
 if TYPE_CHECKING:  # report imports this module (Report.__rich__), never the other way round
-    from ..report import Advice, CalibrationInfo, Report
+    from ..report import CalibrationInfo, Report
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # sui_onnx/
 _STATUS_STYLE = {"ok": "green", "low_tokens": "yellow", "rank_capped": "yellow", "degenerate": "red", "non_finite": "red"}
@@ -205,30 +205,6 @@ def legend(report: Report) -> Text:
     return out
 
 
-def counted_text(a: Advice, report: Report | None = None) -> str:
-    """Which layers the width advice counted, in words."""
-    counted = a.counted or {}
-    layers = counted.get("layers")
-    n = len(layers) if isinstance(layers, list) else None
-    quantile = a.quantile if a.quantile is not None else 1.0
-    if n is None:  # a report written before "counted" existed
-        return "every usable layer" if quantile >= 1.0 else f"the {quantile:.0%} quantile of layers"
-    excluded = counted.get("excluded") or 0
-    total = n + excluded
-    if quantile >= 1.0:
-        text = f"all {n} usable layers" if n > 1 else "the one usable layer"
-        if counted.get("set_by") is not None and n > 1:
-            text += f" (layer {counted['set_by']} sets it)"
-    else:
-        above = counted.get("above_needed") or []
-        text = f"the {quantile:.0%} quantile of {n} layers"
-        if above:
-            text += f"; layer{'s' if len(above) > 1 else ''} {_list(above)} need{'' if len(above) > 1 else 's'} more"
-    if excluded:
-        text += f"; {excluded} of {total} layers excluded (no usable spectrum)"
-    return text
-
-
 def _span(layers: list[int]) -> str:
     """0-3 for consecutive layers, else a short list."""
     if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
@@ -236,31 +212,23 @@ def _span(layers: list[int]) -> str:
     return _list(layers)
 
 
-def _list(items: list[Any], most: int = 6) -> str:
-    shown = ", ".join(str(x) for x in items[:most])
-    return shown + (f" and {len(items) - most} more" if len(items) > most else "")
+def _plain(text: str) -> str:
+    """A view's note for the terminal: rich markup escaped, the `code` marks dropped."""
+    return escape("".join(part for part, _ in code_spans(text)))
 
 
 def advice_panel(report: Report) -> Panel:
-    a = report.advice
-    if a.withheld and not a.measured:
-        w = a.withheld
-        lines = [f"[red]width advice withheld: {escape(w.reason)}[/]",
-                 "the spectra of starved layers are biased low: a width read from them would be too narrow"]
-        return Panel("\n".join(lines), title="width advice (withheld)", title_align="left", box=box.ROUNDED)
-    if not a or a.recommended_width is None and not a.measured:
-        return Panel("no usable layer: no width advice", title="width advice", title_align="left")
-    if a.measured:
+    if report.advice.measured:
         return measured_panel(report)
-    needed = a.needed_width if "needed_width" in a else a.recommended_width
-    lines = [
-        f"k{round(100 * a.q)} needs [bold]{needed}[/] of "
-        f"{a.current_width} neurons; {a.recommended_width} after rounding up to a multiple of "
-        f"{a.align if 'align' in a else 64}",
-        f"counted: {escape(counted_text(a))}; worst layer loses {a.max_variance_lost:.2%} of its variance",
-        "[yellow]an estimate, not a deployable width: accuracy must be measured (--eval HELDOUT, or sui-onnx "
-        "slim --eval); a narrower FFN without retraining costs more than the variance it drops[/]",
-    ]
+    view = estimate_view(report)
+    before, width, after = view.headline
+    if view.kind == "withheld":
+        lines = [f"[red]{escape(before + after)}[/]", *map(_plain, view.notes)]
+        return Panel("\n".join(lines), title="width advice (withheld)", title_align="left", box=box.ROUNDED)
+    if view.kind == "none":
+        return Panel(escape(before), title="width advice", title_align="left")
+    *notes, caveat = view.notes
+    lines = [escape(before) + f"[bold]{escape(width)}[/]" + escape(after), *map(_plain, notes), f"[yellow]{_plain(caveat)}[/]"]
     return Panel("\n".join(lines), title="width advice (estimate)", title_align="left", box=box.ROUNDED)
 
 
@@ -346,10 +314,9 @@ def report_renderable(report: Report) -> Group:
     if note is not None:
         parts.append(note)
     parts.append(advice_panel(report))
-    a = report.advice
-    if a.measured and a.withheld:
-        parts.append(Text(f"calibration: {a.withheld.reason} (the {a.estimate_key()} estimate was not measured)",
-                          style="yellow"))
+    note = withheld_note(report)
+    if note is not None:
+        parts.append(Text(note, style="yellow"))
     parts.append(next_text(report))
     return Group(*parts)
 
@@ -390,24 +357,24 @@ def to_markdown(report: Report) -> str:
     if a.measured:
         view = measured_view(report)
         before, width, after = view.headline
-        head = (before[:1].upper() + before[1:]) + (f"**{width}**" if width else "") + after
+        head = sentence(before) + (f"**{width}**" if width else "") + after
         out += ["", f"**Width advice** (measured): {head}.", "", "| " + " | ".join(view.columns) + " |",
                 "|:--|" + "---:|" * (len(view.columns) - 1)]
         out += ["| " + " | ".join(c.text if c.text is not None else "–" for c in row) + " |" for row in view.rows]
         out += ["", f"{view.legend}."] if view.rows else []
         for w in view.warnings:
             out += ["", f"Warning: {w}."]
-    elif a.withheld:
-        out += ["", f"**Width advice withheld**: {a.withheld.reason}. The metrics above are biased low."]
-    elif a.recommended_width is not None:
-        needed = a.needed_width if "needed_width" in a else a.recommended_width
-        out += [
-            "",
-            f"**Width estimate** (unmeasured): k{round(100 * a.q)} needs {needed} "
-            f"of {a.current_width} neurons, {a.recommended_width} aligned (counted: {counted_text(a)}; worst layer "
-            f"loses {a.max_variance_lost:.2%} of variance). A compressibility estimate, not a deployable width: measure "
-            "it with `sui-onnx report --eval HELDOUT` or `sui-onnx slim --eval HELDOUT`. Assumptions: "
-            + "; ".join(a.assumptions or []) + ".",
-        ]
+        note = withheld_note(report)
+        if note is not None:
+            out += ["", f"{sentence(note)}."]
+    else:
+        view = estimate_view(report)
+        before, width, after = view.headline
+        notes = "".join(f" {sentence(n)}." for n in view.notes)
+        if view.kind == "withheld":
+            out += ["", f"**{sentence(before.rstrip(': '))}**: {after}.{notes}"]
+        elif view.kind == "estimate":
+            out += ["", f"**Width estimate** (unmeasured): {before}**{width}**{after}.{notes} Assumptions: "
+                    + "; ".join(a.assumptions or []) + "."]
     out.append("")
     return "\n".join(out)
