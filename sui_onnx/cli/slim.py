@@ -137,6 +137,11 @@ def run(args: argparse.Namespace) -> int:
         uniform = study.uniform_widths(args.width, args.ratio, args.align)
         request = {"width": args.width} if args.width is not None else {"ratio": args.ratio}
     variant = build(widths_for(uniform))
+    if list(variant.widths) == list(study.widths):
+        asked = f"--width {args.width}" if args.width is not None else f"--ratio {args.ratio}" if args.ratio is not None \
+            else "the search"
+        warnings.append(f"{asked} keeps every layer at its full FFN width ({_widths(study.widths)}): nothing was removed; "
+                        "the model written has the same FFNs, their down projections refitted")
     evaluation = None
     if evaluator is not None:
         evaluator.kl = True  # the written model is measured in full, KL included
@@ -164,6 +169,10 @@ def run(args: argparse.Namespace) -> int:
 
             console.print(f"[yellow]warning: {escape(w)}[/yellow]")
     return 0
+
+
+def _widths(widths: list[int]) -> str:
+    return str(widths[0]) if len(set(widths)) == 1 else f"{min(widths)}..{max(widths)}"
 
 
 def _guard_out_dir(out_dir: Path, inputs: list[Path]) -> None:
