@@ -93,7 +93,13 @@ def _recipe_lines(recipe: dict[str, Any], folder: Path) -> list[str]:
             f"decay {s.get('weight_decay')}; nGPT lr {s.get('ngpt_lr')}, weight decay {s.get('ngpt_weight_decay')}) "
             f"on `{texts.get('train', {}).get('path')}`. Calibration: {s.get('calib_tokens'):,} tokens per model "
             f"(the same at every width) on the held-out text `{texts.get('heldout', {}).get('path')}` and on the "
-            f"training text. Reports: `{_rel(folder)}/`; command: `{recipe.get('command', '?')}`."]
+            f"training text. Reports: `{_rel(folder)}/`; {_commands(recipe)}."]
+
+
+def _commands(recipe: dict) -> str:
+    """The command(s) that made the set (recipe.json "commands"; "command" in sets made before it)."""
+    commands = recipe.get("commands") or [recipe.get("command", "?")]
+    return ("command: " if len(commands) == 1 else "commands: ") + ", then ".join(f"`{c}`" for c in commands)
 
 
 def _rel(path: Path) -> str:

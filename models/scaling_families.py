@@ -220,9 +220,13 @@ def write_recipe(recipe: Recipe, paths: Paths, settings: dict[str, Any], argv: l
     old = json.loads(path.read_text()) if path.is_file() else {}
     sweep = {k: sorted(set(old.get("sweep", {}).get(k, [])) | set(getattr(recipe, k)), key=lambda v: (str(type(v)), v))
              for k in ("families", "widths", "seeds")}
+    # every command that added models to the set, in order (the sweep is their union)
+    commands = list(old.get("commands") or ([old["command"]] if old.get("command") else []))
+    command = shlex.join(["python", "-m", "models.scaling_families", *argv])
+    if command not in commands:
+        commands.append(command)
     _write_json(path, {"recipe": recipe.name, "settings": settings, "digest": digest(settings), "sweep": sweep,
-                       "command": shlex.join(["python", "-m", "models.scaling_families", *argv]),
-                       "versions": _versions()})
+                       "commands": commands, "versions": _versions()})
 
 
 def _versions() -> dict[str, str]:

@@ -68,6 +68,31 @@ def test_dry_run_prints_the_plan(tmp_path):
     assert "note: 3 widths over 4x" in short.stdout and "note: one seed" in short.stdout
 
 
+def test_recipe_json_keeps_every_command_that_added_to_the_set(tmp_path):
+    """A set grown by a second command (here another family) records the union of the sweeps and
+    both commands in order; running a command again adds nothing; a set written before "commands"
+    keeps its one "command" as the first."""
+    from types import SimpleNamespace
+
+    from models.scaling_families import write_recipe
+
+    paths = SimpleNamespace(reports=tmp_path)
+    settings = {"steps": 3}
+    first, second = ["--families", "gpt2", "--widths", "32", "64"], ["--families", "ngpt", "--widths", "64", "128"]
+    write_recipe(Recipe(families=("gpt2",), widths=(32, 64), seeds=(0,)), paths, settings, first)
+    write_recipe(Recipe(families=("ngpt",), widths=(64, 128), seeds=(1,)), paths, settings, second)
+    write_recipe(Recipe(families=("ngpt",), widths=(64, 128), seeds=(1,)), paths, settings, second)
+    d = json.loads((tmp_path / "recipe.json").read_text())
+    assert d["sweep"] == {"families": ["gpt2", "ngpt"], "widths": [32, 64, 128], "seeds": [0, 1]}
+    assert d["commands"] == ["python -m models.scaling_families " + " ".join(a) for a in (first, second)]
+    assert "command" not in d
+    old = {"recipe": "x", "settings": settings, "sweep": {}, "command": "python -m models.scaling_families --jobs 2"}
+    (tmp_path / "recipe.json").write_text(json.dumps(old))
+    write_recipe(Recipe(families=("gpt2",), widths=(32,), seeds=(0,)), paths, settings, first)
+    assert json.loads((tmp_path / "recipe.json").read_text())["commands"] == [
+        old["command"], "python -m models.scaling_families " + " ".join(first)]
+
+
 @pytest.mark.export
 @pytest.mark.slow
 def test_tiny_sweep_trains_analyzes_keeps_and_resumes(tmp_path):
