@@ -86,13 +86,15 @@ SETS = ROOT / "models" / "reports" / "scaling"
 NO_RECIPE = pytest.mark.skipif(not (RECIPE_SET / "heldout").is_dir(),
                                reason="the issue-20 recipe reports are not committed (python -m models.scaling_families)")
 # (recipe set, family) pairs whose committed reports the goals are checked on: the default recipe
-# (600 steps) for every paper family, and `bytes1800` (the same settings trained 3x longer) for GPT-2
-GOAL_RUNS = [("bytes", "gpt2"), ("bytes", "llama"), ("bytes", "ngpt"), ("bytes1800", "gpt2")]
+# (600 steps) for every paper family, and `bytes1800` (the same settings trained 3x longer) for
+# GPT-2 and nGPT
+GOAL_RUNS = [("bytes", "gpt2"), ("bytes", "llama"), ("bytes", "ngpt"), ("bytes1800", "gpt2"), ("bytes1800", "ngpt")]
 # The soft-rank goal as the committed reports measure it (docs/results.md): strict, so a recipe that
 # comes to meet it makes this list fail until it is updated.
 SOFT_R2_UNMET = {
     ("bytes", "gpt2"): "GPT-2's soft rank stops growing at D = 768 in 600 steps: R^2 0.83 (bytes1800 meets it)",
     ("bytes", "ngpt"): "nGPT: soft R^2 0.948 on held-out text (0.959 on training-distribution text)",
+    ("bytes1800", "ngpt"): "nGPT at 1800 steps: soft R^2 0.940 on held-out text (0.954 on training-distribution text)",
 }
 
 
