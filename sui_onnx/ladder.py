@@ -15,7 +15,7 @@ them code, the terminal drops them (``code_spans``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
     from .report import Advice, Report
@@ -59,12 +59,17 @@ def code_spans(text: str) -> list[tuple[str, bool]]:
     return [(part, i % 2 == 1) for i, part in enumerate(text.split("`")) if part]
 
 
+def width_span(widths: Sequence[int]) -> str:
+    """Per-layer widths in a few characters: "128" when every layer has it, else "64..128"."""
+    return str(widths[0]) if len(set(widths)) == 1 else f"{min(widths)}..{max(widths)}"
+
+
 def listing(items: list[Any], most: int = 6) -> str:
     shown = ", ".join(str(x) for x in items[:most])
     return shown + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
-def counted_text(a: Advice, report: Report | None = None) -> str:
+def counted_text(a: Advice) -> str:
     """Which layers the width advice counted, in words."""
     counted = a.counted or {}
     layers = counted.get("layers")
@@ -136,8 +141,6 @@ def measured_view(report: Report) -> LadderView:
     measures = ("cos proj", "cos slim", "err slim") if encoder else ("dCE projection", "dCE slim", "top-1 slim")
     rows = []
     for row in m.ladder or []:
-        widths = row.widths
-        w = str(widths[0]) if len(set(widths)) == 1 else f"{min(widths)}..{max(widths)}"
         if encoder:
             cells = (Cell(_num(row.projection.get("worst_cosine"), ".5f")), Cell(_num(row.slim.get("worst_cosine"), ".5f")),
                      Cell(_num(row.slim.get("worst_rel_error"), ".4f")))
@@ -147,7 +150,7 @@ def measured_view(report: Report) -> LadderView:
             cells = (Cell(_num(row.projection.get("worst_delta_ce"), "+.4f")),
                      Cell(_num(slim, "+.4f"), "pass" if slim is not None and slim <= m.max_loss_increase else "fail"),
                      Cell(f"{100 * min(top1):.1f}%" if top1 else None))
-        rows.append((Cell(row.label), Cell(w), Cell(f"{row.ffn_param_saving:.0%}"), *cells))
+        rows.append((Cell(row.label), Cell(width_span(row.widths)), Cell(f"{row.ffn_param_saving:.0%}"), *cells))
     legend = ("cos: mean per-token cosine of the last hidden state (proj: projection); err: its relative L2 error"
               if encoder else
               "dCE: held-out cross-entropy increase in nats/token, worst eval source; projection = the top "

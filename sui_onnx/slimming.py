@@ -23,6 +23,7 @@ from . import __version__
 if TYPE_CHECKING:
     import onnx
 from .errors import SuiError, option
+from .ladder import width_span
 from .defaults import DEFAULT_MAX_LOSS, SCHEDULES  # noqa: F401 (re-exported)
 from .slim import (DEFAULT_RIDGE, METHODS, Refit, Selection, WeightedMoments, allocate, norm_weights, projection,
                    refit, select)
@@ -182,7 +183,7 @@ class SlimStudy:
             raise SuiError(f"need one width per FFN layer ({len(self.widths)}), got {len(widths)}")
         fits = self.refits(widths, method)
         edits = {i: LayerEdit(r.keep, r.weight, r.bias_delta) for i, (r, _, _) in enumerate(fits)}
-        return Variant(label or f"{method} {_widths_label(widths)}", "slim", method, list(widths),
+        return Variant(label or f"{method} w={width_span(widths)}", "slim", method, list(widths),
                        self.surgery.apply(edits), [r.keep for r, _, _ in fits], [s for _, s, _ in fits],
                        [a for _, _, a in fits])
 
@@ -194,7 +195,7 @@ class SlimStudy:
         for i, k in enumerate(ranks):
             r = projection(self.cov[i], self.mean[i], self.weights[i], int(k))
             edits[i] = LayerEdit(r.keep, r.weight, r.bias_delta)
-        return Variant(label or f"projection {_widths_label(ranks)}", "projection", "projection", list(ranks),
+        return Variant(label or f"projection w={width_span(ranks)}", "projection", "projection", list(ranks),
                        self.surgery.apply(edits))
 
     # -- counts ------------------------------------------------------------------------------
@@ -212,11 +213,6 @@ def total_parameters(model: onnx.ModelProto) -> int:
 
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
     return int(sum(int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer if t.data_type in floats))
-
-
-def _widths_label(widths: Sequence[int]) -> str:
-    w = sorted(set(int(x) for x in widths))
-    return f"w={w[0]}" if len(w) == 1 else f"w={min(w)}..{max(w)}"
 
 
 def worst_delta(result) -> float | None:

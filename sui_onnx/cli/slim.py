@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate import Evaluator, ModelInput
     from ..graph.source import file_sha256, resolve_model_path
     from ..graph.surgery import write_model_folder
+    from ..ladder import width_span
     from ..slimming import SlimStudy, eval_summary, search_width, slim_record, worst_delta
 
     model = resolve_model_path(args.model)
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     if list(variant.widths) == list(study.widths):
         asked = f"--width {args.width}" if args.width is not None else f"--ratio {args.ratio}" if args.ratio is not None \
             else "the search"
-        warnings.append(f"{asked} keeps every layer at its full FFN width ({_widths(study.widths)}): nothing was removed; "
+        warnings.append(f"{asked} keeps every layer at its full FFN width ({width_span(study.widths)}): nothing was removed; "
                         "the model written has the same FFNs, their down projections refitted")
     evaluation = None
     if evaluator is not None:
@@ -169,10 +170,6 @@ def run(args: argparse.Namespace) -> int:
 
             console.print(f"[yellow]warning: {escape(w)}[/yellow]")
     return 0
-
-
-def _widths(widths: list[int]) -> str:
-    return str(widths[0]) if len(set(widths)) == 1 else f"{min(widths)}..{max(widths)}"
 
 
 def _guard_out_dir(out_dir: Path, inputs: list[Path]) -> None:
@@ -219,6 +216,8 @@ def summary(record: dict, evaluation: dict | None):
     from rich.panel import Panel
     from rich.table import Table
 
+    from ..ladder import width_span
+
     layers = record["layers"]
     before = sorted({x["width_before"] for x in layers})
     after = [x["width_after"] for x in layers]
@@ -226,7 +225,7 @@ def summary(record: dict, evaluation: dict | None):
     lines = [
         f"[bold]wrote[/]  {escape(str(record['model']['path']))}",
         f"[bold]widths[/] {'/'.join(map(str, before))} -> "
-        + (str(after[0]) if len(set(after)) == 1 else f"{min(after)}..{max(after)} per layer (sum {sum(after)})")
+        + width_span(after) + ("" if len(set(after)) == 1 else f" per layer (sum {sum(after)})")
         + f" · method {record['method']} · schedule {record['schedule']}",
         f"[bold]params[/] FFN {p['ffn_before']:,} -> {p['ffn_after']:,} ({1 - p['ffn_after'] / max(p['ffn_before'], 1):.0%} fewer) · "
         f"total {p['total_before']:,} -> {p['total_after']:,} ({1 - p['total_after'] / max(p['total_before'], 1):.0%} fewer)",
