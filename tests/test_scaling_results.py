@@ -17,7 +17,8 @@ from sui_onnx.report import LayerResult, Report, load_report
 from sui_onnx.scaling import scaling_analysis
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE_SET = ROOT / "models" / "reports" / "scaling" / "bytes"  # models/scaling_families.py's default --name
+SETS = ROOT / "models" / "reports" / "scaling"  # one folder per recipe set (--name)
+RECIPE_SET = SETS / "bytes"  # models/scaling_families.py's default --name
 
 
 def results_cli(*args: str) -> subprocess.CompletedProcess:
@@ -82,7 +83,6 @@ def test_generator_states_the_fits_seeds_and_loss_of_a_known_set(tmp_path):
     assert stale.returncode == 1 and "out of date" in stale.stderr
 
 
-SETS = ROOT / "models" / "reports" / "scaling"
 NO_RECIPE = pytest.mark.skipif(not (RECIPE_SET / "heldout").is_dir(),
                                reason="the issue-20 recipe reports are not committed (python -m models.scaling_families)")
 # (recipe set, family) pairs whose committed reports the goals are checked on: the default recipe
