@@ -1,6 +1,7 @@
 """Held-out loss of a model, alone or against a reference: what narrowing an FFN costs.
 
-A decoder (an output named ``logits`` or ``*logits``, [B, L, V]) is scored by next-token
+A decoder (an output named ``logits`` or ``*logits``, [B, L, V]; or, unnamed, the float
+[B, L, V] output whose V is the row count of the embedding table) is scored by next-token
 cross-entropy in nats per prediction, with the reference also by the paired CE difference,
 KL(reference || model) and top-1 agreement. An encoder (hidden states only) is compared with its
 reference by per-token cosine similarity and relative error. Each eval source is measured on its
@@ -193,6 +194,9 @@ def _encoder_window(h: np.ndarray, ref: np.ndarray, rows: int) -> tuple[float, f
 
 
 # -- sessions ----------------------------------------------------------------------------------
+_FLOAT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)")
+
+
 def _rank(shape: Any) -> int | None:
     return len(shape) if isinstance(shape, (list, tuple)) else None
 
@@ -218,7 +222,10 @@ def _embedding_rows(model: Any) -> int | None:
 class _Session:
     """One model's onnxruntime session, its feeds and the output eval reads (logits or hidden states)."""
 
-    def __init__(self, model: ModelInput, default_label: str, device: str, threads: int | None):
+    def __init__(self, model: ModelInput, default_label: str, device: str, threads: int | None,
+                 like: "_Session | None" = None):
+        """``like``: the reference session; a model that has the output the reference reads is read
+        the same way (a narrowed copy held in memory need not be parsed again to be classified)."""
         from .runner import FeedBuilder, create_session
 
         if (model.path is None) == (model.data is None):
@@ -254,13 +261,20 @@ class _Session:
         outputs = self.session.get_outputs()
         logits = [o for o in outputs if o.name.lower().endswith("logits") and _rank(o.shape) in (3, None)]
         logits.sort(key=lambda o: o.name != "logits")
-        if logits:
+        if not logits and vocab_rows is not None:
+            # unnamed logits (torch.onnx.export without output_names calls them after the last op):
+            # a float [batch, seq, V] output with V the rows of the embedding table
+            logits = [o for o in outputs if o.type in _FLOAT_TYPES and _rank(o.shape) == 3
+                      and _static(o.shape[-1]) == vocab_rows]
+        same = [o for o in outputs if like is not None and o.name == like.output]
+        if same:
+            self.kind, out = like.kind, same[0]
+        elif logits:
             self.kind, out = "decoder", logits[0]
         else:
             self.kind = "encoder"
             named = [o for o in outputs if o.name == "last_hidden_state"]
-            floats = [o for o in outputs if o.type in ("tensor(float)", "tensor(float16)", "tensor(double)")
-                      and _rank(o.shape) == 3]
+            floats = [o for o in outputs if o.type in _FLOAT_TYPES and _rank(o.shape) == 3]
             if not (named or floats):
                 raise ModelError(f"{where}: no logits output and no float [batch, seq, hidden] output to compare")
             out = (named or floats)[0]
@@ -352,7 +366,7 @@ class Evaluator:
     def measure(self, model: ModelInput) -> EvalResult:
         """Run ``model`` (and the reference) over every source; per-source and pooled numbers."""
         started = time.perf_counter()
-        m = _Session(model, "model", self.device, self.threads)
+        m = _Session(model, "model", self.device, self.threads, like=self.reference)
         ref = self.reference
         if ref is not None and ref.kind != m.kind:
             raise ModelError(f"{m.where} is {'a' if m.kind == 'decoder' else 'an'} {m.kind} and {ref.where} "

@@ -130,6 +130,24 @@ def test_without_reference_only_ce(tables, files):
     assert res.warnings == []  # held out (no calibration digests), and no reference: nothing to say
 
 
+def test_unnamed_logits_are_found_by_the_embedding_rows(tmp_path, tables, files):
+    """torch.onnx.export without output_names calls the logits after the last op ("linear_14"):
+    a float [B, L, V] output whose V is the embedding table's row count is still a decoder's logits,
+    a [B, L, H] one with H != rows is not, and a copy held in memory is read like its reference."""
+    E, R, ids, _ = tables
+    model = table_model(E, tmp_path / "m" / "model.onnx", output="linear_14")
+    ref = table_model(R, tmp_path / "r" / "model.onnx", output="linear_14")
+    res = evaluate(model, [files["ids"]], reference=ref)
+    want = reference_decoder_numbers(E, R, ids)
+    assert res.kind == "decoder" and res.model["output"] == "linear_14"
+    assert res.sources[0].delta_ce == pytest.approx(want["ce"] - want["ref_ce"], rel=1e-6)
+    in_memory = ModelInput(data=onnx.load(str(model)).SerializeToString(), label="copy")
+    got = Evaluator([files["ids"]], None, ModelInput(path=ref, label="original")).measure(in_memory)
+    assert got.kind == "decoder" and got.sources[0].kl == pytest.approx(want["kl"], rel=1e-6)
+    hidden = table_model(np.ones((11, 6), np.float32), tmp_path / "h" / "model.onnx", output="linear_14")
+    assert evaluate(hidden, [files["ids"]], reference=hidden).kind == "encoder"
+
+
 def test_npy_rows_of_two_tokens_score_one_prediction_each(tmp_path, tables, files):
     E, _, _, _ = tables
     ids = np.array([[1, 4], [4, 1], [10, 0]], dtype=np.int64)
