@@ -205,6 +205,9 @@ def _static(dim: Any) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
+_ID_PASSTHROUGH = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Cast", "Identity")
+
+
 def _embedding_rows(model: Any) -> int | None:
     """Rows of the table a Gather reads the token ids from (the vocabulary), when the graph says."""
     from .runner import FeedBuilder
@@ -213,6 +216,13 @@ def _embedding_rows(model: Any) -> int | None:
 
     ids = {i.name for i in model.graph.input if FeedBuilder.role(SimpleNamespace(name=i.name, shape=())) == "ids"}
     dims = {t.name: list(t.dims) for t in model.graph.initializer}
+    grown = True
+    while grown:  # the ids as they reach the Gather: reshaped or cast on the way (torch's dynamo exporter)
+        grown = False
+        for node in model.graph.node:
+            if node.op_type in _ID_PASSTHROUGH and node.input and node.input[0] in ids and node.output[0] not in ids:
+                ids.add(node.output[0])
+                grown = True
     for node in model.graph.node:
         if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] in ids and len(dims.get(node.input[0], [])) == 2:
             return int(dims[node.input[0]][0])

@@ -25,23 +25,29 @@ DATA = Path(str(resources.files("sui_onnx"))) / "data"
 
 # -- graphs and references written for these tests ---------------------------------------------
 def table_model(table: np.ndarray, path: Path, output: str = "logits", static_width: bool = True,
-                via_identity: bool = False, extra_inputs: bool = True) -> Path:
+                via_identity: bool = False, extra_inputs: bool = True, ids_reshaped: bool = False) -> Path:
     """input_ids [B, L] -> Gather(table) -> output [B, L, W]: the output at position t is table[ids[t]].
-    ``via_identity`` hides the table behind an Identity, so no graph shape tells its size."""
+    ``via_identity`` hides the table behind an Identity, so no graph shape tells its size;
+    ``ids_reshaped`` passes the ids through a Reshape first (as torch's dynamo exporter does)."""
     dtype = TensorProto.FLOAT16 if table.dtype == np.float16 else TensorProto.FLOAT
     width = table.shape[1] if static_width else "width"
-    nodes, src = [], "table"
+    nodes, src, ids = [], "table", "input_ids"
     if via_identity:
         nodes.append(helper.make_node("Identity", ["table"], ["table_id"]))
         src = "table_id"
-    nodes.append(helper.make_node("Gather", [src, "input_ids"], [output]))
+    extra = []
+    if ids_reshaped:
+        extra.append(numpy_helper.from_array(np.array([0, -1], np.int64), "ids_shape"))
+        nodes.append(helper.make_node("Reshape", ["input_ids", "ids_shape"], ["view"]))
+        ids = "view"
+    nodes.append(helper.make_node("Gather", [src, ids], [output]))
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])]
     if extra_inputs:  # declared but unused, as exports often are: the feeds must still be built
         inputs += [helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
                    helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "seq"])]
     graph = helper.make_graph(nodes, "table", inputs,
                               [helper.make_tensor_value_info(output, dtype, ["batch", "seq", width])],
-                              initializer=[numpy_helper.from_array(table, "table")])
+                              initializer=[numpy_helper.from_array(table, "table")] + extra)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,13 +138,16 @@ def test_without_reference_only_ce(tables, files):
 
 def test_unnamed_logits_are_found_by_the_embedding_rows(tmp_path, tables, files):
     """torch.onnx.export without output_names calls the logits after the last op ("linear_14"):
-    a float [B, L, V] output whose V is the embedding table's row count is still a decoder's logits,
+    a float [B, L, V] output whose V is the embedding table's row count (the ids reshaped on their
+    way to it or not) is still a decoder's logits,
     a [B, L, H] one with H != rows is not, and a copy held in memory is read like its reference."""
     E, R, ids, _ = tables
-    model = table_model(E, tmp_path / "m" / "model.onnx", output="linear_14")
+    model = table_model(E, tmp_path / "m" / "model.onnx", output="linear_14", ids_reshaped=True)
     ref = table_model(R, tmp_path / "r" / "model.onnx", output="linear_14")
-    res = evaluate(model, [files["ids"]], reference=ref)
     want = reference_decoder_numbers(E, R, ids)
+    alone = evaluate(model, [files["ids"]])  # its own graph says it: no reference to go by
+    assert alone.kind == "decoder" and alone.sources[0].ce == pytest.approx(want["ce"], rel=1e-6)
+    res = evaluate(model, [files["ids"]], reference=ref)
     assert res.kind == "decoder" and res.model["output"] == "linear_14"
     assert res.sources[0].delta_ce == pytest.approx(want["ce"] - want["ref_ce"], rel=1e-6)
     in_memory = ModelInput(data=onnx.load(str(model)).SerializeToString(), label="copy")
