@@ -11,8 +11,10 @@ maps d_ff back to d_model (the down-projection), captured with forward pre-hooks
 seq2seq models (T5, BART) run the encoder on the ids and the decoder on the same ids, so the
 encoder's layers come first. With ``--dynamo`` the single-graph models go through torch's own
 exporter (torch.export + onnxscript: no module-scoped node names, weights in external data). sui-onnx side: graph detection (`find_taps`), the tapped copy and
-`TapRunner` (with `encoder=` for the decoder), as `sui-onnx report` uses them. The export-marked
-tests/test_architectures.py runs this for every entry.
+`TapRunner` (with `encoder=` for the decoder), as `sui-onnx report` uses them. `slim_check` then
+narrows each single-graph export to half its width with slim's library (`SlimStudy`) and compares
+the narrowed ONNX model with `slim_reference`, the method written out again in PyTorch. The
+export-marked tests/test_architectures.py runs this for every entry.
 """
 
 from __future__ import annotations
@@ -197,9 +199,111 @@ def tap_activations(path: Path, ids: np.ndarray, encoder: Path | None = None) ->
     return widths, [np.array(o).reshape(-1, o.shape[-1]) for o in outs]
 
 
+def _down_modules(model: torch.nn.Module, arch: Arch) -> list[torch.nn.Module]:
+    """The d_ff -> d_model projections, in module order (the order `reference` hooks them in)."""
+    out = []
+    for module in model.modules():
+        linear = isinstance(module, torch.nn.Linear) and module.in_features == arch.d_ff and module.out_features != arch.d_ff
+        conv1d = type(module).__name__ == "Conv1D" and module.weight.shape[0] == arch.d_ff
+        if linear or conv1d:
+            out.append(module)
+    return out
+
+
+def _down_matrix(module: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    """W [D, m] and bias [m] (zeros when there is none) of a down projection, float64."""
+    w = module.weight.detach().double().numpy()
+    w = w.T if isinstance(module, torch.nn.Linear) else w  # Linear keeps [m, D], GPT-2's Conv1D [D, m]
+    b = module.bias.detach().double().numpy() if getattr(module, "bias", None) is not None else np.zeros(w.shape[1])
+    return w, b
+
+
+def _run(model: torch.nn.Module, arch: Arch, ids: np.ndarray) -> np.ndarray:
+    t = torch.from_numpy(ids)
+    with torch.no_grad():
+        out = model(input_ids=t)
+    return (out.logits if arch.kind == "causal" else out.last_hidden_state).double().numpy()
+
+
+def slim_reference(model: torch.nn.Module, arch: Arch, calib: np.ndarray, ids: np.ndarray, keep: list[np.ndarray],
+                   weighted: dict[int, str], ridge: float) -> np.ndarray:
+    """What the narrowed model must compute, from PyTorch alone: the method of docs/slim.md written
+    out again, on hooked down-projection inputs over ``calib``, for the neurons ``keep`` (per layer).
+    Layer i's FFN output becomes h_S B W + b + (mu - mu_S B) W with B = (C_SS + ridge tr(C_SS)/k I)^-1 C_S,:,
+    (mu, C) weighted per token by 1 / mean(y^2) (centred for "layer") in the ``weighted`` layers.
+    The up and gate projections are not sliced here: the kept neurons' values are the full model's,
+    so a narrowed graph must give the same output."""
+    downs = _down_modules(model, arch)
+    seen: dict[int, tuple[list, list]] = {i: ([], []) for i in range(len(downs))}
+
+    def grab(i):
+        def hook(_module, args, output):
+            seen[i][0].append(args[0].detach().double().reshape(-1, args[0].shape[-1]).numpy())
+            seen[i][1].append(output.detach().double().reshape(-1, output.shape[-1]).numpy())
+        return hook
+
+    handles = [m.register_forward_hook(grab(i)) for i, m in enumerate(downs)]
+    _run(model, arch, calib)
+    for h in handles:
+        h.remove()
+    fits = []
+    for i, module in enumerate(downs):
+        h, y = np.concatenate(seen[i][0]), np.concatenate(seen[i][1])
+        w_down, bias = _down_matrix(module)
+        wt = np.ones(len(h))
+        if i in weighted:
+            yc = y - y.mean(axis=1, keepdims=True) if weighted[i] == "layer" else y
+            wt = 1.0 / np.maximum((yc ** 2).mean(axis=1), 1e-12)
+            wt = np.minimum(wt, 1e3 * np.median(wt))
+        mu = wt @ h / wt.sum()
+        c = ((h - mu) * wt[:, None]).T @ (h - mu) / wt.sum()
+        s = np.sort(keep[i])
+        css = c[np.ix_(s, s)] + ridge * np.trace(c[np.ix_(s, s)]) / len(s) * np.eye(len(s))
+        b_mat = np.linalg.solve(css, c[s])
+        w_new = b_mat @ w_down
+        fits.append((s, w_new, bias + mu @ w_down - mu[s] @ w_new))
+
+    def replace(i):
+        def hook(_module, args, output):
+            s, w_new, b_new = fits[i]
+            h = args[0].detach().double()
+            return (h[..., s] @ torch.from_numpy(w_new) + torch.from_numpy(b_new)).to(output.dtype)
+        return hook
+
+    handles = [m.register_forward_hook(replace(i)) for i, m in enumerate(downs)]
+    try:
+        return _run(model, arch, ids)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def slim_check(model: torch.nn.Module, arch: Arch, path: Path, workdir: Path, ratio: float = 0.5) -> dict:
+    """sui-onnx slim's narrowed model of the export at ``path`` (calibrated on random ids) against
+    `slim_reference`: {"widths", "max_abs_diff", "scale"} on other random ids."""
+    from sui_onnx.analyze import AnalysisOptions
+    from sui_onnx.calib import CalibrationSpec
+    from sui_onnx.runner import FeedBuilder, create_session
+    from sui_onnx.slimming import SlimStudy
+
+    rng = np.random.default_rng(3)
+    calib = rng.integers(5, VOCAB, (48, 24)).astype(np.int64)
+    ids = rng.integers(5, VOCAB, (2, 24)).astype(np.int64)
+    np.save(workdir / "calib.npy", calib)
+    study = SlimStudy(path, CalibrationSpec([workdir / "calib.npy"]), AnalysisOptions(device="cpu"))
+    widths = study.uniform_widths(ratio=ratio, align=8)
+    variant = study.variant(widths, "id")
+    session, _ = create_session(variant.model.SerializeToString(), "cpu", external_folder=study.src.data_folder)
+    got = np.asarray(session.run(None, FeedBuilder(session.get_inputs())(ids))[0], dtype=np.float64)
+    want = slim_reference(model, arch, calib, ids, variant.keep, dict(study.weighting), study.ridge)
+    diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
+    return {"widths": [int(x.shape[0]) for x in variant.keep], "expected_widths": widths, "max_abs_diff": diff,
+            "scale": float(np.abs(want).max())}
+
+
 def check(arch: Arch, workdir: Path, exporter: str = "optimum") -> dict:
     """Export (``optimum`` or ``dynamo``), tap and compare: {"widths", "expected_widths",
-    "max_abs_diff", "files"}."""
+    "max_abs_diff", "files", "torch_model"}."""
     model = build(arch)
     ids = input_ids()
     ref = reference(model, arch, ids)
@@ -215,7 +319,7 @@ def check(arch: Arch, workdir: Path, exporter: str = "optimum") -> dict:
     diff = float("inf")
     if len(got) == len(ref) and all(g.shape == r.shape for g, r in zip(got, ref)):
         diff = max(float(np.abs(g - r).max()) for g, r in zip(got, ref))
-    return {"widths": widths, "expected_widths": expected, "max_abs_diff": diff, "files": files}
+    return {"widths": widths, "expected_widths": expected, "max_abs_diff": diff, "files": files, "torch_model": model}
 
 
 def main(argv: list[str] | None = None) -> int:

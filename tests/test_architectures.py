@@ -1,6 +1,7 @@
 """Graph detection and tapping on real optimum exports of 22 more Hugging Face architectures
 (decoders, encoders and the T5 / BART encoder-decoders), each against PyTorch hooks on the
-down-projection input. The recipe is models/architectures.py; needs the export stack."""
+down-projection input; and slim on every single-graph one, against the method computed in PyTorch.
+The recipe is models/architectures.py; needs the export stack."""
 
 from __future__ import annotations
 
@@ -27,6 +28,19 @@ def test_every_ffn_is_found_and_tapped_exactly(arch, tmp_path):
     res = zoo.check(arch, tmp_path)
     assert res["widths"] == res["expected_widths"], f"{arch.name}: detected widths {res['widths']}"
     assert res["max_abs_diff"] < zoo.TOLERANCE, f"{arch.name}: taps differ from the hooks by {res['max_abs_diff']:.3g}"
+    if arch.kind != "seq2seq":
+        assert_slims_like_pytorch(res, arch, tmp_path)
+
+
+def assert_slims_like_pytorch(res: dict, arch, tmp_path) -> None:
+    """slim's narrowed graph (up/gate columns and down rows sliced, the refit and the folded bias)
+    computes what the method computes on PyTorch's own activations."""
+    s = zoo.slim_check(res["torch_model"], arch, res["files"]["model"], tmp_path)
+    assert s["widths"] == s["expected_widths"] == [arch.d_ff // 2] * zoo.LAYERS
+    assert s["max_abs_diff"] < SLIM_TOLERANCE * max(1.0, s["scale"]), f"{arch.name}: slim differs by {s['max_abs_diff']:.3g}"
+
+
+SLIM_TOLERANCE = 2e-5  # float32 graphs against a float64 reference; a wrong neuron or no ridge gives >= 1e-4
 
 
 @pytest.mark.parametrize("name", ["qwen2", "gemma2", "phi", "falcon", "bloom", "roberta"])
@@ -39,6 +53,7 @@ def test_torch_dynamo_exports_are_found_and_tapped_exactly(name, tmp_path):
     assert (tmp_path / "model.onnx.data").is_file()
     assert res["widths"] == res["expected_widths"], f"{name}: detected widths {res['widths']}"
     assert res["max_abs_diff"] < zoo.TOLERANCE
+    assert_slims_like_pytorch(res, arch, tmp_path)
 
 
 def test_the_survey_fails_when_a_tap_is_wrong(tmp_path, monkeypatch):
@@ -53,6 +68,28 @@ def test_the_survey_fails_when_a_tap_is_wrong(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "tap_activations", shifted)
     res = zoo.check(zoo.BY_NAME["qwen2"], tmp_path)
     assert res["max_abs_diff"] >= zoo.TOLERANCE
+
+
+def test_the_slim_check_fails_on_a_wrong_neuron_or_a_missing_ridge(tmp_path, monkeypatch):
+    """The slim comparison can fail: a reference that keeps one other neuron in one layer, or
+    leaves out the ridge, must be told apart from slim's model."""
+    import numpy as np
+
+    arch = zoo.BY_NAME["qwen2"]
+    res = zoo.check(arch, tmp_path)
+    real = zoo.slim_reference
+
+    def one_neuron_off(model, arch_, calib, ids, keep, weighted, ridge):
+        other = np.setdiff1d(np.arange(arch_.d_ff), keep[-1])[0]
+        return real(model, arch_, calib, ids, keep[:-1] + [np.r_[keep[-1][1:], other]], weighted, ridge)
+
+    def no_ridge(model, arch_, calib, ids, keep, weighted, ridge):
+        return real(model, arch_, calib, ids, keep, weighted, 0.0)
+
+    for wrong in (one_neuron_off, no_ridge):
+        monkeypatch.setattr(zoo, "slim_reference", wrong)
+        s = zoo.slim_check(res["torch_model"], arch, res["files"]["model"], tmp_path)
+        assert s["max_abs_diff"] >= SLIM_TOLERANCE * max(1.0, s["scale"]), wrong.__name__
 
 
 def test_t5_kv_cache_exports_merged_decoder_equals_hooks_and_cache_only_decoder_is_refused(tmp_path):
