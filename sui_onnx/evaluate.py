@@ -229,6 +229,18 @@ def _embedding_rows(model: Any) -> int | None:
     return None
 
 
+def _cache_dims(src: Any) -> dict[str, dict[int, int]]:
+    """The sizes of KV-cache axes a session leaves symbolic (onnxruntime-genai's kv_cache_dim), {} when
+    the model has no such input."""
+    from .graph.tapped import model_cache_dims
+
+    shapes = [[d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
+              for i in src.model.graph.input if i.type.HasField("tensor_type")]
+    if not any(len(s) >= 3 and sum(d is None or d <= 0 for d in s) > 2 for s in shapes):
+        return {}
+    return model_cache_dims(src)
+
+
 class _Session:
     """One model's onnxruntime session, its feeds and the output eval reads (logits or hidden states)."""
 
@@ -249,6 +261,7 @@ class _Session:
             src = load_model(model.path, lean=True)  # vets the file and its external data; weights stay on disk
             self.path, self.sha256 = src.path, src.sha256
             vocab_rows = _embedding_rows(src.model)
+            pinned = _cache_dims(src)
             del src
             where = f"{self.label} {self.path}"
             arg: Path | bytes = self.path
@@ -256,13 +269,14 @@ class _Session:
             self.sha256 = hashlib.sha256(model.data).hexdigest()
             where = self.label
             arg = model.data
+            pinned = like.pinned if like is not None else {}  # a narrowed copy: attention untouched
         try:
             self.session, self.device = create_session(arg, device, threads, model.external_folder)
         except SuiError as exc:
             raise type(exc)(f"{where}: {exc}") from None
         self.where = where
         try:
-            self.feed = FeedBuilder(self.session.get_inputs())
+            self.feed = FeedBuilder(self.session.get_inputs(), pinned)
         except SuiError as exc:
             raise type(exc)(f"{where}: {exc}") from None
         if self.feed.needs_encoder:
@@ -291,6 +305,7 @@ class _Session:
         self.output = out.name
         self.width = _static(out.shape[-1]) if _rank(out.shape) == 3 else None  # None: seen on the first run
         self.vocab_rows = vocab_rows  # rows of the embedding table, when the graph says
+        self.pinned = pinned  # KV-cache axes the session leaves symbolic, sized from the graph / genai_config.json
 
     def info(self) -> dict:
         return {"label": self.label, "path": str(self.path) if self.path is not None else None,

@@ -163,8 +163,11 @@ def create_session(
 class FeedBuilder:
     """Builds a feed for every input the graph declares, from a [B, L] batch of token ids."""
 
-    def __init__(self, inputs: Sequence[Any]):
+    def __init__(self, inputs: Sequence[Any], pinned: dict[str, dict[int, int]] | None = None):
+        """``pinned``: {input: {axis: size}} for KV-cache axes the session leaves symbolic but the
+        graph or the model's configuration determines (graph.tapped.cache_input_dims)."""
         self.inputs = list(inputs)
+        self.pinned = {k: dict(v) for k, v in (pinned or {}).items()}
         for inp in self.inputs:
             if inp.type not in _ORT_TO_NUMPY:  # e.g. bfloat16, which NumPy cannot hold
                 raise CalibrationError(f"cannot feed model input {inp.name!r} of type {inp.type}")
@@ -175,7 +178,8 @@ class FeedBuilder:
                     "use_cache_branch and a seq2seq decoder's encoder_hidden_states"
                 )
             if self.role(inp) == "past":
-                symbolic = [d for d in inp.shape if not (isinstance(d, int) and d > 0)]
+                fixed = self.pinned.get(inp.name, {})
+                symbolic = [d for j, d in enumerate(inp.shape) if not (isinstance(d, int) and d > 0) and j not in fixed]
                 if len(symbolic) > 2:  # batch and past length are the only axes an empty cache may choose
                     raise CalibrationError(
                         f"cannot build an empty KV cache for model input {inp.name!r} (shape {inp.shape}): "
@@ -243,12 +247,15 @@ class FeedBuilder:
                 feeds[inp.name] = np.asarray(encoder_states, dtype=dtype)
         return feeds
 
-    @staticmethod
-    def _past_shape(inp: Any, batch: int) -> tuple[int, ...]:
-        """Length-0 past: fixed dims as declared, the first symbolic dim is the batch, the others 0."""
+    def _past_shape(self, inp: Any, batch: int) -> tuple[int, ...]:
+        """Length-0 past: fixed (or pinned) dims as declared, the first symbolic dim is the batch,
+        the others 0."""
         shape, seen_batch = [], False
-        for dim in inp.shape:
-            if isinstance(dim, int) and dim > 0:
+        fixed = self.pinned.get(inp.name, {})
+        for j, dim in enumerate(inp.shape):
+            if j in fixed:
+                shape.append(fixed[j])
+            elif isinstance(dim, int) and dim > 0:
                 shape.append(dim)
             elif not seen_batch:
                 shape.append(batch)

@@ -142,6 +142,44 @@ def test_genai_taps_and_report_through_the_cli(name, tmp_path):
     assert [x["status"] for x in rep["layers"]] == ["ok", "ok"]
 
 
+@pytest.mark.parametrize("name", GENAI)
+def test_genai_models_are_evaluated_with_their_cache_sized_from_the_graph(name, tmp_path):
+    """The whole model's KV-cache inputs are [batch, kv_heads, past, kv_cache_dim] with the head
+    size symbolic: eval sizes it as the tapped copy does, and its CE equals the one computed here
+    from logits fed by hand (an empty cache of the head size meta.json states)."""
+    import onnxruntime as ort
+
+    meta = meta_of(DEPLOYED / name)
+    ids = np.random.default_rng(4).integers(0, meta["vocab"], (3, 12)).astype(np.int64)
+    np.save(tmp_path / "ids.npy", ids)
+    r = cli("eval", DEPLOYED / name, "--data", tmp_path / "ids.npy", "--json", tmp_path / "e.json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads((tmp_path / "e.json").read_text())["sources"][0]
+    sess = ort.InferenceSession(str(DEPLOYED / name / "model.onnx"), providers=["CPUExecutionProvider"])
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    for i in sess.get_inputs():
+        if i.name.startswith("past_key_values"):
+            feed[i.name] = np.zeros((3, meta["kv_heads"], 0, meta["head_size"]), np.float32)
+    logits = sess.run(["logits"], feed)[0].astype(np.float64)
+    lp = logits[:, :-1] - np.logaddexp.reduce(logits[:, :-1], axis=-1, keepdims=True)
+    ce = -np.take_along_axis(lp, ids[:, 1:, None], axis=-1).mean()
+    assert got["tokens"] == 3 * 11 and got["ce"] == pytest.approx(ce, rel=1e-6)
+
+
+def test_genai_fp32_slims_and_its_checker_complaint_is_the_originals(tmp_path):
+    """onnx.checker rejects the builder's SimplifiedLayerNormalization (onnxruntime's op in the
+    default domain) in the original as in the narrowed model: slim says so and verifies the
+    narrowed model by loading it, instead of calling its own output broken."""
+    out = tmp_path / "slim"
+    r = cli("slim", DEPLOYED / "genai_fp32", out, "--ratio", "0.5", "--align", "16", "--tokens", "1024", "--seq-len",
+            "32", "--eval", REPO_ROOT / "sui_onnx" / "data" / "heldout.txt", "--eval-tokens", "256", "-q")
+    assert r.returncode == 0, r.stderr
+    record = json.loads((out / "slim.json").read_text())
+    assert [x["width_after"] for x in record["layers"]] == [32, 32]
+    assert any("onnx.checker rejects the original model too" in w for w in record["warnings"])
+    assert record["eval"]["sources"][0]["kl"] > 0 and (out / "genai_config.json").is_file()
+
+
 def test_genai_head_size_is_inferred_from_the_graph_without_genai_config(tmp_path):
     folder = tmp_path / "m"
     shutil.copytree(DEPLOYED / "genai_int4", folder)

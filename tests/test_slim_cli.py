@@ -223,9 +223,12 @@ def test_every_supported_architecture_slims_to_a_loadable_narrower_model(tmp_pat
 def test_the_full_width_slim_of_a_fixture_is_the_same_model(tmp_path):
     """A width at or above every layer's D keeps the model (and says that nothing was removed)."""
     src = FIXTURES / "llama_w128"
-    r = cli("slim", src, tmp_path / "s", "--width", 1000, "--ridge", 0, "--tokens", 2048, "--seq-len", 32, "-q")
+    r = cli("slim", src, tmp_path / "s", "--width", 1000, "--ridge", 0, "--tokens", 2048, "--seq-len", 32)
     assert r.returncode == 0, r.stderr
     record = json.loads((tmp_path / "s" / "slim.json").read_text())
+    p = record["parameters"]
+    grown = p["total_after"] - p["total_before"]  # llama has no down bias: the refit's intercept adds one per layer
+    assert grown > 0 and f"({grown:,} more)" in r.stdout and "(0% fewer)" in r.stdout and "-0%" not in r.stdout
     assert any("--width 1000 keeps every layer at its full FFN width (128): nothing was removed" in w
                for w in record["warnings"]), record["warnings"]
     ids = np.random.default_rng(0).integers(0, 300, size=(2, 16))

@@ -145,6 +145,14 @@ def build_tapped_model(model: onnx.ModelProto, taps: Sequence[Tap],
     return out
 
 
+def model_cache_dims(src: ModelSource) -> dict[str, dict[int, int]]:
+    """`cache_input_dims` of the whole model (what a session of the untapped model must be fed):
+    the KV-cache axes its graph or genai_config.json determines."""
+    model = src.model
+    return cache_input_dims(GraphIndex(model.graph, infer_types(model)),
+                            head_size=lambda: genai_head_size(src.folder, src.path.name))
+
+
 def reachable_nodes(graph: onnx.GraphProto, targets: Sequence[str]) -> list[int]:
     """Indices (in original order) of the nodes needed to compute ``targets``."""
     made_by: dict[str, int] = {}
