@@ -226,19 +226,25 @@ def leading_special_ids(tokenizer) -> list[int]:
     return []
 
 
-def load_tokenizer(folder: Path):
-    """Load tokenizer.json from the model's folder with `tokenizers` (no transformers import).
+def tokenizer_path(folder: Path) -> Path | None:
+    """The tokenizer.json a model in ``folder`` uses: its own, or in the transformers.js layout
+    (``onnx/model*.onnx``, the tokenizer in the repo folder one level up) the one above a folder
+    named ``onnx`` that has none; None when there is neither."""
+    folder = Path(folder)
+    for path in (folder / "tokenizer.json", folder.parent / "tokenizer.json" if folder.name == "onnx" else None):
+        if path is not None and path.is_file():
+            return path
+    return None
 
-    In the transformers.js layout (``onnx/model*.onnx``, the tokenizer in the repo folder one
-    level up) a model in a folder named ``onnx`` without its own tokenizer.json takes the one
-    above it."""
+
+def load_tokenizer(folder: Path):
+    """Load tokenizer.json from the model's folder with `tokenizers` (no transformers import),
+    found by `tokenizer_path`."""
     from tokenizers import Tokenizer
 
     folder = Path(folder)
-    path = folder / "tokenizer.json"
-    if not path.is_file() and folder.name == "onnx" and (folder.parent / "tokenizer.json").is_file():
-        path = folder.parent / "tokenizer.json"
-    if not path.is_file():
+    path = tokenizer_path(folder)
+    if path is None:
         above = " or above it (transformers.js layout)" if folder.name == "onnx" else ""
         raise CalibrationError(
             f"text calibration needs a tokenizer: no tokenizer.json beside the model in {folder}{above} "

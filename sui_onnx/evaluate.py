@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from . import __version__
-from .calib import CalibrationSpec, CalibrationStream
+from .calib import CalibrationSpec, CalibrationStream, tokenizer_path
 from .errors import CalibrationError, ModelError, NumericalError, SuiError, option
 
 SCHEMA = "sui-onnx/eval"
@@ -375,8 +375,7 @@ class Evaluator:
             if src.is_file() and src.suffix.lower() not in (".txt", ".jsonl", ".npy"):
                 raise CalibrationError(f"{src}: unsupported eval data (use .txt, .jsonl, .npy token ids or a folder of .txt)")
             text = src.is_dir() or (src.is_file() and src.suffix.lower() in (".txt", ".jsonl"))
-            if text and not (
-                    self.tokenizer_folder is not None and (self.tokenizer_folder / "tokenizer.json").is_file()):
+            if text and (self.tokenizer_folder is None or tokenizer_path(self.tokenizer_folder) is None):
                 raise CalibrationError(f"{src}: text eval data needs the model's tokenizer.json (none beside the "
                                        "model or the reference); or pass token ids as .npy")
             entry = self._stream(src, self.batch_size).describe()[0]
@@ -599,12 +598,17 @@ def evaluate(model: ModelInput | Path, sources: Sequence[Path], reference: Model
 
 
 def tokenizer_folder_for(*models: ModelInput | None) -> Path | None:
-    """The first folder beside a model (a file's folder, or the folder itself) holding tokenizer.json."""
+    """The folder of the first model (as `resolve_model_path` finds it: a Hugging Face cache repo's
+    snapshot, a transformers.js repo's onnx/) that has a tokenizer (`calib.tokenizer_path`)."""
+    from .graph.source import resolve_model_path
+
     for m in models:
         if m is None or m.path is None:
             continue
-        p = Path(m.path)
-        folder = p if p.is_dir() else p.parent
-        if (folder / "tokenizer.json").is_file():
+        try:
+            folder = resolve_model_path(m.path).parent
+        except SuiError:
+            continue  # reported when the model itself is opened
+        if tokenizer_path(folder) is not None:
             return folder
     return None

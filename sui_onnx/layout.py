@@ -9,6 +9,14 @@ MODEL_FILE = "model.onnx"  # a model folder's graph
 DATA_FILE = "model.onnx_data"  # its external data, when optimum or sui-onnx writes it past 2 GB
 ENCODER_FILE = "encoder_model.onnx"  # optimum's seq2seq layout: the encoder ...
 DECODER_FILE = "decoder_model.onnx"  # ... and the decoder, side by side
+TRANSFORMERS_JS_FOLDER = "onnx"  # transformers.js / Hub ONNX repos: onnx/model*.onnx, tokenizer and config above
+# the small files that describe a model (tokenizer, configs), beside it or, in the transformers.js
+# layout, in the repo folder above onnx/
+DESCRIPTION_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+    "merges.txt", "vocab.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "config.json",
+    "generation_config.json", "genai_config.json", "preprocessor_config.json",
+)
 
 
 def companion_encoder(model: Path | None) -> Path | None:

@@ -481,6 +481,26 @@ def test_every_transformers_js_variant_through_the_cli_with_text(tjs, tmp_path, 
     assert [x["width"] for x in rep["layers"]] == [128, 128]
 
 
+def test_transformers_js_and_hub_layouts_are_measured_and_slimmed_with_text(tjs, hub, tmp_path):
+    """eval, report --eval and slim --eval find the tokenizer where calibration does (above onnx/,
+    in the snapshot a cache repo folder stands for), and a slim of a transformers.js repo takes
+    its tokenizer and config along."""
+    heldout = REPO_ROOT / "sui_onnx" / "data" / "heldout.txt"
+    for target in (tjs, tjs / "onnx" / "model_fp16.onnx", hub.parent.parent):
+        r = cli("eval", target, "--data", heldout, "--tokens", "200", "--json", tmp_path / "e.json")
+        assert r.returncode == 0, (target, r.stderr)
+        assert json.loads((tmp_path / "e.json").read_text())["sources"][0]["tokens"] >= 199
+        r = cli("report", target, "--tokens", "1024", "--seq-len", "32", "--eval", heldout, "--eval-tokens", "128", "-q")
+        assert r.returncode == 0, (target, r.stderr)
+    out = tmp_path / "slim"
+    r = cli("slim", tjs, out, "--ratio", "0.5", "--tokens", "1024", "--seq-len", "32", "--eval", heldout,
+            "--eval-tokens", "128", "-q")
+    assert r.returncode == 0, r.stderr
+    for name in ("tokenizer.json", "config.json"):
+        assert (out / name).read_bytes() == (tjs / name).read_bytes()
+    assert not (out / "onnx").exists() and [x["width_after"] for x in json.loads((out / "slim.json").read_text())["layers"]] == [64, 64]
+
+
 # ------------------------------------------------------------------------------ recipes
 @pytest.mark.export
 def test_recipe_rebuilds_bert_ortopt(tmp_path):

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator
 from ..calib import DEFAULT_BATCH_SIZE, DEFAULT_SEQ_LEN, MIXES, CalibrationSpec
 from ..config import DEVICES, PRECISIONS, SITES
 from ..errors import SuiError
-from ..layout import ENCODER_FILE, MODEL_FILE
+from ..layout import DESCRIPTION_FILES, ENCODER_FILE, MODEL_FILE
 from ..metrics import DEFAULT_TOP_FRACTION
 from ..safeio import atomic_write, check_input, output_target, printable, special_kind, system_path
 
@@ -247,11 +247,7 @@ def model_argument(args: argparse.Namespace) -> Path:
 
 # files beside a model that belong to it: what a run reads (tokenizer, seq2seq encoder, onnxruntime-genai
 # configuration) and the rest of an exported model folder (its config); none of them is ever an output
-MODEL_COMPANIONS = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-    "merges.txt", "vocab.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "config.json",
-    "generation_config.json", "genai_config.json", "preprocessor_config.json", ENCODER_FILE,
-)
+MODEL_COMPANIONS = DESCRIPTION_FILES + (ENCODER_FILE,)
 NOT_TO_STDOUT = ("--checkpoint", "--output")  # checkpoints and merged statistics: files, never '-'
 _MAX_FOLDER_FILES = 200_000  # a folder input with more files than this is not walked further
 

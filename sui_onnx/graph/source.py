@@ -37,7 +37,7 @@ from typing import Iterator
 import onnx
 
 from ..errors import ModelError
-from ..layout import MODEL_FILE
+from ..layout import MODEL_FILE, TRANSFORMERS_JS_FOLDER
 from . import lean as lean_module
 from .index import subgraphs, uses_external_data
 
@@ -75,7 +75,6 @@ class ModelSource:
         return self.folder if self.has_external_data else None
 
 
-TRANSFORMERS_JS_FOLDER = "onnx"  # transformers.js / Hub ONNX repos: onnx/model*.onnx, tokenizer.json above
 GENAI_CONFIG = "genai_config.json"  # onnxruntime-genai's model description, beside its model.onnx
 
 

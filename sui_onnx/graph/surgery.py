@@ -34,7 +34,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ModelError, SuiError, first_line
-from ..layout import DATA_FILE, MODEL_FILE
+from ..layout import DATA_FILE, DESCRIPTION_FILES, MODEL_FILE, TRANSFORMERS_JS_FOLDER
 from ..safeio import umask
 from .detect import FFNBlock, region_inputs
 from .index import GraphIndex, attr, uses_external_data
@@ -602,14 +602,21 @@ _COMPANION_MAX_BYTES = 64 << 20
 
 def companion_files(folder: Path, src: ModelSource) -> list[Path]:
     """Small files beside the model that describe it (tokenizer, configs, licence): every regular
-    file that is neither a model, its external data, statistics nor a slim record."""
+    file that is neither a model, its external data, statistics nor a slim record. In the
+    transformers.js layout (the model in the repo's onnx/ folder) the tokenizer and config files of
+    the repo folder above are taken too, where onnx/ has none of that name."""
     data_files = {external_info(t).get("location") for t in src.model.graph.initializer if uses_external_data(t)}
     out = []
-    for f in sorted(Path(folder).iterdir()):
+    folder = Path(folder)
+    for f in sorted(folder.iterdir()):
         if not f.is_file() or f.name.startswith(".") or f.name in data_files or f.name == "slim.json":
             continue
         if f.name.lower().endswith(_COMPANION_SKIP_SUFFIXES) or f.stat().st_size > _COMPANION_MAX_BYTES:
             continue
         out.append(f)
+    if folder.name == TRANSFORMERS_JS_FOLDER:
+        have = {f.name for f in out}
+        out += [folder.parent / name for name in DESCRIPTION_FILES if name not in have
+                and (folder.parent / name).is_file() and (folder.parent / name).stat().st_size <= _COMPANION_MAX_BYTES]
     return out
 
