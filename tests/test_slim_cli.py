@@ -242,6 +242,11 @@ def test_quantized_ffns_are_refused_with_one_line(tmp_path):
     r = cli("slim", FIXTURES / "gpt2_int8", tmp_path / "s", "--width", 64)
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "int8" in r.stderr and "Traceback" not in r.stderr
+    # report --eval says it in its own terms, before calibrating, and points at the plain report
+    r = cli("report", FIXTURES / "gpt2_int8", "--eval", HELDOUT, "--json", tmp_path / "r.json")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and not (tmp_path / "r.json").exists()
+    assert "--eval measures narrower FFNs, which this model cannot give (cannot slim FFN layer 0" in r.stderr
+    assert "int8" in r.stderr and "report without --eval" in r.stderr
     assert not (tmp_path / "s").exists()
 
 

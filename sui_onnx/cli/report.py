@@ -109,14 +109,19 @@ def measured_report(model: Path, args: argparse.Namespace, quiet: bool):
     from ..errors import SuiError
     from ..evaluate import Evaluator, ModelInput
     from ..graph.source import resolve_model_path
+    from ..graph.surgery import NotSlimmable
     from ..slimming import SlimStudy, measured_advice
 
     if args.site != "post":
         raise SuiError("--eval measures narrowed FFNs, which are cut at the down projection's input: use --site post")
     if args.tap or args.include or args.exclude:
         raise SuiError("--eval narrows every FFN block: it cannot be combined with --tap, --include or --exclude")
-    with TokenProgress(enabled=not quiet) as progress:
-        study = SlimStudy(model, calibration_spec(args), analysis_options(args, progress))
+    try:
+        with TokenProgress(enabled=not quiet) as progress:
+            study = SlimStudy(model, calibration_spec(args), analysis_options(args, progress))
+    except NotSlimmable as exc:  # refused before any calibration
+        raise NotSlimmable(f"--eval measures narrower FFNs, which this model cannot give ({exc}); "
+                           "report without --eval still gives the spectra") from None
     report = study.report
     digests = [s.get("sha256") for s in report.calibration.get("sources", []) if s.get("sha256")]
     evaluator = Evaluator(args.eval, study.src.folder, ModelInput(path=resolve_model_path(model), label="original"),

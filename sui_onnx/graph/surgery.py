@@ -84,6 +84,10 @@ class BlockPlan:
     bounds: list[_Operand] = field(default_factory=list)                   # Slice starts/ends, Split sizes
 
 
+class NotSlimmable(ModelError):
+    """The graph's FFNs cannot be narrowed (quantized or shared weights, merged decoders, ...)."""
+
+
 class FFNSurgery:
     """Plans the narrowing of every FFN block of ``src`` (see module doc)."""
 
@@ -91,17 +95,17 @@ class FFNSurgery:
         self.src = src
         analysis = inspect_model(src.model)
         if analysis.inlined:
-            raise ModelError("the FFN blocks sit inside If subgraphs (an optimum merged decoder): slim "
+            raise NotSlimmable("the FFN blocks sit inside If subgraphs (an optimum merged decoder): slim "
                              "decoder_model.onnx instead of decoder_model_merged.onnx")
         self.ix: GraphIndex = analysis.index
         self.blocks: list[FFNBlock] = analysis.blocks
         if not self.blocks:
-            raise ModelError("no FFN block found in the model: nothing to slim")
+            raise NotSlimmable("no FFN block found in the model: nothing to slim")
         self.plans = [self._plan(layer, b) for layer, b in enumerate(self.blocks)]
 
     # ------------------------------------------------------------------ planning
-    def _refuse(self, layer: int, why: str) -> ModelError:
-        return ModelError(f"cannot slim FFN layer {layer}: {why}")
+    def _refuse(self, layer: int, why: str) -> NotSlimmable:
+        return NotSlimmable(f"cannot slim FFN layer {layer}: {why}")
 
     def _weight(self, layer: int, node_idx: int, slot: int, role: str) -> _Operand:
         ix = self.ix
