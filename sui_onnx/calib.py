@@ -110,9 +110,18 @@ def _pieces(text: str, final: bool) -> Iterator[tuple[str, str]]:
         yield "", text[start:]
 
 
+def _wide_bom(head: bytes) -> str | None:
+    """"UTF-32" / "UTF-16" when ``head`` starts with that encoding's byte order mark (either byte order)."""
+    if head[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
+        return "UTF-32"
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "UTF-16"
+    return None
+
+
 def _read_text(path: Path) -> Iterator[str]:
-    """Yield pieces of a UTF-8 text file, read in chunks (memory does not grow with the file);
-    binary or non-UTF-8 content is a clear error, and so is anything but a regular file (a FIFO or
+    """Yield pieces of a UTF-8 text file (or UTF-16/32 with a byte order mark), read in chunks
+    (memory does not grow with the file); binary or undecodable content is a clear error, and so is anything but a regular file (a FIFO or
     a device is refused, never read)."""
     import codecs
 
@@ -120,6 +129,7 @@ def _read_text(path: Path) -> Iterator[str]:
 
     fh = open_input(path, CalibrationError)
     decoder = codecs.getincrementaldecoder("utf-8")()
+    encoding = "UTF-8"
     consumed, tail, text_seen = 0, "", False
     with fh:
         while True:
@@ -127,12 +137,17 @@ def _read_text(path: Path) -> Iterator[str]:
                 raw = fh.read(_READ_CHUNK)
             except OSError as exc:
                 raise CalibrationError(f"{path}: cannot read ({exc.strerror})") from None
-            if consumed == 0 and b"\x00" in raw[:65536]:
-                raise CalibrationError(f"{path}: looks binary (NUL bytes), expected UTF-8 text")
+            if consumed == 0:
+                wide = _wide_bom(raw)  # UTF-16/32 with a byte order mark (Windows PowerShell's '>' writes UTF-16)
+                if wide is not None:
+                    encoding = wide
+                    decoder = codecs.getincrementaldecoder(wide.lower())()
+                elif b"\x00" in raw[:65536]:
+                    raise CalibrationError(f"{path}: looks binary (NUL bytes), expected UTF-8 text")
             try:
                 text = decoder.decode(raw, final=not raw)
             except UnicodeDecodeError as exc:
-                raise CalibrationError(f"{path}: not UTF-8 text (bad byte at offset {consumed + exc.start})") from None
+                raise CalibrationError(f"{path}: not {encoding} text (bad byte at offset {consumed + exc.start})") from None
             consumed += len(raw)
             if consumed == len(raw):
                 text = text.removeprefix("\ufeff")  # a byte order mark is not text

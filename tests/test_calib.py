@@ -97,6 +97,28 @@ def test_bad_text_is_a_clear_error(model_dir, tmp_path, content, match):
         batches(CalibrationSpec([f]), model_dir)
 
 
+@pytest.mark.parametrize("encoding,bom", [("utf-8", b"\xef\xbb\xbf"), ("utf-16-le", b"\xff\xfe"),
+                                          ("utf-16-be", b"\xfe\xff"), ("utf-32-le", b"\xff\xfe\x00\x00")])
+def test_text_with_a_byte_order_mark_gives_the_tokens_of_its_utf8(model_dir, tmp_path, monkeypatch, encoding, bom):
+    """A UTF-16/32 file with its byte order mark (Windows PowerShell's '>' writes UTF-16) is the same
+    text: the same windows as the UTF-8 file, also when a chunk boundary splits a character."""
+    import sui_onnx.calib as calib
+
+    monkeypatch.setattr(calib, "_READ_CHUNK", 7)  # odd: boundaries fall inside UTF-16/32 code units
+    text = "Caf\u00e9 \U0001F600 na\u00efve text, line one.\nAnd a second line of it.\n" * 40
+    (tmp_path / "u8.txt").write_bytes(text.encode("utf-8"))
+    (tmp_path / "wide.txt").write_bytes(bom + text.encode(encoding))
+    _, want = batches(CalibrationSpec([tmp_path / "u8.txt"], seq_len=16), model_dir)
+    _, got = batches(CalibrationSpec([tmp_path / "wide.txt"], seq_len=16), model_dir)
+    assert len(got) == len(want) > 1 and all(np.array_equal(a.input_ids, b.input_ids) for a, b in zip(got, want))
+    (tmp_path / "nobom.txt").write_bytes(text.encode("utf-16-le"))  # no mark: NUL bytes, not guessed
+    with pytest.raises(CalibrationError, match="looks binary"):
+        batches(CalibrationSpec([tmp_path / "nobom.txt"]), model_dir)
+    (tmp_path / "broken.txt").write_bytes(b"\xff\xfe" + "ok".encode("utf-16-le") + b"\x00\xd8\x41\x00")
+    with pytest.raises(CalibrationError, match="not UTF-16 text"):
+        batches(CalibrationSpec([tmp_path / "broken.txt"]), model_dir)
+
+
 def test_bad_sources_are_clear_errors(model_dir, tmp_path):
     with pytest.raises(CalibrationError, match="no such"):
         CalibrationStream(CalibrationSpec([tmp_path / "nope.txt"]), model_dir, [8])
