@@ -205,30 +205,6 @@ def _static(dim: Any) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
-_ID_PASSTHROUGH = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Cast", "Identity")
-
-
-def _embedding_rows(model: Any) -> int | None:
-    """Rows of the table a Gather reads the token ids from (the vocabulary), when the graph says."""
-    from .runner import FeedBuilder
-
-    from types import SimpleNamespace
-
-    ids = {i.name for i in model.graph.input if FeedBuilder.role(SimpleNamespace(name=i.name, shape=())) == "ids"}
-    dims = {t.name: list(t.dims) for t in model.graph.initializer}
-    grown = True
-    while grown:  # the ids as they reach the Gather: reshaped or cast on the way (torch's dynamo exporter)
-        grown = False
-        for node in model.graph.node:
-            if node.op_type in _ID_PASSTHROUGH and node.input and node.input[0] in ids and node.output[0] not in ids:
-                ids.add(node.output[0])
-                grown = True
-    for node in model.graph.node:
-        if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] in ids and len(dims.get(node.input[0], [])) == 2:
-            return int(dims[node.input[0]][0])
-    return None
-
-
 def _cache_dims(src: Any) -> dict[str, dict[int, int]]:
     """The sizes of KV-cache axes a session leaves symbolic (onnxruntime-genai's kv_cache_dim), {} when
     the model has no such input."""
@@ -248,19 +224,19 @@ class _Session:
                  like: "_Session | None" = None):
         """``like``: the reference session; a model that has the output the reference reads is read
         the same way (a narrowed copy held in memory need not be parsed again to be classified)."""
-        from .runner import FeedBuilder, create_session
+        from .runner import FeedBuilder, TableLimits, create_session, table_limits
 
         if (model.path is None) == (model.data is None):
             raise SuiError("ModelInput needs exactly one of path and data")
         self.label = model.label or default_label
         self.path: Path | None = None
-        vocab_rows = None
+        tables = TableLimits(None, "", None, "")
         if model.path is not None:
             from .graph import load_model
 
             src = load_model(model.path, lean=True)  # vets the file and its external data; weights stay on disk
             self.path, self.sha256 = src.path, src.sha256
-            vocab_rows = _embedding_rows(src.model)
+            tables = table_limits(src.model)
             pinned = _cache_dims(src)
             del src
             where = f"{self.label} {self.path}"
@@ -270,6 +246,7 @@ class _Session:
             where = self.label
             arg = model.data
             pinned = like.pinned if like is not None else {}  # a narrowed copy: attention untouched
+            tables = like.tables if like is not None else tables  # ... and embeddings untouched
         try:
             self.session, self.device = create_session(arg, device, threads, model.external_folder)
         except SuiError as exc:
@@ -285,6 +262,7 @@ class _Session:
         outputs = self.session.get_outputs()
         logits = [o for o in outputs if o.name.lower().endswith("logits") and _rank(o.shape) in (3, None)]
         logits.sort(key=lambda o: o.name != "logits")
+        vocab_rows = tables.vocab
         if not logits and vocab_rows is not None:
             # unnamed logits (torch.onnx.export without output_names calls them after the last op):
             # a float [batch, seq, V] output with V the rows of the embedding table
@@ -304,7 +282,8 @@ class _Session:
             out = (named or floats)[0]
         self.output = out.name
         self.width = _static(out.shape[-1]) if _rank(out.shape) == 3 else None  # None: seen on the first run
-        self.vocab_rows = vocab_rows  # rows of the embedding table, when the graph says
+        self.tables = tables  # the embedding and position tables' rows, when the graph says
+        self.vocab_rows = vocab_rows
         self.pinned = pinned  # KV-cache axes the session leaves symbolic, sized from the graph / genai_config.json
 
     def info(self) -> dict:
@@ -403,6 +382,7 @@ class Evaluator:
         streams = [self._stream(src, batch_size_for(self._window_len(src), width, self.batch_size))
                    for src in self.source_paths]
         totals = [self._expected_tokens(s) for s in streams]
+        self._check_positions(m, ref)
         # ids must index every embedding table the graphs show, and (decoders) the logits
         limits = [width] if m.kind == "decoder" else []
         limits += [s.vocab_rows for s in (m, ref) if s is not None and s.vocab_rows is not None]
@@ -483,6 +463,43 @@ class Evaluator:
                           settings=settings, sources=sources, pooled=pooled, warnings=warnings)
 
     # -- helpers -------------------------------------------------------------------------------
+    def precheck(self, model: Path) -> None:
+        """Before a long calibration (report --eval, slim --eval): read every source to its token
+        budget (decoding and tokenizing it) and check its windows against ``model``'s embedding and
+        position tables, so bad eval data fails in seconds instead of after the calibration run.
+        Nothing is run in onnxruntime and no session is held."""
+        from .graph import load_model
+        from .runner import table_limits
+
+        tables = table_limits(load_model(model, lean=True).model)
+        self._check_positions_of([tables])
+        for src, desc in zip(self.source_paths, self.descriptions):
+            for batch in self._stream(src, self.batch_size):
+                if tables.vocab is not None and int(batch.input_ids.max()) >= tables.vocab:
+                    raise CalibrationError(
+                        f"{desc['path']}: token id {int(batch.input_ids.max())} is outside the model's vocabulary "
+                        f"({tables.vocab} rows in {tables.vocab_tensor!r}): the data was not tokenized for this model")
+
+    def _check_positions(self, m: _Session, ref: _Session | None) -> None:
+        """Every window fits the position tables the graphs show (as calibration checks it)."""
+        self._check_positions_of([s.tables for s in (m, ref) if s is not None])
+
+    def _check_positions_of(self, tables: Sequence[Any]) -> None:
+        tables = [t for t in tables if t.positions is not None]
+        if not tables:
+            return
+        t = min(tables, key=lambda x: x.positions)
+        for src in self.source_paths:
+            n = self._window_len(src)
+            if n <= t.positions:
+                continue
+            if src.suffix.lower() == ".npy":
+                raise CalibrationError(f"{src}: rows of {n} token ids are longer than the model's position table "
+                                       f"({t.positions} positions in {t.positions_tensor!r})")
+            raise CalibrationError(f"{option('eval_seq_len')} {self.seq_len} is longer than the model's position table "
+                                   f"({t.positions} positions in {t.positions_tensor!r}): use {option('eval_seq_len')} "
+                                   f"{t.positions} or less")
+
     def _window_len(self, src: Path) -> int:
         """The longest window a source gives: an .npy row, else --seq-len (capped by the budget)."""
         if src.suffix.lower() == ".npy":

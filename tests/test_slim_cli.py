@@ -277,6 +277,28 @@ def test_bad_requests_exit_2_and_write_nothing(tmp_path):
     assert (busy / "keep.txt").read_text() == "mine" and onnx.load(str(model)) is not None
 
 
+@pytest.mark.parametrize("command", ["slim", "report"])
+def test_bad_eval_data_is_refused_before_the_calibration_run(tmp_path, command):
+    """--eval data is read and checked against the model's tables before calibrating: with a
+    calibration source that would fail too, the eval data's error is the one shown."""
+    src = FIXTURES / "gpt2_w128"
+    bad_calib = tmp_path / "calib.txt"
+    bad_calib.write_bytes(b"caf\xe9")  # not UTF-8: calibration would refuse it
+    ids = np.random.default_rng(0).integers(0, 300, (2, 400))  # 400 > the 256 positions of gpt2_w128
+    np.save(tmp_path / "long.npy", ids)
+    np.save(tmp_path / "oov.npy", np.full((2, 8), 10_000))
+    (tmp_path / "wide.txt").write_bytes("no byte order mark".encode("utf-16-le"))
+    out = [tmp_path / "out"] if command == "slim" else []
+    width = ["--ratio", 0.5] if command == "slim" else []
+    for data, match in (("long.npy", "longer than the model's position table (256 positions"),
+                        ("oov.npy", "token id 10000 is outside the model's vocabulary"),
+                        ("wide.txt", "looks binary")):
+        r = cli(command, src, *out, *width, "--calib", bad_calib, "--eval", tmp_path / data)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert data in r.stderr and match in r.stderr and "calib.txt" not in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_help_explains_the_method_and_the_measurement():
     r = cli("slim", "--help")
     assert r.returncode == 0

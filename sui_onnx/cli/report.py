@@ -116,6 +116,10 @@ def measured_report(model: Path, args: argparse.Namespace, quiet: bool):
         raise SuiError("--eval measures narrowed FFNs, which are cut at the down projection's input: use --site post")
     if args.tap or args.include or args.exclude:
         raise SuiError("--eval narrows every FFN block: it cannot be combined with --tap, --include or --exclude")
+    path = resolve_model_path(model)
+    eval_settings = dict(seq_len=args.eval_seq_len or args.seq_len, batch_size=args.batch_size, tokens=args.eval_tokens,
+                         device=args.device, threads=args.threads)
+    Evaluator(args.eval, path.parent, **eval_settings).precheck(path)  # bad eval data fails before calibrating
     try:
         with TokenProgress(enabled=not quiet) as progress:
             study = SlimStudy(model, calibration_spec(args), analysis_options(args, progress))
@@ -124,10 +128,8 @@ def measured_report(model: Path, args: argparse.Namespace, quiet: bool):
                            "report without --eval still gives the spectra") from None
     report = study.report
     digests = [s.get("sha256") for s in report.calibration.get("sources", []) if s.get("sha256")]
-    evaluator = Evaluator(args.eval, study.src.folder, ModelInput(path=resolve_model_path(model), label="original"),
-                          seq_len=args.eval_seq_len or args.seq_len, batch_size=args.batch_size, tokens=args.eval_tokens,
-                          device=args.device, threads=args.threads, calibration_digests=digests,
-                          kl=False)  # the ladder shows dCE and top-1: the reference runs once
+    evaluator = Evaluator(args.eval, study.src.folder, ModelInput(path=path, label="original"), **eval_settings,
+                          calibration_digests=digests, kl=False)  # the ladder shows dCE and top-1: the reference runs once
     report.advice["measured"] = measured_advice(study, evaluator, args.align, args.max_loss_increase,
                                                 report.advice.get("recommended_width"),
                                                 progress_factory=lambda: TokenProgress(enabled=not quiet))

@@ -89,15 +89,17 @@ def run(args: argparse.Namespace) -> int:
     _guard_out_dir(out_dir, [p for p in inputs if p is not None] + [model.parent])
     quiet = args.quiet or (args.json is not None and str(args.json) == "-")
     console = make_console(quiet=quiet)
+    eval_settings = dict(seq_len=args.eval_seq_len or args.seq_len, batch_size=args.batch_size, tokens=args.eval_tokens,
+                         device=args.device, threads=args.threads)
+    if args.eval:  # bad eval data fails now, not after the calibration run
+        Evaluator(args.eval, model.parent, **eval_settings).precheck(model)
     with TokenProgress(enabled=not quiet) as progress:
         study = SlimStudy(model, calibration_spec(args), analysis_options(args, progress), ridge=args.ridge)
     warnings: list[str] = []
     evaluator = None
     if args.eval:
         digests = [s.get("sha256") for s in study.report.calibration.get("sources", []) if s.get("sha256")]
-        evaluator = Evaluator(args.eval, study.src.folder, ModelInput(path=model, label="original"),
-                              seq_len=args.eval_seq_len or args.seq_len, batch_size=args.batch_size,
-                              tokens=args.eval_tokens, device=args.device, threads=args.threads,
+        evaluator = Evaluator(args.eval, study.src.folder, ModelInput(path=model, label="original"), **eval_settings,
                               calibration_digests=digests, kl=False)  # search probes: the reference runs once
 
     def build(widths: list[int]):
