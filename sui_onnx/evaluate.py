@@ -230,7 +230,7 @@ class _Session:
             raise SuiError("ModelInput needs exactly one of path and data")
         self.label = model.label or default_label
         self.path: Path | None = None
-        tables = TableLimits(None, "", None, "")
+        tables = TableLimits()
         if model.path is not None:
             from .graph import load_model
 
