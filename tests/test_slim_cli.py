@@ -267,14 +267,19 @@ def test_bad_requests_exit_2_and_write_nothing(tmp_path):
         ["slim", model, tmp_path / "o6", "--width", 4, "--calib", tmp_path / "missing.npy"],
         ["slim", tmp_path / "nothing.onnx", tmp_path / "o7", "--width", 4],
         ["report", model, "--calib", ids, "--eval", ids, "--site", "pre"],
+        ["report", model, "--calib", ids, "--eval", ids, "--align", 4096, "--json", tmp_path / "o9.json"],
         ["slim", model, tmp_path / "o8", "--max-loss-increase", 0.01, "--eval", ids, "--align", 4096, "--calib", ids],
     ]
     before = sorted(p.name for p in tmp_path.iterdir())
+    said = []
     for args in cases:
         r = cli(*args)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (args, r.stderr)
-    assert "--align 4096 leaves no narrower width to search" in r.stderr  # the last case: said, not "probes: )"
+        said.append(r.stderr)
+    # the last two: said before calibrating, not an empty ladder or "no width ... (probes: )"
+    assert "--align 4096 leaves no narrower width to measure" in said[-2]
+    assert "--align 4096 leaves no narrower width to search" in said[-1]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no temporary folder left
     assert (busy / "keep.txt").read_text() == "mine" and onnx.load(str(model)) is not None
 

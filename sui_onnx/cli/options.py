@@ -555,3 +555,14 @@ class TokenProgress:
         if self._progress is not None:
             self._progress.__exit__(*exc)
         return False
+
+
+def require_narrower_width(model: Path, align: int, verb: str) -> None:
+    """Widths are multiples of --align below the widest FFN: refused, before calibrating, when there
+    is none (``verb``: what the command would do with them, "search" or "measure")."""
+    from ..graph import find_taps, load_model
+
+    widths = [t.width for t in find_taps(load_model(model, lean=True).model)]
+    if widths and align >= max(widths):
+        raise SuiError(f"--align {align} leaves no narrower width to {verb}: the widest FFN is {max(widths)} wide "
+                       f"(use an --align below {max(widths)})")

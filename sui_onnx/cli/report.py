@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..defaults import DEFAULT_MAX_LOSS
 from ..layout import companion_encoder
-from .options import (TokenProgress, add_analysis_args, positive_int, analysis_options, calibration_spec, guard_outputs, make_console, model_argument, nonnegative_number, write_text_atomic)
+from .options import (TokenProgress, add_analysis_args, positive_int, analysis_options, calibration_spec, guard_outputs, make_console, model_argument, nonnegative_number, require_narrower_width, write_text_atomic)
 
 
 PLOT_FILES = ("spectra.png", "utilization.png", "energy.png")  # what --plot DIR receives (plots.py)
@@ -120,6 +120,7 @@ def measured_report(model: Path, args: argparse.Namespace, quiet: bool):
     eval_settings = dict(seq_len=args.eval_seq_len or args.seq_len, batch_size=args.batch_size, tokens=args.eval_tokens,
                          device=args.device, threads=args.threads)
     Evaluator(args.eval, path.parent, **eval_settings).precheck(path)  # bad eval data fails before calibrating
+    require_narrower_width(path, args.align, "measure")
     try:
         with TokenProgress(enabled=not quiet) as progress:
             study = SlimStudy(model, calibration_spec(args), analysis_options(args, progress))

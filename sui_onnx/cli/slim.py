@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..metrics import DEFAULT_TOP_FRACTION
 from .options import (TokenProgress, add_calib_args, add_device_args, add_run_args, analysis_options, calibration_spec,
-                      fraction, guard_outputs, make_console, nonnegative_number, positive_int, write_text_atomic)
+                      fraction, guard_outputs, make_console, nonnegative_number, positive_int, require_narrower_width,
+                      write_text_atomic)
 
 _DESCRIPTION = """\
 Narrow every FFN block of MODEL and write the narrower model to OUT_DIR (model.onnx, its tokenizer
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if args.eval:  # bad eval data fails now, not after the calibration run
         Evaluator(args.eval, model.parent, **eval_settings).precheck(model)
     if args.max_loss_increase is not None:
-        _check_search_steps(model, args.align)
+        require_narrower_width(model, args.align, "search")
     with TokenProgress(enabled=not quiet) as progress:
         study = SlimStudy(model, calibration_spec(args), analysis_options(args, progress), ridge=args.ridge)
     warnings: list[str] = []
@@ -177,17 +178,6 @@ def run(args: argparse.Namespace) -> int:
 
             console.print(f"[yellow]warning: {escape(w)}[/yellow]")
     return 0
-
-
-def _check_search_steps(model: Path, align: int) -> None:
-    """The width search needs a width below the widest FFN: refused before calibrating otherwise."""
-    from ..errors import SuiError
-    from ..graph import find_taps, load_model
-
-    widths = [t.width for t in find_taps(load_model(model, lean=True).model)]
-    if widths and align >= max(widths):
-        raise SuiError(f"--align {align} leaves no narrower width to search: the widest FFN is {max(widths)} wide "
-                       f"(use an --align below {max(widths)})")
 
 
 def _guard_out_dir(out_dir: Path, inputs: list[Path]) -> None:
