@@ -469,9 +469,15 @@ class Evaluator:
         position tables, so bad eval data fails in seconds instead of after the calibration run.
         Nothing is run in onnxruntime and no session is held."""
         from .graph import load_model
-        from .runner import table_limits
+        from .runner import is_encoder_states_input, table_limits
 
-        tables = table_limits(load_model(model, lean=True).model)
+        src = load_model(model, lean=True)
+        encoder = next((i.name for i in src.model.graph.input if is_encoder_states_input(i.name)), None)
+        if encoder is not None:
+            raise ModelError(f"{src.path}: input {encoder!r} takes a seq2seq encoder's output; eval does not run "
+                             "encoder-decoder models")
+        tables = table_limits(src.model)
+        del src
         self._check_positions_of([tables])
         for src, desc in zip(self.source_paths, self.descriptions):
             for batch in self._stream(src, self.batch_size):

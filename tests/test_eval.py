@@ -157,6 +157,23 @@ def test_unnamed_logits_are_found_by_the_embedding_rows(tmp_path, tables, files)
     assert evaluate(hidden, [files["ids"]], reference=hidden).kind == "encoder"
 
 
+def test_precheck_refuses_what_eval_would_refuse_without_a_session(tmp_path, tables, files):
+    """Evaluator.precheck (run by slim/report before calibrating) reads the data and the graph only:
+    windows past the position table, ids past the vocabulary and seq2seq decoders are refused."""
+    E, _, _, _ = tables
+    np.save(tmp_path / "big.npy", np.array([[1, 2, 11]], dtype=np.int64))
+    with pytest.raises(SuiError, match=r"token id 11 is outside the model's vocabulary \(11 rows in 'table'\)"):
+        Evaluator([tmp_path / "big.npy"], None).precheck(files["model"])
+    Evaluator([files["ids"]], None).precheck(files["model"])  # fine data: nothing raised
+    path = tmp_path / "dec" / "model.onnx"
+    table_model(E, path)
+    m = onnx.load(str(path))
+    m.graph.input.append(helper.make_tensor_value_info("encoder_hidden_states", TensorProto.FLOAT, ["b", "s", 4]))
+    onnx.save(m, str(path))
+    with pytest.raises(SuiError, match="'encoder_hidden_states' takes a seq2seq encoder's output"):
+        Evaluator([files["ids"]], None).precheck(path)
+
+
 def test_npy_rows_of_two_tokens_score_one_prediction_each(tmp_path, tables, files):
     E, _, _, _ = tables
     ids = np.array([[1, 4], [4, 1], [10, 0]], dtype=np.int64)
