@@ -295,6 +295,12 @@ class TableLimits:
 _PASS_THROUGH = ("Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand")
 
 
+# the cos_cache input of com.microsoft ops that index it by position (its rows: the longest
+# window, past included); GroupQueryAttention fails past it ("cos_cache dimension 0 shall not be
+# less than total_sequence_length")
+_ROTARY_CACHE_SLOT = {"GroupQueryAttention": 7, "RotaryEmbedding": 2}
+
+
 def table_limits(model: Any) -> TableLimits:
     """The :class:`TableLimits` of an onnx ModelProto: Gather nodes (axis 0) on a constant table
     whose indices are input_ids, or the positions (a position_ids input, Range(0, L, 1), a slice of
@@ -426,6 +432,13 @@ def table_limits(model: Any) -> TableLimits:
                 limit = min(limit, buffer)
             if limit >= 1 and (positions is None or limit < positions):
                 positions, positions_tensor = limit, node.input[0]
+    for node in g.node:  # rotary caches of onnxruntime's fused attention (the genai builder's GQA)
+        slot = _ROTARY_CACHE_SLOT.get(node.op_type) if node.domain == "com.microsoft" else None
+        if slot is None or len(node.input) <= slot or len(dims.get(node.input[slot], [])) != 2:
+            continue
+        rows = dims[node.input[slot]][0]
+        if rows >= 1 and (positions is None or rows < positions):
+            positions, positions_tensor = rows, node.input[slot]
     return TableLimits(vocab, vocab_tensor, positions, positions_tensor)
 
 

@@ -166,6 +166,20 @@ def test_genai_models_are_evaluated_with_their_cache_sized_from_the_graph(name, 
     assert got["tokens"] == 3 * 11 and got["ce"] == pytest.approx(ce, rel=1e-6)
 
 
+@pytest.mark.parametrize("name", GENAI)
+def test_a_window_past_the_genai_rotary_cache_is_refused_before_any_batch(name, tmp_path):
+    """GroupQueryAttention's cos_cache has context_length rows; a longer window used to fail inside
+    onnxruntime on the first batch. report and eval now say which --seq-len fits."""
+    rows = json.loads((DEPLOYED / name / "genai_config.json").read_text())["model"]["context_length"]
+    heldout = REPO_ROOT / "sui_onnx" / "data" / "heldout.txt"
+    for args in (("report", DEPLOYED / name, "--tokens", "2000"), ("eval", DEPLOYED / name, "--data", heldout)):
+        r = cli(*args, "--seq-len", str(rows + 1))
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert f"longer than the model's position table ({rows} positions in 'cos_cache')" in r.stderr
+    np.save(tmp_path / "ids.npy", np.ones((1, rows), dtype=np.int64))  # exactly the cache: fine
+    assert cli("eval", DEPLOYED / name, "--data", tmp_path / "ids.npy").returncode == 0
+
+
 def test_genai_fp32_slims_and_its_checker_complaint_is_the_originals(tmp_path):
     """onnx.checker rejects the builder's SimplifiedLayerNormalization (onnxruntime's op in the
     default domain) in the original as in the narrowed model: slim says so and verifies the
