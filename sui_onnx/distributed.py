@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .calib import CalibrationSpec, CalibrationStream
+from .calib import CalibrationSpec, CalibrationStream, tokenizer_path
 from .checkpoint import RunState
 from .collect import accumulate, calibration_record, finish_group, new_accumulators
 from .errors import SuiError, first_line, option
@@ -80,7 +80,7 @@ def run_on_ray(src, taps, calib: CalibrationSpec, opts, max_retries: int = MAX_R
     # workers: absolute paths (their working directory differs) and the budget fixed explicitly
     spec = CalibrationSpec(sources=[Path(p).resolve() for p in calib.sources], seq_len=calib.seq_len,
                            batch_size=calib.batch_size, tokens=stream.budget, mix=calib.mix)
-    tokenizer_json = (Path(src.folder) / "tokenizer.json").read_bytes() if stream.tokenizer is not None else None
+    tokenizer_json = tokenizer_path(src.folder).read_bytes() if stream.tokenizer is not None else None
 
     _connect(ray, run.ray)
     resources = ray.cluster_resources()
@@ -121,7 +121,7 @@ def run_on_ray(src, taps, calib: CalibrationSpec, opts, max_retries: int = MAX_R
             "sources": [str(p) for p in spec.sources], "seq_len": spec.seq_len, "batch_size": spec.batch_size,
             "tokens": spec.tokens, "device": task_device, "threads": threads, "exact": rt.exact,
             "model_key": models[g][1],
-            "external_folder": str(Path(src.folder).resolve()) if src.has_external_data else None,
+            "external_folder": str(Path(src.data_folder).resolve()) if src.data_folder is not None else None,
             "encoder": str(Path(rt.encoder).resolve()) if rt.encoder is not None else None,
         }
 

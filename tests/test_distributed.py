@@ -66,6 +66,28 @@ def test_sharded_spectra_equal_the_single_process_run(ray_local, ids_path, name)
 
 
 @pytest.mark.ray
+def test_transformers_js_and_hub_snapshot_layouts_on_ray_equal_the_single_process_run(ray_local, tmp_path):
+    """Text calibration with the tokenizer above onnx/ (transformers.js), and a Hugging Face cache
+    snapshot whose external data are links into blobs/: the workers get the tokenizer and the
+    data folder the local run uses (they read tokenizer.json beside the model and the snapshot
+    folder before)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from models import deployed_fixtures as layouts
+
+    tjs = tmp_path / "tjs"
+    layouts.build_transformers_js(tjs)
+    hub = layouts.build_hub_cache(tmp_path / "hub")
+    spec = CalibrationSpec([Path(__file__).resolve().parents[1] / "sui_onnx" / "data" / "heldout.txt"],
+                           seq_len=32, batch_size=4, tokens=768)
+    for model in (tjs, hub):
+        local, dist = run_both(model, spec, ray_shards=2)
+        assert_same_spectra(local, dist)
+        assert dist.calibration["tokens"] == local.calibration["tokens"] == 768
+
+
+@pytest.mark.ray
 def test_layer_groups_times_shards(ray_local, ids_path):
     spec = CalibrationSpec([ids_path], batch_size=4)
     one_tap = accumulator_bytes([128])  # every layer its own group: 2 groups x 4 shards
