@@ -53,8 +53,75 @@ class Variant:
     residual: list[float] = field(default_factory=list)  # the same error, absolute (what --schedule per-layer minimises)
 
 
+class CovarianceStore:
+    """Layer -> its D x D float64 covariance. Up to ``budget`` bytes are held in memory; the layers
+    past it go to .npy files in a private temporary folder and are read back memory-mapped (the
+    operating system pages them in and out), so holding every layer's statistics for slim does not
+    take L x D^2 x 8 bytes of memory. ``budget`` None: all in memory. ``clear()`` removes the files
+    (also done when the store is collected)."""
+
+    def __init__(self, budget: int | None):
+        self.budget = budget
+        self._memory: dict[int, np.ndarray] = {}
+        self._files: dict[int, Path] = {}
+        self._held = 0
+        self._folder: Path | None = None
+        self._cleanup = None
+
+    def __setitem__(self, layer: int, cov: np.ndarray) -> None:
+        cov = np.ascontiguousarray(cov, dtype=np.float64)
+        self.pop(layer)
+        if self.budget is None or self._held + cov.nbytes <= self.budget:
+            self._memory[layer] = cov
+            self._held += cov.nbytes
+            return
+        if self._folder is None:
+            import shutil
+            import tempfile
+            import weakref
+
+            self._folder = Path(tempfile.mkdtemp(prefix="sui-onnx-slim-"))
+            self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._folder), True)
+        path = self._folder / f"layer{int(layer)}.npy"
+        np.save(path, cov)
+        self._files[layer] = path
+
+    def __getitem__(self, layer: int) -> np.ndarray:
+        if layer in self._memory:
+            return self._memory[layer]
+        return np.load(self._files[layer], mmap_mode="r")
+
+    def __contains__(self, layer: object) -> bool:
+        return layer in self._memory or layer in self._files
+
+    def __len__(self) -> int:
+        return len(self._memory) + len(self._files)
+
+    @property
+    def spilled(self) -> list[int]:
+        """The layers kept on disk."""
+        return sorted(self._files)
+
+    def pop(self, layer: int) -> None:
+        if layer in self._memory:
+            self._held -= self._memory.pop(layer).nbytes
+        path = self._files.pop(layer, None)
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        self._memory.clear()
+        self._files.clear()
+        self._held = 0
+        if self._cleanup is not None:
+            self._cleanup()  # removes the folder
+        self._folder, self._cleanup = None, None
+
+
 class SlimStudy:
-    """One model's FFN statistics, ready to build narrower variants of it (see module doc)."""
+    """One model's FFN statistics, ready to build narrower variants of it (see module doc).
+    The covariances are held in a `CovarianceStore` whose memory budget is the run's
+    ``max_memory`` (given, or the share of free memory the calibration run would use)."""
 
     def __init__(self, model: str | Path, calib, options, ridge: float = DEFAULT_RIDGE, weighting: bool = True):
         from .analyze import analyze
@@ -66,7 +133,7 @@ class SlimStudy:
         self.ridge = float(ridge)
         self.src = load_model(model, lean=True)
         self.surgery = FFNSurgery(self.src)  # refuses unsupported graphs before any calibration
-        self.cov: dict[int, np.ndarray] = {}
+        self.cov = CovarianceStore(self._store_budget(options, calib))
         self.mean: dict[int, np.ndarray] = {}
         self.warnings: list[str] = []
         # FFN outputs normalized on their own: token-weighted statistics, gathered in the same run
@@ -94,6 +161,17 @@ class SlimStudy:
         self.weights = [self.surgery.down_weight(i) for i in range(len(widths))]
         self._selections: dict[tuple[str, int], Selection] = {}
         self.output_weighted = True  # False: the selection's criterion is the hidden-space residual (bench ablation)
+
+    def _store_budget(self, options, calib) -> int | None:
+        """Bytes of covariances to hold in memory: --max-memory, else what the calibration run
+        would take as its statistics cap (memory.default_max_memory; None when unknown)."""
+        if options.runtime.max_memory is not None:
+            return int(options.runtime.max_memory)
+        from .memory import default_max_memory
+
+        widths = [p.width for p in self.surgery.plans]
+        batch_tokens = int(getattr(calib, "batch_size", 8)) * int(getattr(calib, "seq_len", 256))
+        return default_max_memory(self.src.model, widths, batch_tokens, cuda=False)
 
     def _keep(self, i: int, acc) -> None:
         from .xp import to_numpy

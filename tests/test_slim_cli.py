@@ -392,6 +392,29 @@ def test_large_models_are_written_with_external_data(tmp_path, monkeypatch):
     assert np.abs(logits(model, probe) - logits(written, probe)).max() <= 1e-4 * np.abs(logits(model, probe)).max()
 
 
+def test_covariances_past_the_memory_budget_are_kept_on_disk_with_the_same_result(tmp_path):
+    """With --max-memory smaller than the layers' D x D statistics, slim keeps the layers past it
+    memory-mapped in a temporary folder: the narrowed model is the same, and the folder goes with
+    release()."""
+    from sui_onnx.analyze import AnalysisOptions
+    from sui_onnx.calib import CalibrationSpec
+    from sui_onnx.slimming import SlimStudy
+
+    src = FIXTURES / "llama_w128"
+    spec = CalibrationSpec(sources=[], tokens=2048, seq_len=32)
+    whole = SlimStudy(src, spec, AnalysisOptions(device="cpu", max_memory=1 << 30))
+    tight = SlimStudy(src, spec, AnalysisOptions(device="cpu", max_memory=128 * 129 * 8 + 1))  # one layer's worth
+    assert whole.cov.spilled == [] and tight.cov.spilled == [1]
+    assert isinstance(tight.cov[1], np.memmap) and np.array_equal(tight.cov[1], whole.cov[1])
+    folder = tight.cov[1].filename
+    a, b = whole.variant([64, 80]), tight.variant([64, 80])
+    for x, y in zip(a.model.graph.initializer, b.model.graph.initializer):
+        assert x.name == y.name and x.SerializeToString() == y.SerializeToString()
+    assert Path(folder).is_file()
+    tight.release()
+    assert not Path(folder).parent.exists() and len(tight.cov) == 0
+
+
 def test_report_eval_on_an_encoder_compares_hidden_states_and_recommends_nothing(tmp_path):
     out = tmp_path / "r.json"
     r = cli("report", FIXTURES / "bert_w128", "--tokens", 1500, "--seq-len", 50, "--eval", HELDOUT, "--eval-tokens", 300,

@@ -199,7 +199,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                         "RAY_ADDRESS or a local cluster. Put MODEL before --ray, or write --ray=ADDRESS")
     g.add_argument("--ray-shards", type=positive_int, metavar="N", help="calibration shards for --ray (default: 2 per worker CPU)")
     g.add_argument("--max-memory", type=memory_size, metavar="SIZE",
-                   help="cap on the D x D statistics held at once (e.g. 2G); above it the layers are analyzed in several passes "
+                   help="cap on the D x D statistics held at once (e.g. 2G); above it the layers are analyzed in several passes, "
+                        "and slim keeps the covariances past it memory-mapped in a temporary folder "
                         "(default: half the memory left after loading the model)")
 
 
