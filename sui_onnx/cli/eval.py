@@ -12,8 +12,9 @@ from .options import (TokenProgress, add_device_args, positive_int, guard_output
 
 _DESCRIPTION = """\
 Run held-out data through MODEL with onnxruntime and measure its next-token loss, per --data
-source and pooled. Decoders (an output named *logits): CE is the mean -log p(next token) in
-nats per prediction (each window of L tokens scores its L-1 next tokens) and ppl = exp(CE).
+source and pooled. Decoders (an output named *logits, or a [batch, seq, V] output with V the
+embedding table's rows): CE is the mean -log p(next token) in nats per prediction (each window
+of L tokens scores its L-1 next tokens) and ppl = exp(CE).
 With --reference (e.g. the model before narrowing) on the same windows: dCE = CE(model) -
 CE(reference) with its paired standard error, KL = KL(reference || model) in nats per
 prediction, top-1 = share of positions where both models' most likely token agrees. Encoders
