@@ -22,6 +22,7 @@ from . import __version__
 
 if TYPE_CHECKING:
     import onnx
+from .advice import LOW_TOKENS_FACTOR, RECOMMENDED_TOKENS_FACTOR
 from .errors import SuiError, option
 from .ladder import width_span
 from .defaults import DEFAULT_MAX_LOSS, SCHEDULES  # noqa: F401 (re-exported)
@@ -158,6 +159,13 @@ class SlimStudy:
         missing = [x.layer for x in self.report.layers if x.layer not in self.cov or x.tokens < 2]
         if missing:
             raise SuiError(f"no usable statistics for FFN layer(s) {missing[:6]} (NaN/Inf activations or too few tokens)")
+        few = [x for x in self.report.layers if x.tokens < LOW_TOKENS_FACTOR * x.width]
+        if few:
+            n, d = min(x.tokens for x in few), max(x.width for x in few)
+            self.warnings.append(
+                f"only {n:,} calibration tokens for FFNs {d:,} wide (fewer than {LOW_TOKENS_FACTOR} x D): the neurons "
+                f"kept and the refit rest on too few samples; calibrate on at least {RECOMMENDED_TOKENS_FACTOR * d:,} "
+                f"tokens ({option('tokens')}, or more text)")
         self.weights = [self.surgery.down_weight(i) for i in range(len(widths))]
         self._selections: dict[tuple[str, int], Selection] = {}
         self.output_weighted = True  # False: the selection's criterion is the hidden-space residual (bench ablation)

@@ -306,6 +306,19 @@ def test_bad_eval_data_is_refused_before_the_calibration_run(tmp_path, command):
     assert not (tmp_path / "out").exists()
 
 
+def test_too_few_calibration_tokens_are_warned_about_in_flags(tmp_path):
+    """Statistics from fewer than 4 x D tokens are no basis for a selection and a refit: slim says
+    so (with the flag, --tokens, not the library's option name), on the terminal and in slim.json."""
+    text = tmp_path / "short.txt"
+    text.write_text("A short calibration text of a few words only.\n")
+    r = cli("slim", FIXTURES / "gpt2_w128", tmp_path / "s", "--ratio", 0.5, "--calib", text)
+    assert r.returncode == 0, r.stderr
+    record = json.loads((tmp_path / "s" / "slim.json").read_text())
+    said = [w for w in record["warnings"] if "calibration tokens for FFNs 128 wide" in w]
+    assert len(said) == 1 and "at least 1,280 tokens (--tokens" in said[0] and "`tokens`" not in said[0]
+    assert "calibration tokens for FFNs 128" in " ".join(r.stdout.split())
+
+
 def test_help_explains_the_method_and_the_measurement():
     r = cli("slim", "--help")
     assert r.returncode == 0

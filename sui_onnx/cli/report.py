@@ -111,6 +111,7 @@ def measured_report(model: Path, args: argparse.Namespace, quiet: bool):
     from ..graph.source import resolve_model_path
     from ..graph.surgery import NotSlimmable
     from ..slimming import SlimStudy, measured_advice
+    from . import cli_message
 
     if args.site != "post":
         raise SuiError("--eval measures narrowed FFNs, which are cut at the down projection's input: use --site post")
@@ -131,9 +132,10 @@ def measured_report(model: Path, args: argparse.Namespace, quiet: bool):
     digests = [s.get("sha256") for s in report.calibration.get("sources", []) if s.get("sha256")]
     evaluator = Evaluator(args.eval, study.src.folder, ModelInput(path=path, label="original"), **eval_settings,
                           calibration_digests=digests, kl=False)  # the ladder shows dCE and top-1: the reference runs once
-    report.advice["measured"] = measured_advice(study, evaluator, args.align, args.max_loss_increase,
-                                                report.advice.get("recommended_width"),
-                                                progress_factory=lambda: TokenProgress(enabled=not quiet))
+    measured = measured_advice(study, evaluator, args.align, args.max_loss_increase, report.advice.get("recommended_width"),
+                               progress_factory=lambda: TokenProgress(enabled=not quiet))
+    measured["warnings"] = [cli_message(w, "report") for w in measured.get("warnings", [])]  # options as their flags
+    report.advice["measured"] = measured
     return report
 
 

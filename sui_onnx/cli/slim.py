@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from ..graph.surgery import write_model_folder
     from ..ladder import width_span
     from ..slimming import SlimStudy, eval_summary, search_width, slim_record, worst_delta
+    from . import cli_message
 
     model = resolve_model_path(args.model)
     out_dir: Path = args.out_dir
@@ -159,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
                         f"--reference {model})")
     record = slim_record(study, variant, request, None, None, evaluation, search, warnings, args.method,
                          args.schedule, args.align)
+    record["warnings"] = [cli_message(w, "slim") for w in record["warnings"]]  # options as their flags
     study.release()  # the D x D statistics are not needed to write and check the model
     written = write_model_folder(variant.model, study.src, out_dir,
                                  {"slim.json": (json.dumps(record, indent=2, allow_nan=False) + "\n").encode()},
@@ -173,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         write_text_atomic(args.json, json.dumps(record, indent=2, allow_nan=False) + "\n")
     if not quiet:
         console.print(summary(record, evaluation))
-        for w in warnings:
+        for w in record["warnings"]:  # the study's (calibration) and this run's
             from rich.markup import escape
 
             console.print(f"[yellow]warning: {escape(w)}[/yellow]")
