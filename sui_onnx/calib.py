@@ -19,6 +19,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .errors import CalibrationError, first_line, option
+from .layout import TRANSFORMERS_JS_FOLDER
 
 DEFAULT_SEQ_LEN = 256
 DEFAULT_BATCH_SIZE = 8
@@ -121,8 +122,8 @@ def _wide_bom(head: bytes) -> str | None:
 
 def _read_text(path: Path) -> Iterator[str]:
     """Yield pieces of a UTF-8 text file (or UTF-16/32 with a byte order mark), read in chunks
-    (memory does not grow with the file); binary or undecodable content is a clear error, and so is anything but a regular file (a FIFO or
-    a device is refused, never read)."""
+    (memory does not grow with the file); binary or undecodable content is a clear error, and so
+    is anything but a regular file (a FIFO or a device is refused, never read)."""
     import codecs
 
     from .safeio import open_input
@@ -246,7 +247,8 @@ def tokenizer_path(folder: Path) -> Path | None:
     (``onnx/model*.onnx``, the tokenizer in the repo folder one level up) the one above a folder
     named ``onnx`` that has none; None when there is neither."""
     folder = Path(folder)
-    for path in (folder / "tokenizer.json", folder.parent / "tokenizer.json" if folder.name == "onnx" else None):
+    above = folder.parent / "tokenizer.json" if folder.name == TRANSFORMERS_JS_FOLDER else None
+    for path in (folder / "tokenizer.json", above):
         if path is not None and path.is_file():
             return path
     return None
@@ -260,7 +262,7 @@ def load_tokenizer(folder: Path):
     folder = Path(folder)
     path = tokenizer_path(folder)
     if path is None:
-        above = " or above it (transformers.js layout)" if folder.name == "onnx" else ""
+        above = " or above it (transformers.js layout)" if folder.name == TRANSFORMERS_JS_FOLDER else ""
         raise CalibrationError(
             f"text calibration needs a tokenizer: no tokenizer.json beside the model in {folder}{above} "
             "(copy the model's tokenizer.json there, or pass token ids as a .npy file)"
