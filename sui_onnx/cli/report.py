@@ -111,7 +111,7 @@ def measured_report(model: Path, args: argparse.Namespace, quiet: bool):
     from ..graph.source import resolve_model_path
     from ..graph.surgery import NotSlimmable
     from ..slimming import SlimStudy, measured_advice
-    from . import cli_message
+    from .flags import cli_message
 
     if args.site != "post":
         raise SuiError("--eval measures narrowed FFNs, which are cut at the down projection's input: use --site post")

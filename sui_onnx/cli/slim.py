@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from ..graph.surgery import write_model_folder
     from ..ladder import width_span
     from ..slimming import SlimStudy, eval_summary, search_width, slim_record, worst_delta
-    from . import cli_message
+    from .flags import cli_message
 
     model = resolve_model_path(args.model)
     out_dir: Path = args.out_dir
