@@ -113,6 +113,17 @@ def build(arch: Arch) -> torch.nn.Module:
     return model
 
 
+def _down_modules(model: torch.nn.Module, arch: Arch) -> list[torch.nn.Module]:
+    """The d_ff -> d_model projections, in module order: Linear, or GPT-2 style Conv1D ([in, out])."""
+    out = []
+    for module in model.modules():
+        linear = isinstance(module, torch.nn.Linear) and module.in_features == arch.d_ff and module.out_features != arch.d_ff
+        conv1d = type(module).__name__ == "Conv1D" and module.weight.shape[0] == arch.d_ff
+        if linear or conv1d:
+            out.append(module)
+    return out
+
+
 def reference(model: torch.nn.Module, arch: Arch, ids: np.ndarray) -> list[np.ndarray]:
     """The input of every d_ff -> d_model projection, [tokens, d_ff], in call order."""
     captured: list[np.ndarray] = []
@@ -120,12 +131,7 @@ def reference(model: torch.nn.Module, arch: Arch, ids: np.ndarray) -> list[np.nd
     def hook(_module, args):
         captured.append(args[0].detach().reshape(-1, args[0].shape[-1]).numpy().copy())
 
-    handles = []
-    for module in model.modules():
-        linear = isinstance(module, torch.nn.Linear) and module.in_features == arch.d_ff and module.out_features != arch.d_ff
-        conv1d = type(module).__name__ == "Conv1D" and module.weight.shape[0] == arch.d_ff  # GPT-2 style [in, out]
-        if linear or conv1d:
-            handles.append(module.register_forward_pre_hook(hook))
+    handles = [module.register_forward_pre_hook(hook) for module in _down_modules(model, arch)]
     t = torch.from_numpy(ids)
     with torch.no_grad():
         if arch.kind == "seq2seq":
@@ -199,15 +205,6 @@ def tap_activations(path: Path, ids: np.ndarray, encoder: Path | None = None) ->
     return widths, [np.array(o).reshape(-1, o.shape[-1]) for o in outs]
 
 
-def _down_modules(model: torch.nn.Module, arch: Arch) -> list[torch.nn.Module]:
-    """The d_ff -> d_model projections, in module order (the order `reference` hooks them in)."""
-    out = []
-    for module in model.modules():
-        linear = isinstance(module, torch.nn.Linear) and module.in_features == arch.d_ff and module.out_features != arch.d_ff
-        conv1d = type(module).__name__ == "Conv1D" and module.weight.shape[0] == arch.d_ff
-        if linear or conv1d:
-            out.append(module)
-    return out
 
 
 def _down_matrix(module: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
