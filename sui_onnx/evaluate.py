@@ -205,6 +205,10 @@ def _static(dim: Any) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
+def _encoder_decoder_error(where: str, name: str) -> ModelError:
+    return ModelError(f"{where}: input {name!r} takes a seq2seq encoder's output; eval does not run encoder-decoder models")
+
+
 def _cache_dims(src: Any) -> dict[str, dict[int, int]]:
     """The sizes of KV-cache axes a session leaves symbolic (onnxruntime-genai's kv_cache_dim), {} when
     the model has no such input."""
@@ -257,17 +261,15 @@ class _Session:
         except SuiError as exc:
             raise type(exc)(f"{where}: {exc}") from None
         if self.feed.needs_encoder:
-            raise ModelError(f"{where}: input {self.feed.needs_encoder!r} takes a seq2seq encoder's output; "
-                             "eval does not run encoder-decoder models")
+            raise _encoder_decoder_error(where, self.feed.needs_encoder)
         outputs = self.session.get_outputs()
         logits = [o for o in outputs if o.name.lower().endswith("logits") and _rank(o.shape) in (3, None)]
         logits.sort(key=lambda o: o.name != "logits")
-        vocab_rows = tables.vocab
-        if not logits and vocab_rows is not None:
+        if not logits and tables.vocab is not None:
             # unnamed logits (torch.onnx.export without output_names calls them after the last op):
             # a float [batch, seq, V] output with V the rows of the embedding table
             logits = [o for o in outputs if o.type in _FLOAT_TYPES and _rank(o.shape) == 3
-                      and _static(o.shape[-1]) == vocab_rows]
+                      and _static(o.shape[-1]) == tables.vocab]
         same = [o for o in outputs if like is not None and o.name == like.output]
         if same:
             self.kind, out = like.kind, same[0]
@@ -283,7 +285,6 @@ class _Session:
         self.output = out.name
         self.width = _static(out.shape[-1]) if _rank(out.shape) == 3 else None  # None: seen on the first run
         self.tables = tables  # the embedding and position tables' rows, when the graph says
-        self.vocab_rows = vocab_rows
         self.pinned = pinned  # KV-cache axes the session leaves symbolic, sized from the graph / genai_config.json
 
     def info(self) -> dict:
@@ -382,10 +383,10 @@ class Evaluator:
         streams = [self._stream(src, batch_size_for(self._window_len(src), width, self.batch_size))
                    for src in self.source_paths]
         totals = [self._expected_tokens(s) for s in streams]
-        self._check_positions(m, ref)
+        self._check_windows([s.tables for s in (m, ref) if s is not None])
         # ids must index every embedding table the graphs show, and (decoders) the logits
         limits = [width] if m.kind == "decoder" else []
-        limits += [s.vocab_rows for s in (m, ref) if s is not None and s.vocab_rows is not None]
+        limits += [s.tables.vocab for s in (m, ref) if s is not None and s.tables.vocab is not None]
         vocab = min(limits) if limits else None
         if vocab is not None:
             for stream, desc in zip(streams, self.descriptions):
@@ -474,11 +475,10 @@ class Evaluator:
         src = load_model(model, lean=True)
         encoder = next((i.name for i in src.model.graph.input if is_encoder_states_input(i.name)), None)
         if encoder is not None:
-            raise ModelError(f"{src.path}: input {encoder!r} takes a seq2seq encoder's output; eval does not run "
-                             "encoder-decoder models")
+            raise _encoder_decoder_error(str(src.path), encoder)
         tables = table_limits(src.model)
         del src
-        self._check_positions_of([tables])
+        self._check_windows([tables])
         for src, desc in zip(self.source_paths, self.descriptions):
             for batch in self._stream(src, self.batch_size):
                 if tables.vocab is not None and int(batch.input_ids.max()) >= tables.vocab:
@@ -486,11 +486,8 @@ class Evaluator:
                         f"{desc['path']}: token id {int(batch.input_ids.max())} is outside the model's vocabulary "
                         f"({tables.vocab} rows in {tables.vocab_tensor!r}): the data was not tokenized for this model")
 
-    def _check_positions(self, m: _Session, ref: _Session | None) -> None:
+    def _check_windows(self, tables: Sequence[Any]) -> None:
         """Every window fits the position tables the graphs show (as calibration checks it)."""
-        self._check_positions_of([s.tables for s in (m, ref) if s is not None])
-
-    def _check_positions_of(self, tables: Sequence[Any]) -> None:
         tables = [t for t in tables if t.positions is not None]
         if not tables:
             return

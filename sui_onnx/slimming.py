@@ -178,8 +178,7 @@ class SlimStudy:
         from .memory import default_max_memory
 
         widths = [p.width for p in self.surgery.plans]
-        batch_tokens = int(getattr(calib, "batch_size", 8)) * int(getattr(calib, "seq_len", 256))
-        return default_max_memory(self.src.model, widths, batch_tokens, cuda=False)
+        return default_max_memory(self.src.model, widths, calib.batch_size * calib.seq_len, cuda=False)
 
     def _keep(self, i: int, acc) -> None:
         from .xp import to_numpy
