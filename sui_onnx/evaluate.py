@@ -464,15 +464,17 @@ class Evaluator:
                           settings=settings, sources=sources, pooled=pooled, warnings=warnings)
 
     # -- helpers -------------------------------------------------------------------------------
-    def precheck(self, model: Path) -> None:
+    def precheck(self, model: Any) -> None:
         """Before a long calibration (report --eval, slim --eval): read every source to its token
         budget (decoding and tokenizing it) and check its windows against ``model``'s embedding and
         position tables, so bad eval data fails in seconds instead of after the calibration run.
-        Nothing is run in onnxruntime and no session is held."""
+        ``model``: a path, or the ModelSource the caller already loaded (lean). Nothing is run in
+        onnxruntime and no session is held."""
         from .graph import load_model
+        from .graph.source import ModelSource
         from .runner import is_encoder_states_input, table_limits
 
-        src = load_model(model, lean=True)
+        src = model if isinstance(model, ModelSource) else load_model(model, lean=True)
         encoder = next((i.name for i in src.model.graph.input if is_encoder_states_input(i.name)), None)
         if encoder is not None:
             raise _encoder_decoder_error(str(src.path), encoder)

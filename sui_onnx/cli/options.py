@@ -558,12 +558,13 @@ class TokenProgress:
         return False
 
 
-def require_narrower_width(model: Path, align: int, verb: str) -> None:
-    """Widths are multiples of --align below the widest FFN: refused, before calibrating, when there
-    is none (``verb``: what the command would do with them, "search" or "measure")."""
-    from ..graph import find_taps, load_model
+def require_narrower_width(src: Any, align: int, verb: str) -> None:
+    """Widths are multiples of --align below the widest FFN of ``src`` (a loaded ModelSource):
+    refused, before calibrating, when there is none (``verb``: what the command would do with
+    them, "search" or "measure")."""
+    from ..graph import find_taps
 
-    widths = [t.width for t in find_taps(load_model(model, lean=True).model)]
+    widths = [t.width for t in find_taps(src.model)]
     if widths and align >= max(widths):
         raise SuiError(f"--align {align} leaves no narrower width to {verb}: the widest FFN is {max(widths)} wide "
                        f"(use an --align below {max(widths)})")

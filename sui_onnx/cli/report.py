@@ -108,6 +108,7 @@ def measured_report(model: Path, args: argparse.Namespace, quiet: bool):
     """The report of one calibration run whose width advice is measured on --eval (slimming.py)."""
     from ..errors import SuiError
     from ..evaluate import Evaluator, ModelInput
+    from ..graph import load_model
     from ..graph.source import resolve_model_path
     from ..graph.surgery import NotSlimmable
     from ..slimming import SlimStudy, measured_advice
@@ -120,8 +121,10 @@ def measured_report(model: Path, args: argparse.Namespace, quiet: bool):
     path = resolve_model_path(model)
     eval_settings = dict(seq_len=args.eval_seq_len or args.seq_len, batch_size=args.batch_size, tokens=args.eval_tokens,
                          device=args.device, threads=args.threads)
-    Evaluator(args.eval, path.parent, **eval_settings).precheck(path)  # bad eval data fails before calibrating
-    require_narrower_width(path, args.align, "measure")
+    src = load_model(path, lean=True)  # bad eval data and --align fail before calibrating
+    Evaluator(args.eval, path.parent, **eval_settings).precheck(src)
+    require_narrower_width(src, args.align, "measure")
+    del src
     try:
         with TokenProgress(enabled=not quiet) as progress:
             study = SlimStudy(model, calibration_spec(args), analysis_options(args, progress))

@@ -76,6 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import SuiError
     from ..evaluate import Evaluator, ModelInput
+    from ..graph import load_model
     from ..graph.source import file_sha256, resolve_model_path
     from ..graph.surgery import write_model_folder
     from ..ladder import width_span
@@ -93,10 +94,13 @@ def run(args: argparse.Namespace) -> int:
     console = make_console(quiet=quiet)
     eval_settings = dict(seq_len=args.eval_seq_len or args.seq_len, batch_size=args.batch_size, tokens=args.eval_tokens,
                          device=args.device, threads=args.threads)
-    if args.eval:  # bad eval data fails now, not after the calibration run
-        Evaluator(args.eval, model.parent, **eval_settings).precheck(model)
-    if args.max_loss_increase is not None:
-        require_narrower_width(model, args.align, "search")
+    if args.eval or args.max_loss_increase is not None:  # bad eval data and --align fail now, not after calibrating
+        src = load_model(model, lean=True)
+        if args.eval:
+            Evaluator(args.eval, model.parent, **eval_settings).precheck(src)
+        if args.max_loss_increase is not None:
+            require_narrower_width(src, args.align, "search")
+        del src
     with TokenProgress(enabled=not quiet) as progress:
         study = SlimStudy(model, calibration_spec(args), analysis_options(args, progress), ridge=args.ridge)
     warnings: list[str] = []
@@ -167,8 +171,7 @@ def run(args: argparse.Namespace) -> int:
                                  copy_from=study.src.folder)
     note = _verify(written, variant.widths, study.src.path)
     if note is not None:
-        warnings.append(note)
-        record["warnings"] = list(record["warnings"]) + [note]
+        record["warnings"].append(note)
     record["model"] = {"path": str(written), "sha256": file_sha256(written)}
     write_text_atomic(out_dir / "slim.json", json.dumps(record, indent=2, allow_nan=False) + "\n")
     if args.json is not None:
