@@ -73,14 +73,15 @@ def _say(text: str) -> None:
         pass
 
 
-def default_checkpoint_path(model: str | Path, avoid: Path | None = None) -> Path:
+def default_checkpoint_path(model: str | Path) -> Path:
     """Where an interrupted run without --checkpoint saves its statistics: MODEL.sui-checkpoint.npz
     (the model file's name without .onnx) in the current folder, shown in --help and in the
-    message; a checkpoint being resumed from (``avoid``) is never overwritten: -2, -3, ... then."""
+    message. An existing file is never overwritten (the checkpoint being resumed from, or another
+    model's run of the same file name): MODEL-2.sui-checkpoint.npz, -3, ... then."""
     stem = Path(model).name.removesuffix(".onnx") or "model"
     path = Path(f"{stem}{CHECKPOINT_SUFFIX}")
     k = 2
-    while avoid is not None and os.path.lexists(path) and os.path.lexists(avoid) and os.path.samefile(path, avoid):
+    while os.path.lexists(path):
         path = Path(f"{stem}-{k}{CHECKPOINT_SUFFIX}")
         k += 1
     return path
@@ -93,7 +94,7 @@ def interrupted_message(exc) -> str:
         return cli_message(exc)
     from ..checkpoint import interrupted_saved, interrupted_unsaved
 
-    path = default_checkpoint_path(exc.model or "model", avoid=exc.resume)
+    path = default_checkpoint_path(exc.model or "model")
     try:
         exc.save(path)
     except (SuiError, OSError) as err:

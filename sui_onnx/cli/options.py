@@ -189,7 +189,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint", type=path_arg, metavar="FILE",
                    help="save statistics to FILE every --checkpoint-every batches and at the end. Without it, "
                         "an interrupted run (Ctrl-C, SIGTERM) saves them to MODEL.sui-checkpoint.npz in the current "
-                        "folder (MODEL: the model file's name without .onnx)")
+                        "folder (MODEL: the model file's name without .onnx; MODEL-2..., when that file exists)")
     g.add_argument("--checkpoint-every", type=positive_int, default=50, metavar="K", help="batches between checkpoints (default 50)")
     g.add_argument("--resume", type=path_arg, metavar="FILE", help="continue an interrupted run from its checkpoint")
     g.add_argument("--stats", type=path_arg, metavar="FILE",

@@ -62,6 +62,16 @@ def test_resuming_from_the_default_checkpoint_never_overwrites_it(work):
     assert (work / "model.sui-checkpoint.npz").read_bytes() == before  # the input is untouched
 
 
+def test_an_interrupt_never_overwrites_a_file_of_the_default_checkpoint_name(work):
+    (work / "model.sui-checkpoint.npz").write_bytes(b"another model's checkpoint")  # every model.onnx shares the name
+    h = hook(work / "hook", SIGNAL_AT_BATCH.format(batch=3, sig="SIGINT"))
+    r = cli(*RUN, "--batch-size", "1", cwd=work, hook=h)
+    assert r.returncode == 130 and "checkpoint saved to model-2.sui-checkpoint.npz" in r.stderr, r.stderr
+    assert (work / "model.sui-checkpoint.npz").read_bytes() == b"another model's checkpoint"
+    accs, _ = load_accumulators(work / "model-2.sui-checkpoint.npz")
+    assert accs and all(a.n > 0 for a in accs)
+
+
 def test_sigint_in_a_read_only_working_folder_is_one_line_and_exit_130(work):
     if os.geteuid() == 0:
         cwd = "/proc"  # no one, root included, can create a file there
