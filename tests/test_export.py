@@ -152,6 +152,23 @@ def test_existing_non_empty_out_dir_is_refused(tmp_path, capsys):
     assert (model / "config.json").exists()
 
 
+def test_the_log_never_replaces_a_file_the_export_did_not_write(tmp_path, capsys):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    log = tmp_path / "out.export.log"
+    log.write_text("precious notes")
+    rc, _, err = _run(capsys, "export", model, tmp_path / "out")
+    assert rc == 2 and err.count("\n") == 1 and "not an export log" in err and "--force" in err
+    assert log.read_text() == "precious notes" and not (tmp_path / "out").exists()
+    log.unlink()
+    log.mkdir()
+    rc, _, err = _run(capsys, "export", model, tmp_path / "out", "--force")
+    assert rc == 2 and err.count("\n") == 1 and "not a file" in err and "unexpected" not in err
+    rc, _, err = _run(capsys, "export", model, "")
+    assert rc == 2 and "empty" in err
+
+
 @pytest.mark.parametrize("args, message", [
     (["--torch-module", "no_colon"], "package.module:factory"),
     (["--torch-module", "models.ngpt:build_ngpt", "--with-past"], "--with-past"),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import SuiError
 from ..export.options import DTYPES, SITES
-from .options import json_object, make_console, positive_int
+from .options import json_object, make_console, path_arg, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,10 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "OUT_DIR/model.tapped.onnx with the FFN activations as outputs and list the taps. "
                     "Offline: nothing is downloaded. Needs the export extra: pip install 'sui-onnx[export]'.",
     )
-    p.add_argument("model_dir", nargs="?", type=Path, metavar="MODEL_DIR",
+    p.add_argument("model_dir", nargs="?", type=path_arg, metavar="MODEL_DIR",
                    help="local Hugging Face model folder (config.json + weights); optional with --gguf "
                         "(the folder holding FILE) and --torch-module (weights to load into the module)")
-    p.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="output folder (must not exist or be empty, unless --force)")
+    p.add_argument("out_dir", type=path_arg, metavar="OUT_DIR", help="output folder (must not exist or be empty, unless --force)")
     g = p.add_argument_group("what to export")
     g.add_argument("--task", metavar="TASK",
                    help="optimum task (default: text-generation for causal LMs, feature-extraction for encoder models, from config.json)")

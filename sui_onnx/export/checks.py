@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import SuiError
-from .options import DEFAULT_TASK, DTYPES, INSTALL_HINT, SEQ2SEQ_TASK, SITES, ExportOptions
+from .options import DEFAULT_TASK, DTYPES, INSTALL_HINT, SEQ2SEQ_TASK, SITES, ExportOptions, LOG_HEADER, log_path
 from .torch_module import parse_factory_spec
 
 
@@ -88,6 +88,25 @@ def check_out_dir(out_dir: Path, force: bool, inputs: Sequence[Path]) -> None:
         raise SuiError(f"OUT_DIR {out_dir} exists and is not empty; pass --force to replace it")
     if not os.access(parent, os.W_OK):
         raise SuiError(f"cannot write into {parent} (permission denied)")
+    check_log(log_path(out_dir), force)
+
+
+def check_log(log: Path, force: bool) -> None:
+    """The log beside OUT_DIR is rewritten only when it is a file an earlier export wrote (or with
+    --force): a user's own file of that name is never replaced, a folder there is an error."""
+    if not os.path.lexists(log):
+        return
+    if log.is_symlink() or not log.is_file():
+        raise SuiError(f"the export log {log} exists and is not a file; move it away")
+    if force:
+        return
+    try:
+        with open(log, encoding="utf-8", errors="replace") as fh:
+            ours = fh.read(len(LOG_HEADER)) == LOG_HEADER
+    except OSError as e:
+        raise SuiError(f"cannot read the existing export log {log}: {e.strerror or e}") from None
+    if not ours:
+        raise SuiError(f"{log} exists and is not an export log; move it away or pass --force to replace it")
 
 
 def resolve_gguf(path: Path, model_dir: Path | None) -> Path:

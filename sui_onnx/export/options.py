@@ -93,6 +93,9 @@ class ExportResult:
             self.encoder.moved_to(out_dir)
 
 
+LOG_HEADER = "sui-onnx export into "  # the first line of every export log
+
+
 def log_path(out_dir: Path) -> Path:
     """``<OUT_DIR>.export.log``, beside OUT_DIR."""
     return out_dir.with_name(out_dir.name + ".export.log")

@@ -13,7 +13,7 @@ from ..graph.source import load_model
 from ..safeio import chmod_default
 from .gguf import gguf_to_hf
 from .hf import config_architecture, copy_tokenizer, export_optimum
-from .options import DECODER_FILE, ENCODER_FILE, META_ARCHITECTURE, META_SOURCE, MODEL_FILE, ExportOptions, ExportResult, log_path
+from .options import DECODER_FILE, ENCODER_FILE, META_ARCHITECTURE, META_SOURCE, MODEL_FILE, ExportOptions, ExportResult, LOG_HEADER, log_path
 from .torch_module import export_torch_module
 from .checks import needed_modules, require_extra, validate
 
@@ -43,7 +43,7 @@ def export(opts: ExportOptions) -> ExportResult:
 def _export_into(staging: Path, opts: ExportOptions, log: Path) -> ExportResult:
     meta: dict[str, str] = {}
     with open(log, "w", encoding="utf-8", errors="replace") as fh:
-        fh.write(f"sui-onnx export into {opts.out_dir} (staging {staging.name})\n")
+        fh.write(f"{LOG_HEADER}{opts.out_dir} (staging {staging.name})\n")
     if opts.torch_module:
         exporter, task = export_torch_module(opts, staging, log, meta), None
         tokenizer_src = opts.model_dir if opts.model_dir and opts.model_dir.is_dir() else None
