@@ -173,7 +173,8 @@ def test_a_budget_the_sources_cannot_fill_warns_with_the_tokens_used_and_npy_row
 def test_baseline_calibrated_differently_is_refused_unless_allowed(tmp_path):
     (tmp_path / "other.txt").write_text("A different calibration text, written for this test only. " * 300)
     runs = {"base": ["--tokens", 2000], "more": ["--tokens", 3000], "other": ["--calib", tmp_path / "other.txt",
-                                                                                "--tokens", 2000]}
+                                                                                "--tokens", 2000],
+            "shorter": ["--tokens", 2000, "--seq-len", 25]}
     for name, extra in runs.items():
         r = cli("report", MODEL, "--seq-len", 50, *extra, "--json", tmp_path / f"{name}.json", "-q")
         assert r.returncode == 0, r.stderr
@@ -182,7 +183,9 @@ def test_baseline_calibrated_differently_is_refused_unless_allowed(tmp_path):
                    "--allow-calibration-change")
     one_error_line(cli("check", tmp_path / "other.json", "--baseline", base), "other data", "sha256",
                    "--allow-calibration-change")
-    for name in ("more", "other"):
+    one_error_line(cli("check", tmp_path / "shorter.json", "--baseline", base), "windows of 50 tokens",
+                   "windows of 25 tokens", "--allow-calibration-change")
+    for name in ("more", "other", "shorter"):
         r = cli("check", tmp_path / f"{name}.json", "--baseline", base, "--allow-calibration-change", "-q")
         assert r.returncode in (0, 1), r.stderr  # compared: the verdict is the gate's
     assert cli("check", base, "--baseline", tmp_path / "base.json", "-q").returncode == 0

@@ -203,10 +203,15 @@ def calibration_digests(calibration: CalibrationInfo) -> list[str | None]:
 
 
 def _check_same_calibration(cur: CalibrationInfo, base: CalibrationInfo, label: str) -> None:
-    how = "pin --calib and --tokens to the baseline's, or pass --allow-calibration-change"
+    how = "pin --calib, --tokens, --seq-len and --mix to the baseline's, or pass --allow-calibration-change"
     a, b = cur.tokens, base.tokens
     if isinstance(a, int) and isinstance(b, int) and a != b:
         raise SuiError(f"baseline {label} was calibrated on {b:,} tokens, this run on {a:,}: not comparable ({how})")
+    for key, what in (("seq_len", "windows of {} tokens"), ("mix", "--mix {}")):
+        a, b = getattr(cur, key), getattr(base, key)
+        if a is not None and b is not None and a != b:
+            raise SuiError(f"baseline {label} was calibrated with {what.format(b)}, this run with {what.format(a)}: "
+                           f"not comparable ({how})")
     da, db = calibration_digests(cur), calibration_digests(base)
     if da != db:
         def show(d: list[str | None]) -> str:
