@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # report imports this module, never the other way round
 
 # Layer status values, most severe first; `flags` may hold several, `status` is the most severe.
 STATUS_ORDER = ("non_finite", "degenerate", "rank_capped", "low_tokens", "ok")
+UNUSABLE_STATUSES = ("non_finite", "degenerate")  # no spectrum, no metrics; the others have all of them
 
 LOW_TOKENS_FACTOR = 4  # N < 4 D: metrics biased low
 RECOMMENDED_TOKENS_FACTOR = 10

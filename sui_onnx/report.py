@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Mapping
 
-from .advice import STATUS_ORDER, summarize
+from .advice import STATUS_ORDER, UNUSABLE_STATUSES, summarize
 from .errors import SuiError
 from .metrics import METRIC_KEYS
 
@@ -502,6 +502,11 @@ class LayerResult:
             raise _bad(f"{where}.flags", "a list of strings", x["flags"])
         for key in METRIC_KEYS:
             _check_metric(f"{where}.{key}", key, x.get(key), x["width"])
+        status = x.get("status", "ok")
+        if status not in STATUS_ORDER:
+            raise _bad(f"{where}.status", f"one of {', '.join(STATUS_ORDER)}", status)
+        if status not in UNUSABLE_STATUSES and x.get("sui") is None:
+            raise _bad(f"{where}.sui", f"a number for a layer of status {status}", None)
         for key, v in x.items():
             if key.startswith("k") and key[1:].isdigit() and v is not None and not (_is_int(v) and 0 <= v <= x["width"]):
                 raise _bad(f"{where}.{key}", f"an integer in [0, {x['width']}] or null", v)
@@ -580,7 +585,24 @@ class Report:
             raise SuiError(f"malformed report: {exc.__class__.__name__}: {exc}") from None
         if not report.summary and report.layers:  # a report written without its summary: derive it
             report.summary = summarize(report.layers)
+        elif "summary" in d:
+            _check_summary(report)
         return report
+
+
+def _check_summary(report: "Report") -> None:
+    """A summary read from a file must be the one its layers give (the gate reads the medians from
+    it): an edited or stale summary is a malformed report, never a verdict."""
+    derived = Summary.from_dict(summarize(report.layers))
+    for key in ("n_layers", "usable_layers"):
+        have, want = getattr(report.summary, key), getattr(derived, key)
+        if have is not None and have != want:
+            raise SuiError(f"malformed report: summary.{key} is {have}, its layers give {want}")
+    for key in METRIC_KEYS:
+        have, want = report.summary.median(key), derived.median(key)
+        if (have is None) != (want is None) or (have is not None and abs(have - want) > 1e-9 * max(1.0, abs(want))):
+            shown = (lambda v: "none" if v is None else f"{v:.6g}")
+            raise SuiError(f"malformed report: summary.{key}.median is {shown(have)}, its layers give {shown(want)}")
 
 
 MAX_REPORT_BYTES = 64 << 20  # a report of thousands of layers is a few MiB
@@ -673,8 +695,8 @@ def validate_report_dict(d: dict[str, Any]) -> None:
     if "created" in d and not isinstance(d["created"], str):
         raise _bad("created", "a string", d["created"])
     layers = d.get("layers")
-    if not isinstance(layers, list):
-        raise _bad("layers", "a list", layers)
+    if not isinstance(layers, list) or not layers:
+        raise _bad("layers", "a non-empty list", layers)
     seen: set[int] = set()
     present: set[str] = set()
     for n, x in enumerate(layers):

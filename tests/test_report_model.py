@@ -141,9 +141,28 @@ def test_a_field_that_breaks_its_rule_is_one_error_naming_it(section, key, value
     from sui_onnx.errors import SuiError
 
     d = json.loads(STORED[0].read_text(encoding="utf-8"))
+    original = d[section][key]
     d[section][key] = value
     with pytest.raises(SuiError) as exc:
         Report.from_dict(d)
     assert str(exc.value) == f"malformed report: {message}"
-    d[section][key] = None if section == "advice" else 0  # null is a value where the rule allows it
+    d[section][key] = None if section == "advice" else original  # null is a value where the rule allows it
     Report.from_dict(d)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["layers"].clear(), "layers must be a non-empty list"),
+    (lambda d: [x.update(sui=0.0) for x in d["layers"]], "summary.sui.median is"),
+    (lambda d: d["layers"][0].update(sui=None), "layers[0].sui must be a number for a layer of status ok"),
+    (lambda d: d["layers"][0].update(status="weird"), "layers[0].status must be one of non_finite, degenerate"),
+    (lambda d: d["summary"].update(usable_layers=d["summary"]["usable_layers"] + 1), "summary.usable_layers is"),
+])
+def test_a_report_whose_summary_or_layers_were_edited_is_malformed(edit, message):
+    """The gate reads the medians from the summary: one its layers do not give is refused."""
+    from sui_onnx.errors import SuiError
+
+    d = json.loads(STORED[0].read_text(encoding="utf-8"))
+    Report.from_dict(d)
+    edit(d)
+    with pytest.raises(SuiError, match="malformed report: " + message.replace("[", r"\[").replace("]", r"\]")):
+        Report.from_dict(d)
