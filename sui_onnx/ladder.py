@@ -131,6 +131,8 @@ def measured_view(report: Report) -> LadderView:
     if encoder:
         headline = ("an encoder (no logits): the ladder compares the last hidden state with the original's (worst "
                     "eval source); there is no loss to bound, so no width is recommended", "", "")
+    elif m.unresolved:
+        headline = (f"no width recommended: the held-out measurement cannot tell: {m.unresolved}", "", "")
     elif m.recommended_width is not None:
         headline = ("recommended FFN width ", str(m.recommended_width),
                     f" of {current} ({m.recommended_label}): measured dCE within {m.max_loss_increase} nats/token on "

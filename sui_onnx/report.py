@@ -407,6 +407,7 @@ class MeasuredAdvice(Section):
     recommended_widths: list[int] | None = None
     recommended_label: str | None = None
     ffn_param_saving: float | None = None
+    unresolved: str | None = None  # why no width is recommended although one passed: the eval was too thin
     warnings: list[str] | None = None
 
 

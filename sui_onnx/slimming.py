@@ -443,6 +443,11 @@ def measured_advice(study: SlimStudy, evaluator, align: int, max_loss: float, es
     passing = [r for r in rows if r["slim"]["worst_delta_ce"] is not None and r["slim"]["worst_delta_ce"] <= max_loss]
     best = min(passing, key=lambda r: sum(r["widths"])) if passing else None
     warnings = list(dict.fromkeys(w for w in (evaluator_warnings(evaluator) or [])))
+    unresolved = None
+    if best is not None:
+        unresolved, wide = resolution(best, max_loss)
+        best = None if unresolved else best
+        warnings += wide
     return {
         "method": method,
         "max_loss_increase": max_loss,
@@ -453,8 +458,30 @@ def measured_advice(study: SlimStudy, evaluator, align: int, max_loss: float, es
         "recommended_widths": best["widths"] if best else None,
         "recommended_label": best["label"] if best else None,
         "ffn_param_saving": best["ffn_param_saving"] if best else 0.0,
+        "unresolved": unresolved,
         "warnings": list(study.warnings) + list(warnings),
     }
+
+
+MORE_HELDOUT = "give more held-out text (--eval-tokens, longer or more --eval files)"
+
+
+def resolution(row: dict[str, Any], max_loss: float) -> tuple[str | None, list[str]]:
+    """Whether the measurement behind a recommended width can resolve the budget: (why no width is
+    recommended from it, or None; warnings). An eval source scored in one window has no standard
+    error, so nothing is recommended from it; one whose dCE's standard error exceeds the budget is
+    flagged."""
+    sources = [x for x in row["slim"]["sources"] if x.get("delta_ce") is not None]
+    single = [x for x in sources if x.get("delta_ce_se") is None]
+    if single:
+        names = ", ".join(f"{x['path']} ({x['tokens']} tokens)" for x in single)
+        return f"{names} gave a single window, so its dCE has no standard error; {MORE_HELDOUT}", []
+    wide = [x for x in sources if x["delta_ce_se"] > max_loss]
+    if wide:
+        names = ", ".join(f"{x['path']} (±{x['delta_ce_se']:.3f})" for x in wide)
+        return None, [f"the dCE's standard error on {names} exceeds --max-loss-increase {max_loss:g}: the "
+                      f"measurement cannot resolve the budget; {MORE_HELDOUT}"]
+    return None, []
 
 
 def evaluator_warnings(evaluator) -> list[str]:

@@ -171,6 +171,31 @@ def test_report_eval_measures_the_ladder_and_recommends_the_smallest_width_withi
     assert "width advice (measured)" in r.stdout and "recommended FFN width 6 of 48" in r.stdout
 
 
+def test_report_eval_recommends_nothing_from_a_single_window_and_flags_a_noisy_one(tmp_path):
+    model = relu_lm(tmp_path / "m", k=6, copies=8)
+    ids = np.load(tmp_path / "m_ids.npy")
+    np.save(tmp_path / "calib.npy", ids[10:])
+    np.save(tmp_path / "one.npy", ids[:1])  # one window: its dCE has no standard error
+    r = cli("report", model, "--calib", tmp_path / "calib.npy", "--eval", tmp_path / "one.npy", "--align", 2,
+            "--json", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "r.json").read_text())["advice"]["measured"]
+    assert min(row["slim"]["worst_delta_ce"] for row in m["ladder"]) <= m["max_loss_increase"]  # one passed
+    assert m["recommended_width"] is None and "single window" in m["unresolved"]
+    assert "no width recommended: the held-out measurement cannot tell" in r.stdout
+    assert "recommended FFN width" not in r.stdout
+    # two windows give a standard error: a width is recommended, flagged when the error exceeds the budget
+    np.save(tmp_path / "two.npy", ids[:2])
+    r = cli("report", model, "--calib", tmp_path / "calib.npy", "--eval", tmp_path / "two.npy", "--align", 2,
+            "--max-loss-increase", "1e-9", "--json", tmp_path / "r2.json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "r2.json").read_text())["advice"]["measured"]
+    assert m["unresolved"] is None and m["recommended_width"] is not None
+    se = [x["delta_ce_se"] for row in m["ladder"] for x in row["slim"]["sources"]]
+    assert all(v is not None and v > 1e-9 for v in se)
+    assert any("cannot resolve the budget" in w for w in m["warnings"])
+
+
 def test_unmeasured_advice_says_it_is_an_estimate(tmp_path):
     r = cli("report", FIXTURES / "gpt2_w128", "--tokens", 2000, "--seq-len", 50)
     assert r.returncode == 0, r.stderr
