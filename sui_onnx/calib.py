@@ -412,30 +412,67 @@ class CalibrationStream:
 
     def _windows(self) -> Iterator[tuple[int, np.ndarray]]:
         """(source index, window) in feeding order. ``even`` gives each source an equal share of
-        the budget, taken from its start; ``sequential`` runs the sources one after the other."""
-        even = self.spec.mix == "even" and len(self.sources) > 1
-        share = self.budget // len(self.sources) if even else None
+        the budget, taken from its start; a source too short for its share leaves the rest to the
+        sources after it, and what is still left after the last is taken, in order, from the
+        sources that had more. ``sequential`` runs the sources one after the other."""
+        if self.spec.mix == "even" and len(self.sources) > 1:
+            yield from self._even_windows()
+            return
         carry: list[int] = []
         npy = iter(self.token_ids)
         for i, s in enumerate(self.sources):
-            if even:
-                carry = []  # no window spans two sources: each share is its own text
             windows = self._npy_windows(next(npy)) if s.suffix.lower() == ".npy" else self._text_windows(s, carry)
-            if even:
-                left = share
-                for w in windows:
-                    if left < 2:
-                        break
-                    w = w[:left]
+            for w in windows:
+                yield i, w
+        if len(carry) >= 2:  # the text tail shorter than one window still counts
+            yield len(self.sources) - 1, np.asarray(self.prefix + carry, dtype=np.int64)
+
+    def _even_windows(self) -> Iterator[tuple[int, np.ndarray]]:
+        arrays = iter(self.token_ids)
+        npy = {i: next(arrays) for i, s in enumerate(self.sources) if s.suffix.lower() == ".npy"}
+        n = len(self.sources)
+        left = self.budget
+        states = [[0, False] for _ in range(n)]  # windows given, whether the source holds more
+        for i in range(n):
+            for w in self._source_share(i, npy.get(i), left // (n - i), 0, states[i]):
+                left -= w.size
+                yield i, w
+        for i in range(n):  # what the short sources left: from the sources with more, in order
+            if left < 2:
+                break
+            if states[i][1]:
+                for w in self._source_share(i, npy.get(i), left, states[i][0], states[i]):
                     left -= w.size
                     yield i, w
-                if left >= 2 and len(carry) >= 2:
-                    yield i, np.asarray((self.prefix + carry)[:left], dtype=np.int64)
+
+    def _source_share(self, i: int, arr: np.ndarray | None, share: int, skip: int,
+                      state: list) -> Iterator[np.ndarray]:
+        """Up to ``share`` tokens of source ``i`` in windows (no window spans two sources), after its
+        first ``skip`` windows. ``state`` becomes [windows given, whether the source holds more]; a
+        window cut at the share, or the text tail, counts as given whole."""
+        carry: list[int] = []
+        windows = self._npy_windows(arr) if arr is not None else self._text_windows(self.sources[i], carry)
+        k, left = 0, share
+        state[:] = [skip, False]
+        for w in windows:
+            k += 1
+            if k <= skip:
+                continue
+            if left < 2:
+                state[:] = [k - 1, True]
+                return
+            w = w[:left]
+            left -= w.size
+            state[:] = [k, True]
+            yield w
+        if len(carry) >= 2 and k >= skip:
+            if left >= 2:
+                state[:] = [k, False]
+                yield np.asarray((self.prefix + carry)[:left], dtype=np.int64)
             else:
-                for w in windows:
-                    yield i, w
-        if not even and len(carry) >= 2:  # the text tail shorter than one window still counts
-            yield len(self.sources) - 1, np.asarray(self.prefix + carry, dtype=np.int64)
+                state[:] = [k, True]
+        else:
+            state[:] = [max(k, skip), False]
 
     def __iter__(self) -> Iterator[Batch]:
         """Group windows of equal length into batches; stop exactly at the token budget."""

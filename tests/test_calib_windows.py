@@ -69,3 +69,34 @@ def test_even_mix_gives_each_source_an_equal_share_and_sequential_fills_in_order
     assert [d["tokens"] for d in even.describe()] == [300, 300]
     with pytest.raises(CalibrationError, match="`mix`"):
         CalibrationSpec(mix="shuffled")
+
+
+@pytest.mark.parametrize("short_first", [True, False])
+def test_even_mix_gives_what_a_short_source_leaves_to_the_others(tmp_path, short_first):
+    """A source too short for its share takes all it has; the budget it leaves goes to the others
+    (after it, or, when it comes last, from the earlier ones past their share), no token twice."""
+    tok = Tokenizer.from_file(str(DEMO / "tokenizer.json"))
+    texts = {"long": " ".join(f"line {i} of the long text." for i in range(400)),
+             "mid": " ".join(f"Row {i} of another text." for i in range(400)), "tiny": "A short note."}
+    for n, t in texts.items():
+        (tmp_path / f"{n}.txt").write_text(t)
+    tiny = len(tok.encode("A short note.", add_special_tokens=False).ids)
+    names = ["tiny", "long", "mid"] if short_first else ["long", "mid", "tiny"]
+    spec = CalibrationSpec([tmp_path / f"{n}.txt" for n in names], seq_len=32, tokens=900, mix="even", batch_size=3)
+    stream = CalibrationStream(spec, DEMO, [])
+    windows = [row for b in stream for row in b.input_ids]
+    got = dict(zip(names, (d["tokens"] for d in stream.describe())))
+    assert sum(len(w) for w in windows) == 900 == sum(got.values())
+    assert got["tiny"] == tiny and got["long"] >= 300 and got["mid"] >= 300
+    # every window is a run of one source's text, and no two runs of a source overlap (no token twice)
+    ids = {n: tok.encode(t, add_special_tokens=False).ids for n, t in texts.items()}
+    runs = {n: [] for n in texts}
+    for w in (w.tolist() for w in windows):
+        where = [(n, j) for n, src in ids.items() for j in range(len(src) - len(w) + 1) if src[j:j + len(w)] == w]
+        assert where, "a window that is no source's text"
+        n, j = where[0]
+        runs[n].append((j, j + len(w)))
+    for n, spans in runs.items():
+        spans.sort()
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), n
+        assert spans and spans[0][0] == 0  # each share is taken from its source's start

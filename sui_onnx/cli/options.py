@@ -154,7 +154,7 @@ def add_calib_args(p: argparse.ArgumentParser, encoder: bool = True) -> None:
                    help=f"windows per batch (default {DEFAULT_BATCH_SIZE})")
     g.add_argument("--mix", choices=MIXES, default="sequential",
                    help="several --calib sources: sequential (default) feeds them in order until the token "
-                        "budget is spent (later ones may get nothing); even gives each an equal share")
+                        "budget is spent (later ones may get nothing); even gives each an equal share (what a short source leaves goes to the others)")
     if encoder:  # one model per run (report, check); scaling finds each decoder's encoder beside it
         g.add_argument("--encoder", type=path_arg, metavar="ENCODER.onnx",
                        help="seq2seq decoders (T5, BART): the encoder run on each batch to give the decoder "
