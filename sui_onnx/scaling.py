@@ -104,7 +104,8 @@ def fit_power_law(widths: Sequence[float], ranks: Sequence[float]) -> PowerLawFi
     resid = yc - beta * xc
     sse = float(resid @ resid)
     sst = float(yc @ yc)
-    if sst > 0:
+    flat = sst <= n * (1e-12 * max(1.0, float(np.abs(y).max()))) ** 2  # equal ranks, up to round-off
+    if not flat:
         r2 = max(0.0, 1.0 - sse / sst) if sse <= sst else 0.0
     else:
         r2 = math.nan
