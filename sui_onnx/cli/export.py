@@ -93,7 +93,7 @@ def print_result(result) -> None:
     for part in parts:
         if not part.taps:
             continue
-        table = Table(box=box.SIMPLE_HEAD, title=f"{len(part.taps)} FFN taps in {part.tapped} (site {result.site})",
+        table = Table(box=box.SIMPLE_HEAD, title=f"{len(part.taps)} FFN tap{'' if len(part.taps) == 1 else 's'} in {part.tapped} (site {result.site})",
                       title_justify="left")
         cols = ["layer", "site", "width", "activation", "op", "tensor"] if result.site == "both" else \
             ["layer", "width", "activation", "op", "tensor"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import SuiError
 from ..safeio import markup
-from .options import guard_outputs, make_console
+from .options import guard_outputs, make_console, path_arg
 
 IDENTITY = ("model_sha256", "taps", "widths")  # what two shards must share to be merged
 
@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "Report from the result with: sui-onnx report MODEL --stats OUT.npz",
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="STATS.npz")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.npz")
+    p.add_argument("-o", "--output", type=path_arg, required=True, metavar="OUT.npz",
+                   help="where to write the merged statistics (.npz; never one of the inputs)")
     p.set_defaults(run=run)
 
 

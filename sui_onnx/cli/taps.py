@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([t.to_dict() for t in taps], indent=2))
         return 0
-    table = Table(box=box.SIMPLE_HEAD, title=f"{len(taps)} FFN taps in {markup(src.path)} ({'named with --tap' if args.tap else 'site ' + args.site})",
+    table = Table(box=box.SIMPLE_HEAD, title=f"{len(taps)} FFN tap{'' if len(taps) == 1 else 's'} in {markup(src.path)} ({'named with --tap' if args.tap else 'site ' + args.site})",
                   title_justify="left")
     for col in ("layer", "width", "activation", "op", "tensor"):
         table.add_column(col, justify="right" if col in ("layer", "width") else "left", overflow="fold")
