@@ -67,6 +67,10 @@ def test_subprocess_github_annotations_and_config_error(tmp_path):
     ann = [line for line in r.stdout.splitlines() if line.startswith("::")]
     assert ann == [ann[0]] and ann[0].startswith("::error file=report.json,line=")
     assert "title=sui-onnx/min-sui (layer 0)::layer 0: SUI 0.2 is below the minimum 0.3" in ann[0]
+    # with the JSON on stdout the annotations go to stderr: the JSON stays JSON, the runner sees both
+    r = cli(report, "--min-sui", "0.3", "--json", "-", cwd=tmp_path, env={"GITHUB_ACTIONS": "true"})
+    assert r.returncode == 1 and json.loads(r.stdout)["schema"] == "sui-onnx/check"
+    assert [line for line in r.stderr.splitlines() if line.startswith("::")] == ann
     (tmp_path / "gate.toml").write_text('[check]\nmin_sui = "high"\n')
     bad = cli(report, "--config", "gate.toml", cwd=tmp_path)
     assert bad.returncode == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,8 +174,8 @@ def run(args: argparse.Namespace) -> int:
         write_text_atomic(args.json, json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
     if not quiet:
         make_console().print(result)  # GateResult.__rich__: render.check
-    if os.environ.get("GITHUB_ACTIONS") == "true" and not to_stdout:
+    if os.environ.get("GITHUB_ACTIONS") == "true":  # the runner reads workflow commands on both streams
         for line in gate.github_annotations(result, file=uri if not uri.startswith("file:") else None,
                                             layer_lines=lines):
-            print(line, flush=True)
+            print(line, file=sys.stderr if to_stdout else sys.stdout, flush=True)
     return result.exit_code
