@@ -599,6 +599,19 @@ class TapRunner:
         return bufs
 
 
+_FIXED_DIM = re.compile(r"index:\s*(\d+)\s+Got:\s*(\d+)\s+Expected:\s*(\d+)")
+_DIM_OPTION = {0: "--batch-size", 1: "--seq-len"}
+
+
 def run_error(exc: Exception, shape: tuple[int, ...]) -> CalibrationError:
+    """One line for a failed run; a model exported with a fixed input shape gets the option that
+    matches it (onnxruntime puts the dimensions on lines after the first)."""
+    text = str(exc)
+    fixed = _FIXED_DIM.findall(text)
+    if fixed:
+        parts = [f"dimension {i} is fixed at {want} (this batch: {got})" for i, got, want in fixed]
+        hints = [f"{_DIM_OPTION[int(i)]} {want}" for i, _, want in fixed if int(i) in _DIM_OPTION]
+        return CalibrationError(f"onnxruntime failed on a batch of shape {tuple(shape)}: the model's input has a fixed "
+                                f"shape: {'; '.join(parts)}" + (f"; pass {' '.join(hints)}" if hints else ""))
     msg = first_line(exc)
     return CalibrationError(f"onnxruntime failed on a batch of shape {tuple(shape)}: {msg[:300]}")

@@ -118,6 +118,20 @@ def test_inputs_the_runner_cannot_feed(work):
                          work, before, "pixel_values")
 
 
+def test_a_model_exported_with_a_fixed_input_shape_names_the_options_that_match_it(work):
+    m = tiny_lm().model
+    ids = next(i for i in m.graph.input if i.name == "input_ids")
+    for dim, size in zip(ids.type.tensor_type.shape.dim, (1, 16)):
+        dim.Clear()
+        dim.dim_value = size
+    onnx.save(m, str(work / "m.onnx"))
+    np.save(work / "ids.npy", np.zeros((4, 8), np.int64))
+    before = snapshot(work)
+    r = cli("report", work / "m.onnx", "--calib", work / "ids.npy", "--json", work / "out" / "r.json", cwd=work)
+    assert_clean_failure(r, work, before, "fixed shape")
+    assert "--seq-len 16" in r.stderr
+
+
 @pytest.mark.parametrize("tokenizer", [None, b"{ not json", b"\x00\x01"])
 def test_missing_or_corrupt_tokenizer(work, tokenizer):
     tiny_lm().save(work / "m")
