@@ -235,8 +235,9 @@ class _LocalRun:
             raise state.interrupted(self.opts, self.src.path, g, accs, cursor.batches, cursor.tokens, cursor.bad,
                                     self.results, cursor.consistent) from None
         if checkpoint:
-            state.save(checkpoint, g + 1, [], 0, 0, state.bad, self.results, complete=g + 1 == len(self.groups),
-                       final_accs=(group, accs))
+            complete = g + 1 == len(self.groups)
+            state.save(checkpoint, g + 1, [], 0, 0, state.bad, self.results, complete=complete, final_accs=(group, accs),
+                       calibration=calibration_record(self.stream, self.calib, 0) if complete else None)
 
     def _batches(self, g: int, group: list[int], runner, accs, cursor: _Cursor, desc: str) -> None:
         """Every batch of the pass not yet in the statistics into the group's accumulators."""

@@ -196,10 +196,13 @@ class RunState:
         return out
 
     def save(self, path, group: int, accs, batches_done: int, tokens_done: int, bad: dict[int, str],
-             results: Sequence[TapResult | None], complete: bool = False, final_accs=None) -> None:
+             results: Sequence[TapResult | None], complete: bool = False, final_accs=None,
+             calibration: dict | None = None) -> None:
         """Write the checkpoint: stopped in pass ``group`` after ``batches_done`` batches (its
         statistics ``accs``), the results of the passes before; ``complete`` with ``final_accs``
-        (group, accumulators) of a one-pass run keeps its full statistics, for merging."""
+        (group, accumulators) of a one-pass run keeps its full statistics, for merging. A finished
+        run's ``calibration`` record (sources and their sha256, window length, mix) goes with it,
+        so that a report built with --stats says what data it came from."""
         finished = {str(i): res.to_json() for i, res in enumerate(results) if res is not None}
         meta = {
             "identity": self.identity,
@@ -213,6 +216,8 @@ class RunState:
         }
         if self.stream_full is not None:
             meta["stream_full"] = {"batches": self.stream_full[0], "sha256": self.stream_full[1]}
+        if complete and calibration is not None:
+            meta["calibration"] = {k: v for k, v in calibration.items() if k != "tokens"}
         to_save = list(accs)
         if final_accs is not None and complete and len(final_accs[0]) == len(self.identity["taps"]):
             to_save = list(final_accs[1])  # one-pass run: keep the full statistics for merging

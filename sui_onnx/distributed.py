@@ -197,7 +197,7 @@ def run_on_ray(src, taps, calib: CalibrationSpec, opts, max_retries: int = MAX_R
     if run.checkpoint:  # the finished statistics, in the format `stats` and `merge` read
         state = RunState.start(opts, src.sha256, taps, calib, stream, groups=groups)
         state.save(run.checkpoint, len(groups), [], 0, 0, all_bad, results, complete=True,
-                   final_accs=(groups[-1], last_accs))
+                   final_accs=(groups[-1], last_accs), calibration=calibration)
     return results, runtime, calibration
 
 

@@ -204,8 +204,23 @@ def test_stats_header_says_no_calibration_ran(tmp_path):
     r = cli("report", MODEL, "--stats", tmp_path / "ck.npz", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     text = flat(r.stdout)
-    assert "2,000 tokens · statistics ck.npz" in text and "from saved statistics ck.npz (no calibration run)" in text
+    # a finished run's statistics carry its calibration record: the header names the data as the run's did
+    assert "2,000 tokens · seq 50 · <bundled>/calib.txt" in text
+    assert "from saved statistics ck.npz (no calibration run)" in text
     assert "seq -" not in text and "0 tok/s" not in text and "none (-)" not in text
+
+
+def test_a_report_from_finished_statistics_keeps_the_calibration_record_and_gates_against_a_direct_one(tmp_path):
+    run = ("report", MODEL, "--tokens", 2000, "--seq-len", 50, "-q")
+    assert cli(*run, "--json", tmp_path / "direct.json").returncode == 0
+    assert cli(*run, "--checkpoint", tmp_path / "ck.npz").returncode == 0
+    r = cli("report", MODEL, "--stats", tmp_path / "ck.npz", "--json", tmp_path / "st.json", "-q")
+    assert r.returncode == 0, r.stderr
+    direct, st = (json.loads((tmp_path / n).read_text())["calibration"] for n in ("direct.json", "st.json"))
+    assert st["seq_len"] == 50 and st["tokens"] == direct["tokens"] == 2000
+    assert [x["sha256"] for x in st["sources"]] == [x["sha256"] for x in direct["sources"]]
+    r = cli("check", tmp_path / "st.json", "--baseline", tmp_path / "direct.json", "-q")
+    assert r.returncode == 0, r.stdout + r.stderr  # the same data: compared, and equal
 
 
 def test_explicit_tap_is_not_called_site_post(tmp_path):
