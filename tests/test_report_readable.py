@@ -83,11 +83,25 @@ def test_next_steps_name_eval_slim_and_the_baseline_gate_with_short_paths(enough
     steps = {m.group(1): m.group(2).strip() for m in re.finditer(r"^(?:next)?\s+(measure|narrow|baseline|gate)\s+(.*)$",
                                                                 r.stdout, re.M)}
     model = "tests/fixtures/gpt2_w128"  # relative to the working folder, not the absolute path given
-    assert steps["measure"] == f"sui-onnx report {model} --eval HELDOUT.txt"
-    assert steps["narrow"].startswith(f"sui-onnx slim {model} OUT --width ")
-    assert steps["baseline"] == f"sui-onnx report {model} --json base.json"
-    assert steps["gate"] == f"sui-onnx check {model} --baseline base.json"
+    run = f"{model} --seq-len 50"  # the calibration options of this report: the same data next time
+    assert steps["measure"] == f"sui-onnx report {run} --eval HELDOUT.txt"
+    assert steps["narrow"].startswith(f"sui-onnx slim {run} OUT --width ")
+    assert steps["baseline"] == f"sui-onnx report {run} --json base.json"
+    assert steps["gate"] == f"sui-onnx check {run} --baseline base.json"
     assert f"model  {model}/model.onnx" in r.stdout and str(ROOT) not in r.stdout
+
+
+def test_next_steps_keep_the_calibration_sources_and_ask_npy_ids_for_more_ids(tmp_path):
+    (tmp_path / "notes.txt").write_text("Calibration notes written for this test only. " * 40)
+    r = cli("report", MODEL, "--calib", "notes.txt", "--tokens", 300, "--seq-len", 50, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = flat(r.stdout)
+    assert "--calib notes.txt --seq-len 50 --tokens 1280" in text  # not the bundled text
+    np.save(tmp_path / "ids.npy", np.zeros((6, 50), np.int64))
+    r = cli("report", MODEL, "--calib", "ids.npy", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = flat(r.stdout)
+    assert "--calib MORE_IDS.npy" in text and "--tokens 1280" not in text and "--seq-len" not in text
 
 
 def test_advice_quantile_says_which_layers_were_counted(tmp_path):
@@ -118,7 +132,7 @@ def test_thin_data_withholds_the_advice_but_prints_the_flagged_metrics(tmp_path)
         assert x["status"] == "low_tokens" and x["sui"] is not None
         assert re.search(rf"^\s+{x['layer']}\s+128\s+{x['hard_rank']:.1f}\s.*low_tokens\s*$", r.stdout, re.M)
     assert "thin data: 300 tokens < 4·D = 512" in text
-    assert "sui-onnx report tests/fixtures/gpt2_w128 --tokens 1280" in text  # the next step: calibrate more
+    assert "sui-onnx report tests/fixtures/gpt2_w128 --seq-len 50 --tokens 1280" in text  # the next step: calibrate more
     md = (tmp_path / "r.md").read_text()
     assert f"**Width advice withheld**: {reason}." in md and "Width estimate" not in md
 
@@ -129,7 +143,7 @@ def test_model_paths_in_the_next_steps_are_text_not_markup(tmp_path):
     shutil.copytree(MODEL, tmp_path / "[red]m")
     r = cli("report", "[red]m", "--tokens", 2000, "--seq-len", 50, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "sui-onnx check [red]m --baseline base.json" in r.stdout and "model  [red]m/model.onnx" in r.stdout
+    assert "sui-onnx check [red]m --seq-len 50 --baseline base.json" in r.stdout and "model  [red]m/model.onnx" in r.stdout
 
 
 def test_check_fails_on_rank_capped_layers_unless_low_tokens_are_allowed(tmp_path):

@@ -261,15 +261,43 @@ def command_path(path: Any) -> str:
     return text if text and len(text) <= 32 and " " not in text and printable(text) == text else "MODEL"
 
 
+def calibration_args(report: Report) -> str:
+    """The calibration options that made ``report`` (its own --calib sources, a --seq-len other
+    than the default, --mix even), for the commands it suggests: a suggestion that dropped them
+    would measure other data. A source path too long or odd to print stands as CALIB."""
+    from ..calib import DEFAULT_SEQ_LEN
+
+    c = report.calibration
+    args = []
+    for src in c.sources or []:
+        if getattr(src, "bundled", None) or not isinstance(getattr(src, "path", None), str):
+            continue
+        text = short_path(src.path)
+        ok = text and len(text) <= 40 and " " not in text and printable(text) == text
+        args.append(f"--calib {text if ok else 'CALIB'}")
+    npy_only = bool(args) and all(getattr(x, "kind", None) == "npy" for x in c.sources or [])
+    if isinstance(c.seq_len, int) and c.seq_len != DEFAULT_SEQ_LEN and not npy_only:  # .npy rows are windows
+        args.append(f"--seq-len {c.seq_len}")
+    if c.mix == "even":
+        args.append("--mix even")
+    return "".join(" " + a for a in args)
+
+
 def next_steps(report: Report) -> list[tuple[str, str]]:
-    """(what, command): what to run next, given this report."""
+    """(what, command): what to run next, given this report, with the calibration options that
+    made it."""
     model_path = report.model.path if report.model.path is not None else ""
-    path = command_path(model_path)
+    path = command_path(model_path) + calibration_args(report)
     a = report.advice
     measured = a.measured
     steps = []
     if a.withheld:
-        steps.append(("calibrate", f"sui-onnx report {path} --tokens {a.withheld.recommended_tokens}"))
+        kinds = {getattr(x, "kind", None) for x in report.calibration.sources or []}
+        if kinds == {"npy"}:  # token ids are used whole: only more ids can help
+            steps.append((f"calibrate ({a.withheld.recommended_tokens:,} tokens)",
+                          f"sui-onnx report {command_path(model_path)} --calib MORE_IDS.npy"))
+        else:
+            steps.append(("calibrate", f"sui-onnx report {path} --tokens {a.withheld.recommended_tokens}"))
     heldout = "HELDOUT.txt"
     bundled = os.path.join(_PACKAGE, "data")
     if os.path.abspath(str(model_path)).startswith(os.path.abspath(bundled) + os.sep):
