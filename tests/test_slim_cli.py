@@ -294,7 +294,13 @@ def test_bad_requests_exit_2_and_write_nothing(tmp_path):
         ["report", model, "--calib", ids, "--eval", ids, "--site", "pre"],
         ["report", model, "--calib", ids, "--eval", ids, "--align", 4096, "--json", tmp_path / "o9.json"],
         ["slim", model, tmp_path / "o8", "--max-loss-increase", 0.01, "--eval", ids, "--align", 4096, "--calib", ids],
+        ["slim", model, busy.parent / "empty", "--width", 4, "--calib", ids, "--json", busy.parent / "empty" / "model.onnx"],
+        ["slim", model, busy.parent / "empty", "--width", 4, "--calib", ids, "--checkpoint", busy.parent / "empty" / "c.npz"],
+        ["slim", model, busy.parent / "empty", "--width", 4, "--calib", ids, "--json", busy.parent / "empty"],
+        ["slim", model, tmp_path / "link", "--width", 4, "--calib", ids],                # OUT_DIR a symbolic link
     ]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
     before = sorted(p.name for p in tmp_path.iterdir())
     said = []
     for args in cases:
@@ -302,10 +308,12 @@ def test_bad_requests_exit_2_and_write_nothing(tmp_path):
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (args, r.stderr)
         said.append(r.stderr)
-    # the last two: said before calibrating, not an empty ladder or "no width ... (probes: )"
-    assert "--align 4096 leaves no narrower width to measure" in said[-2]
-    assert "--align 4096 leaves no narrower width to search" in said[-1]
+    # said before calibrating, not an empty ladder or "no width ... (probes: )"
+    assert "--align 4096 leaves no narrower width to measure" in said[-6]
+    assert "--align 4096 leaves no narrower width to search" in said[-5]
+    assert all("inside it" in x for x in said[-4:-2]) and "is a folder" in said[-2] and "symbolic link" in said[-1]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no temporary folder left
+    assert not any((tmp_path / "empty").iterdir())
     assert (busy / "keep.txt").read_text() == "mine" and onnx.load(str(model)) is not None
 
 

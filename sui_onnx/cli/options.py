@@ -216,6 +216,14 @@ def add_analysis_args(p: argparse.ArgumentParser, long_runs: bool = True) -> Non
         add_run_args(p)
 
 
+def calib_inputs(args: argparse.Namespace) -> list[Path]:
+    """The calibration sources a run reads, for the output guard: --calib, or the bundled text
+    when none is given (an output on it would overwrite the package's own data)."""
+    from ..calib import bundled_corpus
+
+    return list(args.calib) if args.calib else [bundled_corpus()]
+
+
 def calibration_spec(args: argparse.Namespace) -> CalibrationSpec:
     return CalibrationSpec(sources=list(args.calib), seq_len=args.seq_len, batch_size=args.batch_size, tokens=args.tokens,
                            mix=getattr(args, "mix", "sequential"))

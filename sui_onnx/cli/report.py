@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..defaults import DEFAULT_MAX_LOSS
 from ..layout import companion_encoder
-from .options import (TokenProgress, add_analysis_args, positive_int, analysis_options, calibration_spec, guard_outputs, make_console, model_argument, nonnegative_number, require_narrower_width, write_text_atomic)
+from .options import (TokenProgress, add_analysis_args, positive_int, analysis_options, calib_inputs, calibration_spec, guard_outputs, make_console, model_argument, nonnegative_number, require_narrower_width, write_text_atomic)
 
 
 PLOT_FILES = ("spectra.png", "utilization.png", "energy.png")  # what --plot DIR receives (plots.py)
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     model = model_argument(args)
     outputs = [("--json", args.json), ("--spectra", args.spectra), ("--markdown", args.markdown),
                ("--html", args.html), ("--checkpoint", args.checkpoint)]
-    guard_outputs([model, companion_encoder(model), *args.calib, *args.eval, args.encoder, args.resume, args.stats], outputs,
+    guard_outputs([model, companion_encoder(model), *calib_inputs(args), *args.eval, args.encoder, args.resume, args.stats], outputs,
                   folders=[("--plot", args.plot, PLOT_FILES)])
     if args.plot is not None:
         from ..plots import require_matplotlib

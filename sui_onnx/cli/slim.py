@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from ..metrics import DEFAULT_TOP_FRACTION
-from .options import (TokenProgress, add_calib_args, add_device_args, add_run_args, analysis_options, calibration_spec,
+from .options import (TokenProgress, add_calib_args, calib_inputs, add_device_args, add_run_args, analysis_options, calibration_spec,
                       fraction, guard_outputs, make_console, nonnegative_number, positive_int, require_narrower_width,
                       write_text_atomic)
 
@@ -87,9 +87,10 @@ def run(args: argparse.Namespace) -> int:
     out_dir: Path = args.out_dir
     if args.max_loss_increase is not None and not args.eval:
         raise SuiError("--max-loss-increase measures every probe on held-out data: give --eval HELDOUT")
-    inputs = [model, *args.calib, *args.eval, args.resume, args.stats]
+    inputs = [model, *calib_inputs(args), *args.eval, args.resume, args.stats]
     guard_outputs(inputs, [args.json, args.checkpoint])
-    _guard_out_dir(out_dir, [p for p in inputs if p is not None] + [model.parent])
+    _guard_out_dir(out_dir, [p for p in inputs if p is not None] + [model.parent],
+                   [("--json", args.json), ("--checkpoint", args.checkpoint)])
     quiet = args.quiet or (args.json is not None and str(args.json) == "-")
     console = make_console(quiet=quiet)
     eval_settings = dict(seq_len=args.eval_seq_len or args.seq_len, batch_size=args.batch_size, tokens=args.eval_tokens,
@@ -185,14 +186,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _guard_out_dir(out_dir: Path, inputs: list[Path]) -> None:
+def _guard_out_dir(out_dir: Path, inputs: list[Path], outputs: list[tuple[str, Path | None]]) -> None:
+    """Before any work: OUT_DIR is a new or empty real folder that holds no input of this run, and
+    no other output (--json, --checkpoint) is OUT_DIR or goes inside it."""
     from ..errors import SuiError
 
+    if out_dir.is_symlink():
+        raise SuiError(f"OUT_DIR {out_dir} is a symbolic link: give the folder it points to (or a new one)")
     target = out_dir.resolve()
     for p in inputs:
         r = Path(p).resolve()
         if r == target or target in r.parents:
             raise SuiError(f"refusing to write into {out_dir}: it holds an input of this run ({p})")
+    for flag, p in outputs:
+        if p is None or str(p) == "-":
+            continue
+        r = Path(p).resolve()
+        if r == target or target in r.parents:
+            raise SuiError(f"{flag} {p} is OUT_DIR or inside it, which slim fills with the model: write it elsewhere")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise SuiError(f"{out_dir} exists and is not an empty folder: nothing was written (choose a new OUT_DIR)")
     if not target.parent.is_dir():

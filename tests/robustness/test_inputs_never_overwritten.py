@@ -91,3 +91,25 @@ def test_transformers_js_layout(tmp_path):
     before = snapshot(tmp_path)
     r = cli("report", "repo/onnx/model.onnx", "--calib", "ids.npy", "-q", "--json", "repo/tokenizer.json", cwd=tmp_path)
     assert_clean_failure(r, tmp_path, before, "input of this run")
+
+
+@pytest.mark.parametrize("command", ["report", "check", "slim"])
+def test_the_bundled_calibration_text_is_an_input_when_no_calib_is_given(tmp_path, monkeypatch, capsys, command):
+    """Without --calib a run reads the package's own text: an output on it is refused (in process,
+    with the bundled path pointed at a copy, so a failing test cannot damage the package)."""
+    import sui_onnx.calib as calib
+    from sui_onnx.cli import main
+    from tests.robustness.clitools import model_folder
+
+    text = tmp_path / "calib.txt"
+    shutil.copy(calib.bundled_corpus(), text)
+    monkeypatch.setattr(calib, "bundled_corpus", lambda: text)
+    model = model_folder(tmp_path / "m")
+    before = text.read_bytes()
+    args = {"report": ["report", str(model), "--tokens", "256", "--checkpoint", str(text)],
+            "check": ["check", str(model), "--tokens", "256", "--min-sui", "0", "--json", str(text)],
+            "slim": ["slim", str(model), str(tmp_path / "out"), "--width", "8", "--tokens", "256", "--json", str(text)]}
+    assert main(args[command]) == 2
+    err = capsys.readouterr().err
+    assert "input of this run" in err and err.count("\n") == 1
+    assert text.read_bytes() == before and not (tmp_path / "out").exists()
