@@ -157,6 +157,10 @@ class SlimStudy:
         if [x.width for x in self.report.layers] != widths:
             raise SuiError("the calibration taps do not match the FFN blocks found for slimming")
         missing = [x.layer for x in self.report.layers if x.layer not in self.cov or x.tokens < 2]
+        if missing and options.run.resume is not None and all(x.tokens >= 2 for x in self.report.layers):
+            # a finished checkpoint: its passes are done, so the resume replays results, not statistics
+            raise SuiError(f"{option('resume')} {options.run.resume} holds a finished run, whose statistics slim reads "
+                           f"with {option('stats')} {options.run.resume}")
         if missing:
             raise SuiError(f"no usable statistics for FFN layer(s) {missing[:6]} (NaN/Inf activations or too few tokens)")
         few = [x for x in self.report.layers if x.tokens < LOW_TOKENS_FACTOR * x.width]

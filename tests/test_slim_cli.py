@@ -471,3 +471,15 @@ def test_report_eval_on_an_encoder_compares_hidden_states_and_recommends_nothing
     cos = [row["slim"]["worst_cosine"] for row in m["ladder"]]
     assert all(0 < c <= 1 for c in cos) and cos[0] <= cos[-1]  # wider keeps the hidden states closer
     assert "an encoder" in r.stdout
+
+
+def test_resuming_a_finished_checkpoint_points_to_stats_which_slims_it(tmp_path):
+    model = relu_lm(tmp_path / "m")
+    ids = tmp_path / "m_ids.npy"
+    assert cli("report", model, "--calib", ids, "--checkpoint", tmp_path / "ck.npz", "-q").returncode == 0
+    r = cli("slim", model, tmp_path / "o", "--width", 4, "--calib", ids, "--resume", tmp_path / "ck.npz", "-q")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "finished run" in r.stderr and "--stats" in r.stderr
+    assert not (tmp_path / "o").exists()
+    r = cli("slim", model, tmp_path / "o", "--width", 4, "--stats", tmp_path / "ck.npz", "-q")
+    assert r.returncode == 0, r.stderr
+    assert [x["width_after"] for x in json.loads((tmp_path / "o" / "slim.json").read_text())["layers"]] == [4, 4]
