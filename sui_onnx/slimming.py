@@ -249,8 +249,14 @@ class SlimStudy:
     def per_layer_widths(self, uniform: Sequence[int], method: str, align: int) -> list[int]:
         """Widths with the same total as ``uniform``, allocated by each layer's output-space
         residual curve (the greedy's exact residual after k neurons)."""
+        total = int(sum(uniform))
+        floor = align * len(self.widths)
+        if total < floor:
+            raise SuiError(f"{option('schedule')} per-layer moves whole steps of {option('align')} {align} between "
+                           f"layers: the total width {total} is below one step per layer ({floor}); give a wider "
+                           f"width or a smaller {option('align')}")
         curves = [self.selection(i, method, d).residual for i, d in enumerate(self.widths)]
-        return allocate(curves, self.widths, int(sum(uniform)), align=align)
+        return allocate(curves, self.widths, total, align=align)
 
     # -- variants ----------------------------------------------------------------------------
     def refits(self, widths: Sequence[int], method: str) -> list[tuple[Refit, float, float]]:

@@ -298,6 +298,7 @@ def test_bad_requests_exit_2_and_write_nothing(tmp_path):
         ["slim", model, busy.parent / "empty", "--width", 4, "--calib", ids, "--checkpoint", busy.parent / "empty" / "c.npz"],
         ["slim", model, busy.parent / "empty", "--width", 4, "--calib", ids, "--json", busy.parent / "empty"],
         ["slim", model, tmp_path / "link", "--width", 4, "--calib", ids],                # OUT_DIR a symbolic link
+        ["slim", model, tmp_path / "o10", "--width", 3, "--align", 4, "--schedule", "per-layer", "--calib", ids],
     ]
     (tmp_path / "empty").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "empty")
@@ -309,9 +310,10 @@ def test_bad_requests_exit_2_and_write_nothing(tmp_path):
         assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (args, r.stderr)
         said.append(r.stderr)
     # said before calibrating, not an empty ladder or "no width ... (probes: )"
-    assert "--align 4096 leaves no narrower width to measure" in said[-6]
-    assert "--align 4096 leaves no narrower width to search" in said[-5]
-    assert all("inside it" in x for x in said[-4:-2]) and "is a folder" in said[-2] and "symbolic link" in said[-1]
+    assert "--align 4096 leaves no narrower width to measure" in said[-7]
+    assert "--align 4096 leaves no narrower width to search" in said[-6]
+    assert all("inside it" in x for x in said[-5:-3]) and "is a folder" in said[-3] and "symbolic link" in said[-2]
+    assert "--schedule per-layer moves whole steps of --align 4" in said[-1] and "unexpected" not in said[-1]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no temporary folder left
     assert not any((tmp_path / "empty").iterdir())
     assert (busy / "keep.txt").read_text() == "mine" and onnx.load(str(model)) is not None

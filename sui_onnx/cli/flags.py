@@ -15,7 +15,7 @@ LIBRARY_OPTIONS = frozenset({
     "checkpoint", "checkpoint_every", "resume", "stats", "ray", "ray_shards", "encoder",
     "tau", "min_r2", "seed_key",  # scaling's fit options
     "eval_data", "eval_tokens", "eval_seq_len", "reference",  # evaluate
-    "ridge", "method", "width", "ratio",  # slimming
+    "ridge", "method", "width", "ratio", "schedule",  # slimming
 })
 
 
