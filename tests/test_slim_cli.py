@@ -149,6 +149,14 @@ def test_the_search_finds_the_span_width_and_records_every_probe(tmp_path):
     assert abs(record["eval"]["worst_delta_ce"]) <= 1e-4
     assert all(abs(p["worst_delta_ce"]) <= 1e-4 for p in record["search"] if p["width"] >= 8)
     assert record["eval"]["sources"][0]["held_out"] is True
+    assert not any("width search" in w for w in record["warnings"])
+    # a search measured on one window has no standard error behind its verdicts: it says so
+    np.save(tmp_path / "one.npy", np.load(tmp_path / "held.npy")[:1])
+    r = cli("slim", model, tmp_path / "out1", "--max-loss-increase", "1e-4", "--calib", tmp_path / "calib.npy",
+            "--eval", tmp_path / "one.npy", "--align", 4, "--ridge", 0)
+    assert r.returncode == 0, r.stderr
+    record = json.loads((tmp_path / "out1" / "slim.json").read_text())
+    assert any("the width search cannot tell widths apart" in w and "single window" in w for w in record["warnings"])
 
 
 def test_report_eval_measures_the_ladder_and_recommends_the_smallest_width_within_the_limit(tmp_path):

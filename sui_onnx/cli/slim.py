@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from ..graph.source import file_sha256, resolve_model_path
     from ..graph.surgery import write_model_folder
     from ..ladder import width_span
-    from ..slimming import SlimStudy, eval_summary, search_width, slim_record, worst_delta
+    from ..slimming import SlimStudy, eval_summary, resolution, search_width, slim_record, worst_delta
     from .flags import cli_message
 
     model = resolve_model_path(args.model)
@@ -160,6 +160,9 @@ def run(args: argparse.Namespace) -> int:
         result = measure(variant)
         evaluation = {**eval_summary(result), "result": result.to_dict()}
         warnings += result.warnings
+        if args.max_loss_increase is not None:  # the search's verdicts rest on this data's resolution
+            why, wide = resolution({"slim": evaluation}, args.max_loss_increase)
+            warnings += ([f"the width search cannot tell widths apart: {why}"] if why else []) + wide
     else:
         warnings.append("no --eval: the cost of this width was not measured (sui-onnx eval OUT_DIR --data HELDOUT "
                         f"--reference {model})")
