@@ -88,7 +88,8 @@ NO_RECIPE = pytest.mark.skipif(not (RECIPE_SET / "heldout").is_dir(),
 # (recipe set, family) pairs whose committed reports the goals are checked on: the default recipe
 # (600 steps) for every paper family, and `bytes1800` (the same settings trained 3x longer) for
 # GPT-2 and nGPT
-GOAL_RUNS = [("bytes", "gpt2"), ("bytes", "llama"), ("bytes", "ngpt"), ("bytes1800", "gpt2"), ("bytes1800", "ngpt")]
+GOAL_RUNS = [("bytes", "gpt2"), ("bytes", "llama"), ("bytes", "ngpt"), ("bytes1800", "gpt2"), ("bytes1800", "ngpt"),
+             ("bytes-ngpt-lr0.01", "ngpt")]
 # The soft-rank goal as the committed reports measure it (docs/results.md): strict, so a recipe that
 # comes to meet it makes this list fail until it is updated.
 SOFT_R2_UNMET = {
@@ -133,3 +134,19 @@ def test_the_longer_recipe_differs_from_the_default_only_in_its_steps():
     a, b = (json.loads((SETS / name / "recipe.json").read_text())["settings"] for name in ("bytes", "bytes1800"))
     assert (a["steps"], b["steps"]) == (600, 1800)
     assert {k: v for k, v in a.items() if k != "steps"} == {k: v for k, v in b.items() if k != "steps"}
+
+
+def test_the_ngpt_lr_set_differs_from_the_default_only_in_ngpts_lr_and_family():
+    """bytes-ngpt-lr0.01 is the default recipe for nGPT with the peak lr the probe measured
+    (bench/results/ngpt_lr_probe.json: the lowest held-out perplexity over its widths)."""
+    a, b = (json.loads((SETS / name / "recipe.json").read_text()) for name in ("bytes", "bytes-ngpt-lr0.01"))
+    assert (a["settings"]["ngpt_lr"], b["settings"]["ngpt_lr"]) == (0.015, 0.01)
+    assert {k: v for k, v in a["settings"].items() if k != "ngpt_lr"} == \
+        {k: v for k, v in b["settings"].items() if k != "ngpt_lr"}
+    assert b["sweep"]["families"] == ["ngpt"] and b["sweep"]["widths"] == a["sweep"]["widths"]
+    assert b["sweep"]["seeds"] == a["sweep"]["seeds"]
+    probe = json.loads((Path(__file__).parents[1] / "bench" / "results" / "ngpt_lr_probe.json").read_text())
+    mean_ppl = {}
+    for row in probe["rows"]:
+        mean_ppl.setdefault(row["ngpt_lr"], []).append(row["heldout_ppl"])
+    assert min(mean_ppl, key=lambda lr: sum(mean_ppl[lr])) == b["settings"]["ngpt_lr"]
