@@ -189,6 +189,7 @@ class _LocalRun:
         self.state = RunState.start(opts, src.sha256, taps, calib, self.stream, groups=plan_groups(widths, budget, auto))
         self.groups: list[list[int]] = self.state.identity["groups"]
         self.results: list[Any] = [None] * len(taps)
+        self._record: dict[str, Any] | None = None
         self.runtime: dict[str, Any] = {
             "device": None, "providers": [], "passes": len(self.groups), "precision": opts.runtime.precision,
             "max_memory": budget, "max_memory_source": "auto" if auto else "option"}
@@ -201,8 +202,14 @@ class _LocalRun:
                         self.results[i] = self.state.finished[i]
                 else:
                     self._pass(g, group)
-        return Measurement(self.results, self.runtime,
-                           calibration_record(self.stream, self.calib, self.stream.tokens_fed))
+        return Measurement(self.results, self.runtime, self._calibration())
+
+    def _calibration(self) -> dict[str, Any]:
+        """The run's calibration record, once every pass is done; made once (describing the sources
+        hashes them, which reads a large corpus again), for the final checkpoint and the report."""
+        if self._record is None:
+            self._record = calibration_record(self.stream, self.calib, self.stream.tokens_fed)
+        return self._record
 
     def _session(self, group: Sequence[int]):
         """A session over the tapped copy of this group's taps (in memory: nothing written)."""
@@ -237,7 +244,7 @@ class _LocalRun:
         if checkpoint:
             complete = g + 1 == len(self.groups)
             state.save(checkpoint, g + 1, [], 0, 0, state.bad, self.results, complete=complete, final_accs=(group, accs),
-                       calibration=calibration_record(self.stream, self.calib, 0) if complete else None)
+                       calibration=self._calibration() if complete else None)
 
     def _batches(self, g: int, group: list[int], runner, accs, cursor: _Cursor, desc: str) -> None:
         """Every batch of the pass not yet in the statistics into the group's accumulators."""
