@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Generator, Iterator, Sequence
 
 import numpy as np
 
@@ -432,47 +432,42 @@ class CalibrationStream:
         npy = {i: next(arrays) for i, s in enumerate(self.sources) if s.suffix.lower() == ".npy"}
         n = len(self.sources)
         left = self.budget
-        states = [[0, False] for _ in range(n)]  # windows given, whether the source holds more
+        given: list[tuple[int, bool]] = []  # per source: windows given, whether it holds more
         for i in range(n):
-            for w in self._source_share(i, npy.get(i), left // (n - i), 0, states[i]):
-                left -= w.size
-                yield i, w
-        for i in range(n):  # what the short sources left: from the sources with more, in order
+            windows, more, used = yield from self._source_share(i, npy.get(i), left // (n - i), skip=0)
+            given.append((windows, more))
+            left -= used
+        for i, (windows, more) in enumerate(given):  # what the short sources left: from those with more
             if left < 2:
                 break
-            if states[i][1]:
-                for w in self._source_share(i, npy.get(i), left, states[i][0], states[i]):
-                    left -= w.size
-                    yield i, w
+            if more:
+                _, _, used = yield from self._source_share(i, npy.get(i), left, skip=windows)
+                left -= used
 
-    def _source_share(self, i: int, arr: np.ndarray | None, share: int, skip: int,
-                      state: list) -> Iterator[np.ndarray]:
-        """Up to ``share`` tokens of source ``i`` in windows (no window spans two sources), after its
-        first ``skip`` windows. ``state`` becomes [windows given, whether the source holds more]; a
-        window cut at the share, or the text tail, counts as given whole."""
+    def _source_share(self, i: int, arr: np.ndarray | None, share: int,
+                      skip: int) -> Generator[tuple[int, np.ndarray], None, tuple[int, bool, int]]:
+        """Up to ``share`` tokens of source ``i`` as (i, window) pairs (no window spans two sources),
+        after its first ``skip`` windows. Returns (windows given, whether the source holds more,
+        tokens given); a window cut at the share, or the text tail, counts as given whole."""
         carry: list[int] = []
         windows = self._npy_windows(arr) if arr is not None else self._text_windows(self.sources[i], carry)
-        k, left = 0, share
-        state[:] = [skip, False]
+        k, used = 0, 0
         for w in windows:
             k += 1
             if k <= skip:
                 continue
-            if left < 2:
-                state[:] = [k - 1, True]
-                return
-            w = w[:left]
-            left -= w.size
-            state[:] = [k, True]
-            yield w
-        if len(carry) >= 2 and k >= skip:
-            if left >= 2:
-                state[:] = [k, False]
-                yield np.asarray((self.prefix + carry)[:left], dtype=np.int64)
-            else:
-                state[:] = [k, True]
-        else:
-            state[:] = [max(k, skip), False]
+            if share - used < 2:
+                return k - 1, True, used
+            w = w[:share - used]
+            used += w.size
+            yield i, w
+        if len(carry) < 2:
+            return k, False, used
+        if share - used < 2:
+            return k, True, used
+        tail = np.asarray((self.prefix + carry)[:share - used], dtype=np.int64)
+        yield i, tail
+        return k, False, used + tail.size
 
     def __iter__(self) -> Iterator[Batch]:
         """Group windows of equal length into batches; stop exactly at the token budget."""

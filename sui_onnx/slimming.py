@@ -455,7 +455,7 @@ def measured_advice(study: SlimStudy, evaluator, align: int, max_loss: float, es
     warnings = list(dict.fromkeys(w for w in (evaluator_warnings(evaluator) or [])))
     unresolved = None
     if best is not None:
-        unresolved, wide = resolution(best, max_loss)
+        unresolved, wide = resolution(best["slim"], max_loss)
         best = None if unresolved else best
         warnings += wide
     return {
@@ -476,12 +476,12 @@ def measured_advice(study: SlimStudy, evaluator, align: int, max_loss: float, es
 MORE_HELDOUT = "give more held-out text (--eval-tokens, longer or more --eval files)"
 
 
-def resolution(row: dict[str, Any], max_loss: float) -> tuple[str | None, list[str]]:
-    """Whether the measurement behind a recommended width can resolve the budget: (why no width is
+def resolution(measured: dict[str, Any], max_loss: float) -> tuple[str | None, list[str]]:
+    """Whether a measured variant (its ``eval_summary``) can resolve the budget: (why no width is
     recommended from it, or None; warnings). An eval source scored in one window has no standard
     error, so nothing is recommended from it; one whose dCE's standard error exceeds the budget is
     flagged."""
-    sources = [x for x in row["slim"]["sources"] if x.get("delta_ce") is not None]
+    sources = [x for x in measured["sources"] if x.get("delta_ce") is not None]
     single = [x for x in sources if x.get("delta_ce_se") is None]
     if single:
         names = ", ".join(f"{x['path']} ({x['tokens']} tokens)" for x in single)

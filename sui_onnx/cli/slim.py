@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         evaluation = {**eval_summary(result), "result": result.to_dict()}
         warnings += result.warnings
         if args.max_loss_increase is not None:  # the search's verdicts rest on this data's resolution
-            why, wide = resolution({"slim": evaluation}, args.max_loss_increase)
+            why, wide = resolution(evaluation, args.max_loss_increase)
             warnings += ([f"the width search cannot tell widths apart: {why}"] if why else []) + wide
     else:
         warnings.append("no --eval: the cost of this width was not measured (sui-onnx eval OUT_DIR --data HELDOUT "
@@ -197,15 +197,16 @@ def _guard_out_dir(out_dir: Path, inputs: list[Path], outputs: list[tuple[str, P
     if out_dir.is_symlink():
         raise SuiError(f"OUT_DIR {out_dir} is a symbolic link: give the folder it points to (or a new one)")
     target = out_dir.resolve()
-    for p in inputs:
+
+    def within(p: Path) -> bool:  # OUT_DIR itself or a path inside it
         r = Path(p).resolve()
-        if r == target or target in r.parents:
+        return r == target or target in r.parents
+
+    for p in inputs:
+        if within(p):
             raise SuiError(f"refusing to write into {out_dir}: it holds an input of this run ({p})")
     for flag, p in outputs:
-        if p is None or str(p) == "-":
-            continue
-        r = Path(p).resolve()
-        if r == target or target in r.parents:
+        if p is not None and str(p) != "-" and within(p):
             raise SuiError(f"{flag} {p} is OUT_DIR or inside it, which slim fills with the model: write it elsewhere")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise SuiError(f"{out_dir} exists and is not an empty folder: nothing was written (choose a new OUT_DIR)")

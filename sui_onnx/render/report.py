@@ -275,12 +275,16 @@ def calibration_args(report: Report) -> str:
         text = short_path(src.path)
         ok = text and len(text) <= 40 and " " not in text and printable(text) == text
         args.append(f"--calib {text if ok else 'CALIB'}")
-    npy_only = bool(args) and all(getattr(x, "kind", None) == "npy" for x in c.sources or [])
-    if isinstance(c.seq_len, int) and c.seq_len != DEFAULT_SEQ_LEN and not npy_only:  # .npy rows are windows
+    if isinstance(c.seq_len, int) and c.seq_len != DEFAULT_SEQ_LEN and not _ids_only(report):  # .npy rows are windows
         args.append(f"--seq-len {c.seq_len}")
     if c.mix == "even":
         args.append("--mix even")
     return "".join(" " + a for a in args)
+
+
+def _ids_only(report: Report) -> bool:
+    """Whether every calibration source was .npy token ids (used whole, each row one window)."""
+    return {getattr(x, "kind", None) for x in report.calibration.sources or []} == {"npy"}
 
 
 def next_steps(report: Report) -> list[tuple[str, str]]:
@@ -292,8 +296,7 @@ def next_steps(report: Report) -> list[tuple[str, str]]:
     measured = a.measured
     steps = []
     if a.withheld:
-        kinds = {getattr(x, "kind", None) for x in report.calibration.sources or []}
-        if kinds == {"npy"}:  # token ids are used whole: only more ids can help
+        if _ids_only(report):  # token ids are used whole: only more ids can help
             steps.append((f"calibrate ({a.withheld.recommended_tokens:,} tokens)",
                           f"sui-onnx report {command_path(model_path)} --calib MORE_IDS.npy"))
         else:
