@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .options import (TokenProgress, add_device_args, positive_int, guard_outputs, make_console,
+from .options import (TokenProgress, add_device_args, positive_int, guard_outputs, make_console, print_warnings,
                       write_text_atomic)
 
 _DESCRIPTION = """\
@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p._option_string_actions["--precision"].help = argparse.SUPPRESS  # analysis only: eval scores in float64
     g = p.add_argument_group("outputs")
     g.add_argument("--json", type=Path, metavar="OUT", help="write the result JSON (schema sui-onnx/eval); '-' for stdout")
-    g.add_argument("-q", "--quiet", action="store_true", help="no terminal table or progress bar")
+    g.add_argument("-q", "--quiet", action="store_true", help="no terminal table or progress bar (warnings still print, on stderr)")
     p.set_defaults(run=run)
 
 
@@ -87,13 +87,11 @@ def run(args: argparse.Namespace) -> int:
         result = evaluator.measure(model)
     if args.json is not None:
         write_text_atomic(args.json, result.to_json())
+    console = None
     if not quiet:
         console = make_console()
         console.print(render(result))
-        for w in result.warnings:
-            from rich.markup import escape
-
-            console.print(f"[yellow]warning: {escape(w)}[/yellow]")
+    print_warnings(result.warnings, quiet, console)
     return 0
 
 

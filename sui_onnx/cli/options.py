@@ -528,6 +528,20 @@ def make_console(quiet: bool = False, stderr: bool = False, file: Any = None):
                    no_color=bool(os.environ.get("NO_COLOR")) or None)
 
 
+def print_warnings(warnings, quiet: bool, console=None) -> None:
+    """A run's warnings: in yellow after the terminal table, or, when the table is not printed
+    (--quiet, or the JSON goes to standard output), one ``sui-onnx: warning:`` line each on stderr.
+    -q silences the table and the progress bar, never a warning."""
+    if not quiet and console is not None:
+        from rich.markup import escape
+
+        for w in warnings:
+            console.print(f"[yellow]warning: {escape(w)}[/yellow]")
+        return
+    for w in warnings:
+        print(f"sui-onnx: warning: {w}", file=sys.stderr, flush=True)
+
+
 class TokenProgress:
     """A rich progress bar (tokens, tokens/s, ETA) on stderr; silent when stderr is not a TTY."""
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..defaults import DEFAULT_MAX_LOSS
 from ..layout import companion_encoder
-from .options import (TokenProgress, add_analysis_args, positive_int, analysis_options, calib_inputs, calibration_spec, guard_outputs, make_console, model_argument, nonnegative_number, require_narrower_width, write_text_atomic)
+from .options import (TokenProgress, add_analysis_args, positive_int, analysis_options, calib_inputs, calibration_spec, guard_outputs, make_console, model_argument, nonnegative_number, print_warnings, require_narrower_width, write_text_atomic)
 
 
 PLOT_FILES = ("spectra.png", "utilization.png", "energy.png")  # what --plot DIR receives (plots.py)
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--html", type=Path, metavar="OUT.html",
                    help="write the report as one self-contained HTML file (tables, SVG plots, advice, provenance; "
                         "nothing fetched); '-' for stdout")
-    g.add_argument("-q", "--quiet", action="store_true", help="no terminal report or progress bar")
+    g.add_argument("-q", "--quiet", action="store_true", help="no terminal report or progress bar (warnings still print, on stderr)")
     g = p.add_argument_group(
         "measured width advice",
         "With --eval the advice is measured: for widths D/8, D/4, D/2, 3D/4 and the k95 estimate the model is "
@@ -72,7 +72,11 @@ def run(args: argparse.Namespace) -> int:
         report.settings["taps"] = "explicit"
     warn_unfilled_budget(report, args.tokens)
     write_outputs(report, args)
-    if not quiet:
+    if quiet:
+        from ..render.report import quiet_warnings
+
+        print_warnings(quiet_warnings(report), quiet=True)
+    else:
         from ..render import report_renderable
 
         console = make_console()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from ..metrics import DEFAULT_TOP_FRACTION
 from .options import (TokenProgress, add_calib_args, calib_inputs, add_device_args, add_run_args, analysis_options, calibration_spec,
-                      fraction, guard_outputs, make_console, nonnegative_number, positive_int, require_narrower_width,
-                      write_text_atomic)
+                      fraction, guard_outputs, make_console, nonnegative_number, positive_int, print_warnings,
+                      require_narrower_width, write_text_atomic)
 
 _DESCRIPTION = """\
 Narrow every FFN block of MODEL and write the narrower model to OUT_DIR (model.onnx, its tokenizer
@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--eval-seq-len", type=positive_int, metavar="L", help="eval window length (default: --seq-len)")
     g = p.add_argument_group("outputs")
     g.add_argument("--json", type=Path, metavar="OUT", help="also write slim.json here; '-' for stdout")
-    g.add_argument("-q", "--quiet", action="store_true", help="no terminal summary or progress bar")
+    g.add_argument("-q", "--quiet", action="store_true", help="no terminal summary or progress bar (warnings still print, on stderr)")
     p.set_defaults(run=run, site="post", include=None, exclude=None, tap=[], top_fraction=DEFAULT_TOP_FRACTION,
                    advice_q=0.95, advice_quantile=1.0)
 
@@ -182,10 +182,7 @@ def run(args: argparse.Namespace) -> int:
         write_text_atomic(args.json, json.dumps(record, indent=2, allow_nan=False) + "\n")
     if not quiet:
         console.print(summary(record, evaluation))
-        for w in record["warnings"]:  # the study's (calibration) and this run's
-            from rich.markup import escape
-
-            console.print(f"[yellow]warning: {escape(w)}[/yellow]")
+    print_warnings(record["warnings"], quiet, console)  # the study's (calibration) and this run's
     return 0
 
 

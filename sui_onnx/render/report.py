@@ -130,6 +130,24 @@ def header(report: Report) -> Panel:
     return Panel("\n".join(lines), title="sui-onnx report", title_align="left", box=box.ROUNDED)
 
 
+def quiet_warnings(report: Report) -> list[str]:
+    """What the terminal report would have warned about, for --quiet runs (which print it on stderr):
+    sources that gave no tokens, thin data, and the measured advice's warnings. (A budget the sources
+    could not fill is always on stderr already.)"""
+    out = []
+    unused = [printable(short_path(x.path)) for x in report.calibration.sources or [] if x.tokens == 0]
+    if unused:
+        out.append(f"no tokens from {', '.join(unused)}: the budget was spent on the sources before it "
+                   "(--mix even gives each source an equal share)")
+    withheld = report.advice.withheld
+    if withheld:
+        out.append(f"thin data: {withheld.tokens:,} tokens < 4·D = {withheld.min_tokens:,}: metrics biased low "
+                   f"(flagged), width advice withheld; pass --tokens >= {withheld.recommended_tokens or 0:,}")
+    if report.advice.measured:
+        out += list(report.advice.measured.warnings or [])
+    return out
+
+
 def unfilled_budget(report: Report) -> str | None:
     """A token budget the calibration sources could not fill: the tokens actually used, or None."""
     c = report.calibration
