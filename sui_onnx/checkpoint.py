@@ -75,6 +75,9 @@ class RunState:
         ident = meta.get("identity", {})
         if not isinstance(ident, dict):
             raise SuiError(f"{label}: not a checkpoint (no run identity)")
+        if meta.get("merged"):
+            raise SuiError(f"{label}: merged statistics (sui-onnx merge), not an interrupted run's checkpoint: "
+                           f"there is nothing to resume; report them with {option('stats')} {printable(path)}")
         planned = ident.get("groups")
         if self.identity["max_memory"] is None and ident.get("max_memory") is None and _is_plan(planned, self.identity):
             self.identity["groups"] = planned  # automatic cap: keep the interrupted run's passes

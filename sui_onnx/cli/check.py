@@ -16,7 +16,7 @@ from pathlib import Path
 from .. import gate
 from ..errors import ConfigError, SuiError
 from ..layout import MODEL_FILE, companion_encoder
-from .options import (TokenProgress, add_analysis_args, analysis_options, calib_inputs, calibration_spec, guard_outputs, make_console, write_text_atomic)
+from .options import (TokenProgress, add_analysis_args, analysis_options, calib_inputs, calibration_spec, guard_outputs, make_console, resume_input, write_text_atomic)
 from .report import warn_unfilled_budget
 
 # flag dest -> config key; values are validated by gate.validate_value (one definition)
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     outputs = [("--junit", args.junit), ("--sarif", args.sarif), ("--json", args.json),
                ("--save-report", args.save_report), ("--checkpoint", args.checkpoint)]
     guard_outputs([target, companion_encoder(target), thresholds.baseline, config_path, *calib_inputs(args), args.encoder,
-                   args.resume, args.stats], outputs)
+                   resume_input(args), args.stats], outputs)
     if is_report and args.save_report is not None:
         raise SuiError("--save-report needs a model to analyze; the target is already a report")
 

@@ -191,9 +191,11 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                         "an interrupted run (Ctrl-C, SIGTERM) saves them to MODEL.sui-checkpoint.npz in the current "
                         "folder (MODEL: the model file's name without .onnx; MODEL-2..., when that file exists)")
     g.add_argument("--checkpoint-every", type=positive_int, default=50, metavar="K", help="batches between checkpoints (default 50)")
-    g.add_argument("--resume", type=path_arg, metavar="FILE", help="continue an interrupted run from its checkpoint")
+    g.add_argument("--resume", type=path_arg, metavar="FILE", help="continue an interrupted run from its checkpoint (--checkpoint may name the same file)")
     g.add_argument("--stats", type=path_arg, metavar="FILE",
-                   help="report from finished or merged statistics (sui-onnx merge) without running calibration")
+                   help="report from finished or merged statistics (sui-onnx merge) without running calibration "
+                        "(the calibration options --calib, --tokens, --mix, --resume, --checkpoint, --ray and "
+                        "--precision are refused beside it)")
     g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="shard the calibration across Ray workers (needs the `ray` extra); without ADDRESS: "
                         "RAY_ADDRESS or a local cluster. Put MODEL before --ray, or write --ray=ADDRESS")
@@ -229,12 +231,60 @@ def calibration_spec(args: argparse.Namespace) -> CalibrationSpec:
                            mix=getattr(args, "mix", "sequential"))
 
 
+# options that only shape a calibration run, with their defaults: --stats runs none, so each of them
+# given with --stats would be ignored, and is refused instead
+_CALIBRATION_ONLY = (("calib", "--calib", []), ("tokens", "--tokens", None), ("mix", "--mix", "sequential"),
+                     ("resume", "--resume", None), ("checkpoint", "--checkpoint", None),
+                     ("checkpoint_every", "--checkpoint-every", 50), ("ray", "--ray", None),
+                     ("ray_shards", "--ray-shards", None), ("precision", "--precision", "fp32"))
+
+
+def refuse_ignored_with_stats(args: argparse.Namespace) -> None:
+    """--stats reads finished statistics instead of calibrating: the options of a calibration run
+    would silently do nothing with it, so they are a usage error that names them."""
+    if getattr(args, "stats", None) is None:
+        return
+    given = [flag for dest, flag, default in _CALIBRATION_ONLY
+             if hasattr(args, dest) and getattr(args, dest) != default]
+    if given:
+        raise SuiError(f"--stats reads finished statistics and runs no calibration: {', '.join(given)} would be "
+                       f"ignored; leave {'it' if len(given) == 1 else 'them'} out (or calibrate again without --stats)")
+
+
+def refuse_eval_options_without_eval(args: argparse.Namespace, defaults: dict[str, Any]) -> None:
+    """--eval-tokens, --eval-seq-len (and report's --max-loss-increase) shape the --eval measurement:
+    without --eval they would do nothing, so they are a usage error."""
+    if getattr(args, "eval", None):
+        return
+    given = ["--" + dest.replace("_", "-") for dest, default in defaults.items() if getattr(args, dest, default) != default]
+    if given:
+        raise SuiError(f"{', '.join(given)} {'shapes' if len(given) == 1 else 'shape'} the held-out measurement: "
+                       "give --eval HELDOUT (or leave " + ("it" if len(given) == 1 else "them") + " out)")
+
+
+def resume_input(args: argparse.Namespace) -> Path | None:
+    """--resume FILE as an input of the run, for the output guard: none when --checkpoint is the same
+    file (resuming into the checkpoint one continues is what a user does; it is read whole first and
+    saved atomically)."""
+    resume, checkpoint = getattr(args, "resume", None), getattr(args, "checkpoint", None)
+    if resume is None or checkpoint is None:
+        return resume
+    try:
+        if Path(resume).resolve() == Path(checkpoint).resolve() or Path(resume).samefile(checkpoint):
+            return None
+    except OSError:
+        pass
+    return resume
+
+
 def analysis_options(args: argparse.Namespace, progress: Any = None, long_runs: bool = True):
     """The options of add_analysis_args(p, long_runs); without the long-run group (scaling) its
     options keep their defaults (AnalysisOptions')."""
     from ..analyze import AnalysisOptions
     from ..stopping import StopOnSignal
 
+    if long_runs:
+        refuse_ignored_with_stats(args)
     runs = dict(max_memory=args.max_memory, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
                 resume=args.resume, stats=args.stats, ray=args.ray, ray_shards=args.ray_shards) if long_runs else {}
     return AnalysisOptions(

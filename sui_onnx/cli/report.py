@@ -8,7 +8,9 @@ from pathlib import Path
 
 from ..defaults import DEFAULT_MAX_LOSS
 from ..layout import companion_encoder
-from .options import (TokenProgress, add_analysis_args, positive_int, analysis_options, calib_inputs, calibration_spec, guard_outputs, make_console, model_argument, nonnegative_number, print_warnings, require_narrower_width, write_text_atomic)
+from .options import (TokenProgress, add_analysis_args, analysis_options, calib_inputs, calibration_spec,
+                      guard_outputs, make_console, model_argument, nonnegative_number, positive_int, print_warnings,
+                      refuse_eval_options_without_eval, require_narrower_width, resume_input, write_text_atomic)
 
 
 PLOT_FILES = ("spectra.png", "utilization.png", "energy.png")  # what --plot DIR receives (plots.py)
@@ -54,9 +56,10 @@ def run(args: argparse.Namespace) -> int:
     from ..analyze import analyze
 
     model = model_argument(args)
+    refuse_eval_options_without_eval(args, {"max_loss_increase": DEFAULT_MAX_LOSS, "eval_tokens": None, "eval_seq_len": None})
     outputs = [("--json", args.json), ("--spectra", args.spectra), ("--markdown", args.markdown),
                ("--html", args.html), ("--checkpoint", args.checkpoint)]
-    guard_outputs([model, companion_encoder(model), *calib_inputs(args), *args.eval, args.encoder, args.resume, args.stats], outputs,
+    guard_outputs([model, companion_encoder(model), *calib_inputs(args), *args.eval, args.encoder, resume_input(args), args.stats], outputs,
                   folders=[("--plot", args.plot, PLOT_FILES)])
     if args.plot is not None:
         from ..plots import require_matplotlib

@@ -11,7 +11,8 @@ from pathlib import Path
 from ..metrics import DEFAULT_TOP_FRACTION
 from .options import (TokenProgress, add_calib_args, calib_inputs, add_device_args, add_run_args, analysis_options, calibration_spec,
                       fraction, guard_outputs, make_console, nonnegative_number, positive_int, print_warnings,
-                      require_narrower_width, write_text_atomic)
+                      refuse_eval_options_without_eval, require_narrower_width, resume_input,
+                      write_text_atomic)
 
 _DESCRIPTION = """\
 Narrow every FFN block of MODEL and write the narrower model to OUT_DIR (model.onnx, its tokenizer
@@ -87,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     out_dir: Path = args.out_dir
     if args.max_loss_increase is not None and not args.eval:
         raise SuiError("--max-loss-increase measures every probe on held-out data: give --eval HELDOUT")
-    inputs = [model, *calib_inputs(args), *args.eval, args.resume, args.stats]
+    refuse_eval_options_without_eval(args, {"eval_tokens": None, "eval_seq_len": None})
+    inputs = [model, *calib_inputs(args), *args.eval, resume_input(args), args.stats]
     guard_outputs(inputs, [args.json, args.checkpoint])
     _guard_out_dir(out_dir, [p for p in inputs if p is not None] + [model.parent],
                    [("--json", args.json), ("--checkpoint", args.checkpoint)])
