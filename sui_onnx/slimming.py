@@ -294,11 +294,22 @@ class SlimStudy:
                        self.surgery.apply(edits))
 
     # -- counts ------------------------------------------------------------------------------
-    def ffn_parameters(self, widths: Sequence[int]) -> int:
-        """Weights of the FFN projections at these widths (up/gate + down; biases left out)."""
+    def ffn_parameters(self, widths: Sequence[int], edited: bool = True) -> int:
+        """Parameters of the FFN blocks at these widths: the up/gate and down weights, the constants
+        along the width (up biases, nGPT's scales), and the down bias. ``edited``: as slim writes
+        them, every down projection with a bias (the mean is folded into one); otherwise the
+        source model's (a bias only where it has one)."""
+        if not hasattr(self, "_ffn_counts"):
+            counts = []
+            for plan, block in zip(self.surgery.plans, self.surgery.blocks):
+                columns = {op.name: self.surgery.array(op.name).size for op, _ in plan.columns}
+                per_neuron = (sum(u.k * u.n for u in block.ups) + sum(columns.values())) / plan.width + plan.out_width
+                bias = self.surgery.array(plan.down_bias.name).size if plan.down_bias is not None else 0
+                counts.append((per_neuron, bias, plan.out_width))
+            self._ffn_counts = counts
         total = 0
-        for plan, block, k in zip(self.surgery.plans, self.surgery.blocks, widths):
-            total += sum(u.k * u.n for u in block.ups) * k // plan.width + k * plan.out_width
+        for (per_neuron, bias, out_width), k in zip(self._ffn_counts, widths):
+            total += round(per_neuron * k) + (max(bias, out_width) if edited else bias)
         return total
 
 
@@ -382,7 +393,7 @@ def slim_record(study: SlimStudy, variant: Variant, request: dict, out_model: Pa
         "calibration": study.report.calibration.to_dict(),
         "layers": layers,
         "parameters": {
-            "ffn_before": study.ffn_parameters(before),
+            "ffn_before": study.ffn_parameters(before, edited=False),
             "ffn_after": study.ffn_parameters(variant.widths),
             "total_before": total_parameters(study.src.model),
             "total_after": total_parameters(variant.model),
@@ -431,7 +442,7 @@ def measured_advice(study: SlimStudy, evaluator, align: int, max_loss: float, es
             return evaluator.measure(ModelInput(data=variant.model.SerializeToString(),
                                                 external_folder=study.src.data_folder, label=variant.label))
 
-    full = study.ffn_parameters(study.widths)
+    full = study.ffn_parameters(study.widths, edited=False)
     rows = []
     baseline = None
     kind = None
