@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="merge finished statistics files (shards of one calibration set) exactly",
         description="Add up the per-layer sufficient statistics of runs made with --checkpoint on "
                     "the same model and taps (e.g. shards of a calibration set on several machines). Each shard "
-                    "counts once: a file given twice, or two files of the same calibration data, are refused. "
+                    "counts once: a file given twice, two files of the same calibration data, or two that read the "
+                    "same source (every run reads a source from its start, so they overlap), are refused. "
                     "Report from the result with: sui-onnx report MODEL --stats OUT.npz",
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="STATS.npz")
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         seen.add(path)
     merged, meta0 = None, None
     shards: dict[str, str] = {}  # token-stream digest -> the file that brought it
+    sources: dict[str, tuple[str, dict]] = {}  # calibration source sha256 -> (the file that read it, its record)
     for path in args.inputs:
         label = printable(path)
         accs, meta = load_accumulators(path)
@@ -60,6 +62,16 @@ def run(args: argparse.Namespace) -> int:
                 raise SuiError(f"{label} holds the same calibration data as {printable(shards[digest])} "
                                f"(token-stream sha256 {digest[:12]}): merging would count it twice")
             shards[digest] = str(path)
+        calibration = meta.get("calibration")
+        for src in (calibration.get("sources") if isinstance(calibration, dict) else None) or []:
+            sha = src.get("sha256") if isinstance(src, dict) else None
+            if not isinstance(sha, str) or not src.get("tokens"):
+                continue
+            if sha in sources and sources[sha][0] != str(path):
+                raise SuiError(f"{label} and {printable(sources[sha][0])} both read calibration source "
+                               f"{printable(str(src.get('path', '?')))} (sha256 {sha[:12]}): every run reads a source "
+                               "from its start, so the tokens they share would count twice; give each shard its own data")
+            sources[sha] = (str(path), src)
         if merged is None:
             merged, meta0 = accs, meta
         else:
@@ -76,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         "complete": True,
         "parts": [str(p) for p in args.inputs],
         "shards": list(shards),
-        "calibration": {"tokens": merged[0].n if merged else 0, "merged_from": [str(p) for p in args.inputs]},
+        "calibration": {"tokens": merged[0].n if merged else 0, "merged_from": [str(p) for p in args.inputs],
+                        "sources": [src for _, src in sources.values()]},
     }
     save_accumulators(args.output, merged, meta_out)
     make_console(stderr=True).print(markup(

@@ -5,6 +5,7 @@ are not valid accumulators are refused by --stats, --resume and merge (never pla
 import json
 import shutil
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,6 +78,33 @@ def test_merge_counts_each_shard_once(work):
     one_error_line(cli("merge", "a.npz", "a_copy.npz", "-o", "x.npz", cwd=work), "same calibration data")
     one_error_line(cli("merge", "ab.npz", "b.npz", "-o", "x.npz", cwd=work), "same calibration data")
     assert snapshot(work) == before
+
+
+def test_merge_refuses_shards_that_overlap_on_one_source(work):
+    """Two runs over the same source, at different budgets or window lengths, share its first tokens:
+    their token streams differ, but merging them would count the shared tokens twice."""
+    gpt2 = Path(__file__).parent.parent / "fixtures" / "gpt2_w128"
+    (work / "t.txt").write_text(" ".join(f"word{i % 97} and more text {i}" for i in range(3000)))
+    (work / "u.txt").write_text(" ".join(f"other{i % 89} words here {i}" for i in range(3000)))
+    for name, src, extra in (("t1", "t.txt", ["--tokens", "600"]), ("t2", "t.txt", ["--tokens", "1200"]),
+                             ("t3", "t.txt", ["--seq-len", "32", "--tokens", "600"]), ("a", "u.txt", ["--tokens", "600"]),
+                             ("b", "u2.txt", ["--tokens", "600"])):
+        if src == "u2.txt":
+            (work / src).write_text((work / "u.txt").read_text()[::-1])
+        r = cli("report", gpt2, "--calib", src, *extra, "-q", "--checkpoint", f"{name}.npz", cwd=work)
+        assert r.returncode == 0, r.stderr
+    assert cli("merge", "a.npz", "b.npz", "-o", "ab.npz", cwd=work).returncode == 0
+    before = snapshot(work)
+    for pair in (("t1.npz", "t2.npz"), ("t1.npz", "t3.npz")):
+        one_error_line(cli("merge", *pair, "-o", "x.npz", cwd=work), "both read calibration source t.txt")
+    r = cli("merge", "ab.npz", "t1.npz", "-o", "abt.npz", cwd=work)  # disjoint sources merge, and the record keeps them
+    assert r.returncode == 0, r.stderr
+    one_error_line(cli("merge", "abt.npz", "t2.npz", "-o", "x.npz", cwd=work), "both read calibration source t.txt")
+    one_error_line(cli("merge", "abt.npz", "a.npz", "-o", "x.npz", cwd=work), "same calibration data")
+    assert cli("report", gpt2, "--stats", "abt.npz", "--json", "abt.json", "-q", cwd=work).returncode == 0
+    sources = json.loads((work / "abt.json").read_text())["calibration"]["sources"]
+    assert sorted(s["path"] for s in sources) == ["t.txt", "u.txt", "u2.txt"]
+    assert {f: snapshot(work)[f] for f in before} == before
 
 
 # -- statistics files that are not valid accumulators ----------------------------------------------
