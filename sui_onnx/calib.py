@@ -120,10 +120,11 @@ def _wide_bom(head: bytes) -> str | None:
     return None
 
 
-def _read_text(path: Path) -> Iterator[str]:
+def _read_text(path: Path, empty_ok: bool = False) -> Iterator[str]:
     """Yield pieces of a UTF-8 text file (or UTF-16/32 with a byte order mark), read in chunks
     (memory does not grow with the file); binary or undecodable content is a clear error, and so
-    is anything but a regular file (a FIFO or a device is refused, never read)."""
+    is anything but a regular file (a FIFO or a device is refused, never read). A file with no
+    text is an error unless ``empty_ok`` (a folder's member: skipped, as a blank .jsonl record)."""
     import codecs
 
     from .safeio import open_input
@@ -154,13 +155,13 @@ def _read_text(path: Path) -> Iterator[str]:
                 text = text.removeprefix("\ufeff")  # a byte order mark is not text
             text_seen = text_seen or bool(text.strip())
             for piece, rest in _pieces(tail + text, final=not raw):
-                if piece:
+                if piece and (text_seen or not empty_ok or piece.strip()):  # a skipped member gives nothing
                     yield piece
                 tail = rest
             if not raw:
                 break
-    if not text_seen:
-        raise CalibrationError(f"{path}: empty calibration text")
+    if not text_seen and not empty_ok:
+        raise CalibrationError(f"{path}: empty text file (no characters but white space)")
 
 
 def _read_jsonl(path: Path) -> Iterator[str]:
@@ -310,29 +311,59 @@ class _GuardedTokenizer:
         return getattr(self._tokenizer, name)
 
 
+def refuse_repeated_sources(sources: Sequence[Path], what: str = "calibration source") -> list[str | None]:
+    """A source given twice (the same file, or another with the same content) would be read twice:
+    its tokens counted twice in a calibration, its windows twice in an eval's pooled standard error.
+    Refused with one line naming both. Only sources of equal size are hashed (cheap for the usual
+    distinct sources); returns the digests it computed (None where it did not need one)."""
+    def size(p: Path) -> tuple[bool, int]:
+        try:
+            return (True, sum(f.stat().st_size for f in _text_files(p))) if p.is_dir() else (False, p.stat().st_size)
+        except (OSError, CalibrationError):
+            return (p.is_dir(), -1)
+
+    keys = [size(Path(p)) for p in sources]
+    digests: list[str | None] = [None] * len(sources)
+    seen: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key[1] < 0 or keys.count(key) < 2:
+            continue
+        digests[i] = source_digest(sources[i])
+        j = seen.setdefault(digests[i], i)
+        if j != i:
+            same = "given twice" if Path(sources[i]).resolve() == Path(sources[j]).resolve() else \
+                f"the same content as {sources[j]} (sha256 {digests[i][:12]})"
+            raise CalibrationError(f"{sources[i]}: {same}: every {what} is read once (its tokens would count "
+                                   "twice); give it once")
+    return digests
+
+
 class CalibrationStream:
     """Iterates Batches from a CalibrationSpec; `total_tokens` is known before the first batch
     for .npy sources and is the budget (an upper bound) for text."""
 
-    def __init__(self, spec: CalibrationSpec, tokenizer_folder: Path | None, widths: Sequence[int]):
+    def __init__(self, spec: CalibrationSpec, tokenizer_folder: Path | None, widths: Sequence[int],
+                 purpose: str = "calibration"):
         self.spec = spec
+        self.purpose = purpose  # what its messages call the data: "calibration", "eval data"
         self.sources = spec.sources or [bundled_corpus()]
         self.tokenizer_folder = tokenizer_folder
         from .safeio import check_input
 
         for s in self.sources:
             if not s.exists():
-                raise CalibrationError(f"{s}: no such calibration file or folder")
+                raise CalibrationError(f"{s}: no such {purpose} file or folder")
             check_input(s, CalibrationError)  # a FIFO or a device (/dev/zero) is never read
             if not s.is_dir() and s.suffix.lower() not in (".txt", ".jsonl", ".npy"):
-                raise CalibrationError(f"{s}: unsupported calibration file (use .txt, .jsonl, .npy or a folder of .txt)")
+                raise CalibrationError(f"{s}: unsupported {purpose} file (use .txt, .jsonl, .npy or a folder of .txt)")
             if s.is_dir() and s.suffix.lower() in (".jsonl", ".npy"):
                 raise CalibrationError(f"{s}: is a folder, expected a {s.suffix.lower()} file")
+        refuse_repeated_sources(self.sources, f"{purpose} source")
         self.token_ids = [self._open_npy(s) for s in self.sources if s.suffix.lower() == ".npy"]
         self.has_text = any(s.suffix.lower() != ".npy" for s in self.sources)
         self.tokenizer = load_tokenizer(tokenizer_folder) if self.has_text and tokenizer_folder else None
         if self.has_text and self.tokenizer is None:
-            raise CalibrationError("text calibration needs the model's tokenizer.json")
+            raise CalibrationError(f"text {purpose} needs the model's tokenizer.json")
         npy_tokens = sum(int(a.size) for a in self.token_ids)
         if spec.tokens is not None:
             self.budget = spec.tokens
@@ -390,7 +421,7 @@ class CalibrationStream:
         prefix = self.prefix
         L = self.spec.seq_len - len(prefix)  # text tokens per window, after the tokenizer's BOS
         pieces = _read_jsonl(source) if source.suffix.lower() == ".jsonl" else (
-            piece for f in _text_files(source) for piece in _read_text(f)
+            piece for f in _text_files(source) for piece in _read_text(f, empty_ok=source.is_dir())
         )
         for piece in pieces:
             carry.extend(self.tokenizer.encode(piece, add_special_tokens=False).ids)
@@ -490,7 +521,7 @@ class CalibrationStream:
             yield self._emit(pending)
         if self.tokens_fed < 2:
             raise CalibrationError(
-                "calibration produced fewer than 2 tokens "
+                f"{self.purpose} produced fewer than 2 tokens "
                 f"(sources: {', '.join(str(s) for s in self.sources)}); need more text"
             )
 

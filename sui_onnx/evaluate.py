@@ -361,11 +361,19 @@ class Evaluator:
             entry = self._stream(src, self.batch_size).describe()[0]
             entry["held_out"] = entry["sha256"] not in self.calibration_digests
             self.descriptions.append(entry)
+        first: dict[str, Path] = {}
+        for src, entry in zip(self.source_paths, self.descriptions):
+            other = first.setdefault(entry["sha256"], src)
+            if other is not src:
+                same = "given twice" if src.resolve() == other.resolve() else \
+                    f"the same content as {other} (sha256 {entry['sha256'][:12]})"
+                raise CalibrationError(f"{src}: {same}: each eval source is measured once (pooled twice it would "
+                                       "halve its standard error); give it once")
         self.reference = _Session(reference, "reference", device, threads) if reference is not None else None
 
     def _stream(self, src: Path, batch_size: int) -> CalibrationStream:
         spec = CalibrationSpec([src], self.seq_len, batch_size, self.tokens)
-        return CalibrationStream(spec, self.tokenizer_folder, widths=[])
+        return CalibrationStream(spec, self.tokenizer_folder, widths=[], purpose="eval data")
 
     def measure(self, model: ModelInput) -> EvalResult:
         """Run ``model`` (and the reference) over every source; per-source and pooled numbers."""
@@ -445,7 +453,7 @@ class Evaluator:
                     for d in self.descriptions if not d["held_out"]]
         if ref is not None and len(sources) == 1:
             warnings.append("only one eval domain measured: narrowing is specific to the calibration domain; "
-                            "add --data from another domain")
+                            f"add {option('eval_data')} text from another domain")
         batch_sizes = [s.spec.batch_size for s in streams]
         settings = {
             "seq_len": self.seq_len,

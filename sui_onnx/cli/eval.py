@@ -85,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
                               threads=args.threads, progress=progress,
                               calibration_digests=calibration_digests(model.path))
         result = evaluator.measure(model)
+    from .flags import cli_message
+
+    result.warnings = [cli_message(w, "eval") for w in result.warnings]  # options as this command's flags
     if args.json is not None:
         write_text_atomic(args.json, result.to_json())
     console = None

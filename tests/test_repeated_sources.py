@@ -1,0 +1,99 @@
+"""A source given twice is refused (its tokens would count twice in a calibration, its windows twice
+in an eval's pooled standard error), whether it is the same path or a copy; sources of equal size
+but other content are not. A folder's empty .txt members are skipped; eval's messages say eval."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sui_onnx.calib import CalibrationSpec, CalibrationStream
+from sui_onnx.errors import CalibrationError
+from sui_onnx.evaluate import Evaluator
+
+pytest.importorskip("onnxruntime")
+GPT2 = Path(__file__).parent / "fixtures" / "gpt2_w128"
+HELDOUT = Path(__file__).parent.parent / "sui_onnx" / "data" / "heldout.txt"
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "sui_onnx", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env=dict(os.environ, COLUMNS="100"))
+
+
+def error_line(r) -> str:
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    return r.stderr.strip()
+
+
+@pytest.fixture
+def texts(tmp_path):
+    text = HELDOUT.read_text()[:20000]
+    (tmp_path / "a.txt").write_text(text)
+    (tmp_path / "copy.txt").write_text(text)
+    (tmp_path / "other.txt").write_text(text[::-1])  # the same size, other content
+    (tmp_path / "fa").mkdir()
+    (tmp_path / "fa" / "x.txt").write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize("second, said", [("a.txt", "a.txt: given twice"), ("./a.txt", "given twice"),
+                                          ("copy.txt", "copy.txt: the same content as a.txt (sha256 ")])
+def test_a_calibration_source_given_twice_is_refused(texts, second, said):
+    r = cli("report", GPT2, "--calib", "a.txt", "--calib", second, "--json", "r.json", cwd=texts)
+    err = error_line(r)
+    assert said in err and "every calibration source is read once" in err
+    assert not (texts / "r.json").exists()
+
+
+def test_sources_of_equal_size_and_other_content_are_both_read(texts):
+    spec = CalibrationSpec([texts / "a.txt", texts / "other.txt"], seq_len=64, tokens=100_000)
+    stream = CalibrationStream(spec, GPT2, widths=[128])
+    assert sum(b.tokens for b in stream) == stream.tokens_fed and all(n > 0 for n in stream.source_tokens)
+    with pytest.raises(CalibrationError, match="the same content as"):  # a text file and a folder of it differ:
+        CalibrationStream(CalibrationSpec([texts / "a.txt", texts / "copy.txt", texts / "fa"]), GPT2, widths=[128])
+    CalibrationStream(CalibrationSpec([texts / "a.txt", texts / "fa"]), GPT2, widths=[128])  # a folder is hashed with its names
+
+
+@pytest.mark.parametrize("second, said", [("a.txt", "a.txt: given twice"), ("copy.txt", "the same content as a.txt")])
+def test_an_eval_source_given_twice_is_refused(texts, second, said):
+    r = cli("eval", GPT2, "--data", "a.txt", "--data", second, "--reference", GPT2, "--json", "e.json", cwd=texts)
+    err = error_line(r)
+    assert said in err and "each eval source is measured once" in err
+    assert not (texts / "e.json").exists()
+    with pytest.raises(CalibrationError, match="each eval source is measured once"):
+        Evaluator([texts / "a.txt", texts / second], GPT2)
+    for command in (["report", GPT2, "--eval"], ["slim", GPT2, "out", "--ratio", 0.5, "--eval"]):
+        r = cli(*command[:-1], "--eval", "a.txt", "--eval", second, cwd=texts)
+        assert "each eval source is measured once" in error_line(r)
+    assert not (texts / "out").exists()
+
+
+def test_empty_members_of_a_folder_are_skipped(texts):
+    folder = texts / "fb"
+    folder.mkdir()
+    (folder / "a.txt").write_text((texts / "a.txt").read_text())
+    (folder / "b.txt").write_text("")
+    (folder / "c.txt").write_text("  \n\t\n")
+    with_empty = CalibrationStream(CalibrationSpec([folder], seq_len=64, tokens=100_000), GPT2, widths=[128])
+    alone = CalibrationStream(CalibrationSpec([texts / "a.txt"], seq_len=64, tokens=100_000), GPT2, widths=[128])
+    got, want = ([b.input_ids for b in s] for s in (with_empty, alone))
+    assert len(got) == len(want) and all((g == w).all() for g, w in zip(got, want))
+    (texts / "empty.txt").write_text(" \n")  # given on its own, an empty file is still an error
+    err = error_line(cli("eval", GPT2, "--data", "empty.txt", cwd=texts))
+    assert "empty.txt: empty text file" in err and "calibration" not in err
+
+
+def test_eval_messages_name_eval_data_and_eval_flags(texts):
+    (texts / "none").mkdir()
+    (texts / "none" / "x.txt").write_text("")
+    err = error_line(cli("eval", GPT2, "--data", "none", cwd=texts))
+    assert "eval data produced fewer than 2 tokens" in err and "calibration" not in err
+    err = error_line(cli("eval", GPT2, "--data", "nope.txt", cwd=texts))
+    assert "no such eval data file or folder" in err
+    r = cli("eval", GPT2, "--data", "a.txt", "--reference", GPT2, "--tokens", 600, "-q", cwd=texts)
+    assert r.returncode == 0 and "add --data text from another domain" in r.stderr
+    r = cli("slim", GPT2, "out", "--ratio", 0.5, "--tokens", 1500, "--eval", "a.txt", "--eval-tokens", 600, "-q", cwd=texts)
+    assert r.returncode == 0 and "add --eval text from another domain" in r.stderr and "--data" not in r.stderr
