@@ -346,6 +346,9 @@ class CalibrationStream:
                  purpose: str = "calibration"):
         self.spec = spec
         self.purpose = purpose  # what its messages call the data: "calibration", "eval data"
+        # eval: .npy rows are whole windows (their L - 1 predictions, recomputable by anyone): the
+        # budget stops before a row it cannot hold whole, and a first row larger than it is kept whole
+        self.whole_rows = purpose != "calibration"
         self.sources = spec.sources or [bundled_corpus()]
         self.tokenizer_folder = tokenizer_folder
         from .safeio import check_input
@@ -511,7 +514,10 @@ class CalibrationStream:
             if left <= 0:
                 break
             if window.size > left:
-                window = window[:left]
+                if self.whole_rows and self.sources[i].suffix.lower() == ".npy" and (self.tokens_fed or pending):
+                    break  # eval: a .npy row is one window, scored whole or not at all
+                if not (self.whole_rows and self.sources[i].suffix.lower() == ".npy"):
+                    window = window[:left]
             if pending and (pending[0].size != window.size or len(pending) == self.spec.batch_size):
                 yield self._emit(pending)
                 pending = []

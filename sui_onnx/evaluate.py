@@ -455,8 +455,11 @@ class Evaluator:
             warnings.append("only one eval domain measured: narrowing is specific to the calibration domain; "
                             f"add {option('eval_data')} text from another domain")
         batch_sizes = [s.spec.batch_size for s in streams]
+        npy_lens = {d.get("seq_len") for d in self.descriptions if d.get("kind") == "npy"}
+        text = any(d.get("kind") != "npy" for d in self.descriptions)
         settings = {
-            "seq_len": self.seq_len,
+            # the window length: --seq-len for text; for .npy ids alone their rows' length (None if they differ)
+            "seq_len": self.seq_len if text else (npy_lens.pop() if len(npy_lens) == 1 else None),
             "batch_size": max(batch_sizes),
             "batch_sizes": batch_sizes,
             "batch_size_requested": self.batch_size,

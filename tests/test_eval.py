@@ -185,6 +185,18 @@ def test_npy_rows_of_two_tokens_score_one_prediction_each(tmp_path, tables, file
     assert res.sources[0].ce == pytest.approx(np.mean(nll), rel=1e-9)
 
 
+@pytest.mark.parametrize("tokens, rows", [(30, 3), (27, 3), (26, 2), (5, 1), (1000, 7)])
+def test_a_token_budget_scores_whole_npy_rows(tables, files, tokens, rows):
+    """--tokens on .npy ids takes whole rows (each row one window of L - 1 predictions, so the
+    number can be recomputed), as many as the budget holds, at least one."""
+    E, R, ids, _ = tables
+    res = evaluate(files["model"], [files["ids"]], tokens=tokens)
+    s = res.sources[0]
+    assert s.windows == rows and s.tokens == rows * 8
+    assert s.ce == pytest.approx(reference_decoder_numbers(E, R, ids[:rows])["ce"], rel=1e-6)
+    assert res.settings["seq_len"] == 9  # the rows' length, not --seq-len's default
+
+
 def test_fp16_logits_are_upcast(tmp_path, tables):
     E, _, ids, _ = tables
     E16 = (E * 900).astype(np.float16)  # logits up to ~1e4: a float16 exp would overflow
@@ -321,7 +333,7 @@ def test_calibration_data_is_flagged_not_held_out(tmp_path, files):
 def test_one_domain_with_a_reference_warns(files):
     res = evaluate(files["model"], [files["ids"]], reference=files["ref"])
     assert res.warnings == ["only one eval domain measured: narrowing is specific to the calibration domain; "
-                            "add --data from another domain"]
+                            "add `eval_data` text from another domain"]  # each command names its flag (cli.flags)
 
 
 def test_source_digest_of_files_folders_and_the_bundled_corpus(tmp_path):

@@ -97,3 +97,13 @@ def test_eval_messages_name_eval_data_and_eval_flags(texts):
     assert r.returncode == 0 and "add --data text from another domain" in r.stderr
     r = cli("slim", GPT2, "out", "--ratio", 0.5, "--tokens", 1500, "--eval", "a.txt", "--eval-tokens", 600, "-q", cwd=texts)
     assert r.returncode == 0 and "add --eval text from another domain" in r.stderr and "--data" not in r.stderr
+
+
+def test_sources_of_one_file_name_are_told_apart_in_the_table(texts):
+    for folder, text in (("x", (texts / "a.txt").read_text()), ("y", (texts / "other.txt").read_text())):
+        (texts / folder).mkdir()
+        (texts / folder / "a.txt").write_text(text)
+    r = cli("eval", GPT2, "--data", "x/a.txt", "--data", "y/a.txt", "--tokens", 300, cwd=texts)
+    assert r.returncode == 0, r.stderr
+    rows = [line.split()[0] for line in r.stdout.splitlines() if line.strip().endswith(tuple("0123456789"))]
+    assert "x/a.txt" in rows and "y/a.txt" in rows, r.stdout

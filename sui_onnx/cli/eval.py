@@ -48,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--batch-size", type=positive_int, default=8, metavar="B",
                    help="windows per run (default 8; fewer when one batch of logits would pass 256 MiB)")
     g.add_argument("--tokens", type=positive_int, metavar="N",
-                   help="token budget per source (default: the whole source, at most 16384 tokens)")
+                   help="token budget per source (default: the whole source, at most 16384 tokens; .npy ids: "
+                        "whole rows, at least one)")
     add_device_args(p)
     p._option_string_actions["--precision"].help = argparse.SUPPRESS  # analysis only: eval scores in float64
     g = p.add_argument_group("outputs")
@@ -121,6 +122,20 @@ def _caption(kind: str, ref: bool) -> str:
     return text
 
 
+def source_labels(paths) -> list[str]:
+    """Each source as its file name, or with as many parent folders as it takes to tell it from the
+    others (``x/a.txt`` and ``y/a.txt``)."""
+    parts = [Path(str(p)).parts or (str(p),) for p in paths]
+    depth = [1] * len(parts)
+    while True:
+        labels = ["/".join(q[-d:]) for q, d in zip(parts, depth)]
+        clash = [i for i, lab in enumerate(labels) if labels.count(lab) > 1 and depth[i] < len(parts[i])]
+        if not clash:
+            return labels
+        for i in clash:
+            depth[i] += 1
+
+
 def render(result):
     """Header lines, a rich table with one row per source (and the pooled row when there are
     several), and a legend; user text is escaped."""
@@ -132,17 +147,17 @@ def render(result):
     ref = result.reference is not None
     s = result.settings
     header = [f"eval {escape(result.model['label'])}: {escape(str(result.model['path'] or '<bytes>'))}",
-              f"{result.kind}, seq_len {s['seq_len']}, batch {s['batch_size']}, {s['device']}"]
+              f"{result.kind}, seq_len {s['seq_len'] if s['seq_len'] is not None else 'per .npy source'}, batch {s['batch_size']}, {s['device']}"]
     if ref:
         header.append(f"reference: {escape(str(result.reference['path'] or result.reference['label']))}")
     t = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, padding=(0, 0))
-    t.add_column("source", overflow="fold", min_width=10, max_width=18)
+    t.add_column("source", overflow="fold", min_width=10, max_width=32)
     for name in ("windows", "tokens"):
         t.add_column(name, justify="right", no_wrap=True)
     names = (["CE", "ppl"] + (["dCE", "KL", "top-1"] if ref else [])) if result.kind == "decoder" else ["cosine", "rel err"]
     for name in names:
         t.add_column(name, justify="right", no_wrap=True)
-    rows = [(Path(x.source["path"]).name, x) for x in result.sources]
+    rows = list(zip(source_labels([x.source["path"] for x in result.sources]), result.sources))
     if len(result.sources) > 1 and result.pooled is not None:
         rows.append(("pooled", result.pooled))
     for name, x in rows:
