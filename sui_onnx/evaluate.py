@@ -324,6 +324,17 @@ class _Windows:
             getattr(self, name).extend(getattr(other, name))
 
 
+def used_source_digests(sources: Any) -> list[str]:
+    """The sha256 of each calibration source that gave tokens (a source the budget never reached is
+    not calibration data, and eval data equal to it is still held out)."""
+    out = []
+    for s in sources or []:  # dicts (slim.json) or the report's source sections
+        get = getattr(s, "get", None)
+        if get is not None and isinstance(get("sha256"), str) and get("tokens", 1) != 0:
+            out.append(get("sha256"))
+    return out
+
+
 class Evaluator:
     """Holds the reference session (if any) and the tokenized-data recipe; measures models one at a time.
     Memory: at most one batch of logits per model (reference + candidate), never all logits."""

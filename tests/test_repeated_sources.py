@@ -107,3 +107,32 @@ def test_sources_of_one_file_name_are_told_apart_in_the_table(texts):
     assert r.returncode == 0, r.stderr
     rows = [line.split()[0] for line in r.stdout.splitlines() if line.strip().endswith(tuple("0123456789"))]
     assert "x/a.txt" in rows and "y/a.txt" in rows, r.stdout
+
+
+def test_a_calibration_source_that_gave_no_tokens_is_not_calibration_data(texts):
+    """With --mix sequential a later source the budget never reached fed nothing: eval data equal to
+    it is held out (slim --eval, and eval of the slim model through its slim.json)."""
+    r = cli("slim", GPT2, "out", "--ratio", 0.5, "--calib", "a.txt", "--calib", "other.txt", "--tokens", 1500,
+            "--seq-len", 64, "--eval", "other.txt", "--eval", "a.txt", "--eval-tokens", 300, "-q", cwd=texts)
+    assert r.returncode == 0, r.stderr
+    said = [line for line in r.stderr.splitlines() if "is the calibration data" in line]
+    assert len(said) == 1 and "a.txt" in said[0] and "other.txt" not in said[0], r.stderr
+    r = cli("eval", "out", "--data", "other.txt", "--data", "a.txt", "--tokens", 300, "--json", "e.json", "-q", cwd=texts)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    held = {Path(s["source"]["path"]).name: s["source"]["held_out"] for s in json.loads((texts / "e.json").read_text())["sources"]}
+    assert held == {"other.txt": True, "a.txt": False}
+
+
+def test_an_unreadable_slim_json_beside_the_model_is_a_warning(texts):
+    folder = texts / "m"
+    folder.mkdir()
+    for f in GPT2.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    (folder / "slim.json").write_text("{not json")
+    r = cli("eval", "m", "--data", "a.txt", "--tokens", 300, "-q", cwd=texts)
+    assert r.returncode == 0 and "slim.json cannot be read as slim's record" in r.stderr
+    (folder / "slim.json").unlink()
+    r = cli("eval", "m", "--data", "a.txt", "--tokens", 300, "-q", cwd=texts)
+    assert r.returncode == 0 and "warning" not in r.stderr

@@ -59,13 +59,27 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def calibration_digests(model: Path) -> list[str]:
-    """The calibration sha256s in a slim.json beside MODEL (written by `sui-onnx slim`); [] if none or unreadable."""
+    """The sha256s of the calibration sources that gave tokens, from a slim.json beside MODEL
+    (written by `sui-onnx slim`); [] if there is none. One that cannot be read is a warning: then
+    eval cannot tell whether its data is held out."""
+    import sys
+
+    from ..evaluate import used_source_digests
+    from ..safeio import printable
+
     folder = model if model.is_dir() else model.parent
+    path = folder / "slim.json"
+    if not path.exists():
+        return []
     try:
-        data = json.loads((folder / "slim.json").read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
         sources = data["calibration"]["sources"]
-        return [s["sha256"] for s in sources if isinstance(s, dict) and isinstance(s.get("sha256"), str)]
+        if not isinstance(sources, list):
+            raise TypeError
+        return used_source_digests(sources)
     except (OSError, ValueError, KeyError, TypeError):
+        print(f"sui-onnx: warning: {printable(path)} cannot be read as slim's record (calibration.sources): "
+              "eval cannot tell whether the data is the calibration data", file=sys.stderr, flush=True)
         return []
 
 
