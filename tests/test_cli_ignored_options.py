@@ -101,3 +101,16 @@ def test_merged_statistics_given_to_resume_point_to_stats(tmp_path, capsys):
     assert main(["report", str(MODEL), "--calib", str(tmp_path / "a.npy"), "--resume", str(merged), "-q"]) == 2
     err = one_line_error(capsys)
     assert "merged statistics" in err and f"--stats {merged}" in err and "seq len" not in err
+
+
+@pytest.mark.parametrize("args", [
+    ["eval", str(MODEL), "--data", ""], ["eval", str(MODEL), "--data", "x.txt", "--json", ""],
+    ["report", str(MODEL), "--eval", ""], ["report", str(MODEL), "--json", ""],
+    ["slim", str(MODEL), "", "--ratio", "0.5"], ["check", str(MODEL), "--junit", ""],
+    ["merge", "", "b.npz", "-o", "m.npz"], ["scaling", "a", "b", "c", "--html", ""],
+])
+def test_an_empty_path_is_a_usage_error(capsys, args):
+    """An empty path would silently mean the current folder (Path("") is "."): every path option refuses it."""
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2 and "expected a path, got an empty string" in capsys.readouterr().err

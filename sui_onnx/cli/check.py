@@ -16,7 +16,7 @@ from pathlib import Path
 from .. import gate
 from ..errors import ConfigError, SuiError
 from ..layout import MODEL_FILE, companion_encoder
-from .options import (TokenProgress, add_analysis_args, analysis_options, calib_inputs, calibration_spec, guard_outputs, make_console, resume_input, write_text_atomic)
+from .options import (path_arg, TokenProgress, add_analysis_args, analysis_options, calib_inputs, calibration_spec, guard_outputs, make_console, resume_input, write_text_atomic)
 from .report import warn_unfilled_budget
 
 # flag dest -> config key; values are validated by gate.validate_value (one definition)
@@ -79,7 +79,7 @@ class ThresholdArgs:
                        help="rank_capped layers (fewer calibration tokens than their width) warn instead of failing")
         g.add_argument("--allow-calibration-change", action=argparse.BooleanOptionalAction, default=None,
                        help="compare with a --baseline calibrated on a different token count or data (default: exit 2)")
-        g.add_argument("--config", type=Path, metavar="FILE",
+        g.add_argument("--config", type=path_arg, metavar="FILE",
                        help="TOML file with a [check] table (default: [tool.sui-onnx.check] of the nearest pyproject.toml)")
         g.add_argument("--no-config", action="store_true", help="ignore pyproject.toml; use the flags only")
 
@@ -118,10 +118,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     THRESHOLD_ARGS.add_to_parser(p)
     add_analysis_args(p)
     o = p.add_argument_group("outputs")
-    o.add_argument("--junit", type=Path, metavar="OUT.xml", help="write JUnit XML (one testcase per rule and scope); '-' for stdout")
-    o.add_argument("--sarif", type=Path, metavar="OUT.sarif", help="write SARIF 2.1.0 (GitHub code scanning); '-' for stdout")
-    o.add_argument("--json", type=Path, metavar="OUT", help="write the gate result as JSON; '-' for stdout")
-    o.add_argument("--save-report", type=Path, metavar="OUT.json",
+    o.add_argument("--junit", type=path_arg, metavar="OUT.xml", help="write JUnit XML (one testcase per rule and scope); '-' for stdout")
+    o.add_argument("--sarif", type=path_arg, metavar="OUT.sarif", help="write SARIF 2.1.0 (GitHub code scanning); '-' for stdout")
+    o.add_argument("--json", type=path_arg, metavar="OUT", help="write the gate result as JSON; '-' for stdout")
+    o.add_argument("--save-report", type=path_arg, metavar="OUT.json",
                    help="also write the analysis report JSON (e.g. to keep as the next --baseline); '-' for stdout")
     o.add_argument("-q", "--quiet", action="store_true", help="no table or progress bar (annotations still print)")
     p.set_defaults(run=run)

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .options import (TokenProgress, add_device_args, positive_int, guard_outputs, make_console, print_warnings,
+from .options import (path_arg, TokenProgress, add_device_args, positive_int, guard_outputs, make_console, print_warnings,
                       write_text_atomic)
 
 _DESCRIPTION = """\
@@ -36,11 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL", help=".onnx file or folder holding model.onnx (its tokenizer.json "
                                                   "is read from beside it, else from beside --reference)")
     g = p.add_argument_group("data")
-    g.add_argument("--data", metavar="SRC", action="append", type=Path, required=True,
+    g.add_argument("--data", metavar="SRC", action="append", type=path_arg, required=True,
                    help="held-out data: .txt file, folder of .txt, .jsonl with a \"text\" field, or .npy token ids "
                         "[n_windows, L] (each row one window). Repeatable: each source is measured on its own; "
                         "use data the model was not calibrated on, ideally from more than one domain")
-    g.add_argument("--reference", metavar="MODEL", type=Path,
+    g.add_argument("--reference", metavar="MODEL", type=path_arg,
                    help="the model to compare with (e.g. the unnarrowed original): adds dCE, KL and top-1 "
                         "(decoders) or cosine and relative error of the hidden states (encoders)")
     g.add_argument("--seq-len", type=positive_int, default=256, metavar="L",
@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device_args(p)
     p._option_string_actions["--precision"].help = argparse.SUPPRESS  # analysis only: eval scores in float64
     g = p.add_argument_group("outputs")
-    g.add_argument("--json", type=Path, metavar="OUT", help="write the result JSON (schema sui-onnx/eval); '-' for stdout")
+    g.add_argument("--json", type=path_arg, metavar="OUT", help="write the result JSON (schema sui-onnx/eval); '-' for stdout")
     g.add_argument("-q", "--quiet", action="store_true", help="no terminal table or progress bar (warnings still print, on stderr)")
     p.set_defaults(run=run)
 
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             resolve_model_path(given)
     model = ModelInput(path=Path(args.model), label="model")
     reference = ModelInput(path=args.reference, label="reference") if args.reference is not None else None
-    guard_outputs([model.path, args.reference, *args.data], [args.json])
+    guard_outputs([model.path, args.reference, *args.data], [("--json", args.json)])
     quiet = args.quiet or (args.json is not None and str(args.json) == "-")
     with TokenProgress(enabled=not quiet) as progress:
         evaluator = Evaluator(args.data, tokenizer_folder_for(model, reference), reference, seq_len=args.seq_len,

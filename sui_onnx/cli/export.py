@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 from ..errors import SuiError
 from ..export.options import DTYPES, SITES
@@ -35,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="optimum task (default: text-generation for causal LMs, feature-extraction for encoder models, from config.json)")
     g.add_argument("--with-past", action="store_true",
                    help="export the KV-cache variant (TASK-with-past: past_key_values inputs and present outputs)")
-    g.add_argument("--gguf", type=Path, metavar="FILE",
+    g.add_argument("--gguf", type=path_arg, metavar="FILE",
                    help="a GGUF checkpoint (path, or file name inside MODEL_DIR), dequantized to float32 by transformers")
     g.add_argument("--torch-module", metavar="PKG.MODULE:FACTORY",
                    help="build the model by calling FACTORY (for architectures optimum does not know); "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..errors import SuiError
 from ..safeio import markup
@@ -22,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "same source (every run reads a source from its start, so they overlap), are refused. "
                     "Report from the result with: sui-onnx report MODEL --stats OUT.npz",
     )
-    p.add_argument("inputs", nargs="+", type=Path, metavar="STATS.npz")
+    p.add_argument("inputs", nargs="+", type=path_arg, metavar="STATS.npz")
     p.add_argument("-o", "--output", type=path_arg, required=True, metavar="OUT.npz",
                    help="where to write the merged statistics (.npz; never one of the inputs)")
     p.set_defaults(run=run)

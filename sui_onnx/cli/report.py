@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..defaults import DEFAULT_MAX_LOSS
 from ..layout import companion_encoder
-from .options import (TokenProgress, add_analysis_args, analysis_options, calib_inputs, calibration_spec,
+from .options import (path_arg, TokenProgress, add_analysis_args, analysis_options, calib_inputs, calibration_spec,
                       guard_outputs, make_console, model_argument, nonnegative_number, positive_int, print_warnings,
                       refuse_eval_options_without_eval, require_narrower_width, resume_input, write_text_atomic)
 
@@ -28,11 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", nargs="?", metavar="MODEL", help=".onnx file or folder holding model.onnx (default: bundled demo)")
     add_analysis_args(p)
     g = p.add_argument_group("outputs")
-    g.add_argument("--json", type=Path, metavar="OUT", help="write the report JSON (schema sui-onnx/report); '-' for stdout")
-    g.add_argument("--spectra", type=Path, metavar="OUT.npz", help="write the eigenvalues of every layer; '-' for stdout")
-    g.add_argument("--markdown", type=Path, metavar="OUT", help="write a markdown summary (PR comments); '-' for stdout")
-    g.add_argument("--plot", type=Path, metavar="DIR", help="write PNG plots (needs the `plot` extra)")
-    g.add_argument("--html", type=Path, metavar="OUT.html",
+    g.add_argument("--json", type=path_arg, metavar="OUT", help="write the report JSON (schema sui-onnx/report); '-' for stdout")
+    g.add_argument("--spectra", type=path_arg, metavar="OUT.npz", help="write the eigenvalues of every layer; '-' for stdout")
+    g.add_argument("--markdown", type=path_arg, metavar="OUT", help="write a markdown summary (PR comments); '-' for stdout")
+    g.add_argument("--plot", type=path_arg, metavar="DIR", help="write PNG plots (needs the `plot` extra)")
+    g.add_argument("--html", type=path_arg, metavar="OUT.html",
                    help="write the report as one self-contained HTML file (tables, SVG plots, advice, provenance; "
                         "nothing fetched); '-' for stdout")
     g.add_argument("-q", "--quiet", action="store_true", help="no terminal report or progress bar (warnings still print, on stderr)")
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "narrowed as `sui-onnx slim` does (and, for comparison, projected onto its top principal directions) and "
         "its held-out dCE against the original is measured; the recommended width is the smallest one within "
         "--max-loss-increase. Site post only.")
-    g.add_argument("--eval", metavar="SRC", action="append", type=Path, default=[],
+    g.add_argument("--eval", metavar="SRC", action="append", type=path_arg, default=[],
                    help="held-out data (same kinds as --calib), repeatable; each source is measured on its own")
     g.add_argument("--max-loss-increase", type=nonnegative_number, default=DEFAULT_MAX_LOSS, metavar="NATS",
                    help=f"largest dCE per token on every eval source for a width to be recommended (default {DEFAULT_MAX_LOSS})")

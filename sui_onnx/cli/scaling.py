@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import SuiError
 from ..defaults import DEFAULT_MIN_R2, DEFAULT_SEED_KEY, DEFAULT_TAU
-from .options import (TokenProgress, add_analysis_args, analysis_options, calibration_spec, guard_outputs, make_console,
+from .options import (path_arg, TokenProgress, add_analysis_args, analysis_options, calibration_spec, guard_outputs, make_console,
                       positive_number, unit_number, write_text_atomic)
 
 PLOT_FILES = ("scaling_ranks.png", "scaling_sui.png")  # what --plot DIR receives (plots_scaling.py)
@@ -69,9 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_analysis_args(p, long_runs=False)  # one model per input: no checkpoints, --stats, --ray or --encoder
     SCALING_ARGS.add_to_parser(p)
     g = p.add_argument_group("outputs")
-    g.add_argument("--json", type=Path, metavar="OUT", help="write the scaling JSON (schema sui-onnx/scaling); '-' for stdout")
-    g.add_argument("--plot", type=Path, metavar="DIR", help="write scaling_ranks.png and scaling_sui.png (needs the `plot` extra)")
-    g.add_argument("--html", type=Path, metavar="OUT.html",
+    g.add_argument("--json", type=path_arg, metavar="OUT", help="write the scaling JSON (schema sui-onnx/scaling); '-' for stdout")
+    g.add_argument("--plot", type=path_arg, metavar="DIR", help="write scaling_ranks.png and scaling_sui.png (needs the `plot` extra)")
+    g.add_argument("--html", type=path_arg, metavar="OUT.html",
                    help="write the analysis as one self-contained HTML file (tables, SVG plots, provenance; nothing "
                         "fetched); '-' for stdout")
     g.add_argument("-q", "--quiet", action="store_true", help="no terminal table or progress bar")

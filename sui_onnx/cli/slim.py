@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from ..metrics import DEFAULT_TOP_FRACTION
-from .options import (TokenProgress, add_calib_args, calib_inputs, add_device_args, add_run_args, analysis_options, calibration_spec,
+from .options import (path_arg, TokenProgress, add_calib_args, calib_inputs, add_device_args, add_run_args, analysis_options, calibration_spec,
                       fraction, guard_outputs, make_console, nonnegative_number, positive_int, print_warnings,
                       refuse_eval_options_without_eval, require_narrower_width, resume_input,
                       write_text_atomic)
@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="Exit codes: 0 success, 2 bad input or a model slim cannot narrow (one line says why).",
     )
     p.add_argument("model", metavar="MODEL", help=".onnx file or folder holding model.onnx (never modified)")
-    p.add_argument("out_dir", metavar="OUT_DIR", type=Path,
+    p.add_argument("out_dir", metavar="OUT_DIR", type=path_arg,
                    help="new folder for the narrower model (must not exist, or be empty)")
     g = p.add_argument_group("target width (one of)")
     how = g.add_mutually_exclusive_group(required=True)
@@ -61,14 +61,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device_args(p)
     add_run_args(p)
     g = p.add_argument_group("held-out measurement")
-    g.add_argument("--eval", metavar="SRC", action="append", type=Path, default=[],
+    g.add_argument("--eval", metavar="SRC", action="append", type=path_arg, default=[],
                    help="held-out data (same kinds as --calib), repeatable: each source is measured on its own "
                         "against the original model (dCE, KL, top-1) and written to slim.json")
     g.add_argument("--eval-tokens", type=positive_int, metavar="N",
                    help="token budget per eval source (default: the whole source, at most 16384)")
     g.add_argument("--eval-seq-len", type=positive_int, metavar="L", help="eval window length (default: --seq-len)")
     g = p.add_argument_group("outputs")
-    g.add_argument("--json", type=Path, metavar="OUT", help="also write slim.json here; '-' for stdout")
+    g.add_argument("--json", type=path_arg, metavar="OUT", help="also write slim.json here; '-' for stdout")
     g.add_argument("-q", "--quiet", action="store_true", help="no terminal summary or progress bar (warnings still print, on stderr)")
     p.set_defaults(run=run, site="post", include=None, exclude=None, tap=[], top_fraction=DEFAULT_TOP_FRACTION,
                    advice_q=0.95, advice_quantile=1.0)
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         raise SuiError("--max-loss-increase measures every probe on held-out data: give --eval HELDOUT")
     refuse_eval_options_without_eval(args, {"eval_tokens": None, "eval_seq_len": None})
     inputs = [model, *calib_inputs(args), *args.eval, resume_input(args), args.stats]
-    guard_outputs(inputs, [args.json, args.checkpoint])
+    guard_outputs(inputs, [("--json", args.json), ("--checkpoint", args.checkpoint)])
     _guard_out_dir(out_dir, [p for p in inputs if p is not None] + [model.parent],
                    [("--json", args.json), ("--checkpoint", args.checkpoint)])
     quiet = args.quiet or (args.json is not None and str(args.json) == "-")
