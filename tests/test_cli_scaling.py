@@ -246,3 +246,18 @@ def test_table_shows_undefined_numbers_and_layers_without_a_fit(tmp_path, capsys
     assert d["median_fits"]["hard_rank"]["r2"] is None and d["layers"][1]["soft_rank"] is None
     assert d["saturation"] == {"tau": 0.05, "width": None, "status": "no_growth", "position": None,
                                "slope_at_max_width": 0.0}
+
+
+def test_the_same_model_twice_is_refused_before_any_calibration(tmp_path, capsys, monkeypatch):
+    """By another path or as a copy of its file: refused up front (the fit would refuse the duplicate
+    width only after calibrating every model)."""
+    import sui_onnx.analyze as analyze_module
+
+    fixtures = Path(__file__).parent / "fixtures"
+    copy = tmp_path / "copy"
+    shutil.copytree(fixtures / "gpt2_w128", copy)
+    monkeypatch.setattr(analyze_module, "analyze", lambda *a, **k: pytest.fail("calibrated before refusing"))
+    for twin in (fixtures / "gpt2_w128" / "model.onnx", copy):
+        assert main(["scaling", str(fixtures / "gpt2_w128"), str(fixtures / "gpt2_w256"), str(twin), "-q"]) == 2
+        err = capsys.readouterr().err
+        assert "are the same model: give one model per width and seed" in err and str(twin) in err

@@ -95,6 +95,23 @@ def classify(path: Path) -> str:
     return "report"
 
 
+def refuse_repeated_models(models: list[Path]) -> None:
+    """The same model given twice (by another path, or a copy of its file) is refused before any is
+    analyzed; the fit would refuse its duplicate width only after every calibration run."""
+    from ..graph.source import file_sha256, resolve_model_path
+    from ..safeio import printable
+
+    files = [resolve_model_path(p) for p in models]
+    sizes = [f.stat().st_size for f in files]
+    seen: dict[tuple[int, str], Path] = {}
+    for given, f, size in zip(models, files, sizes):
+        key = (size, str(f.resolve()) if sizes.count(size) < 2 else file_sha256(f))
+        if key in seen:
+            raise SuiError(f"{printable(given)} and {printable(seen[key])} are the same model: give one model per "
+                           "width and seed")
+        seen[key] = given
+
+
 def run(args: argparse.Namespace) -> int:
     from ..report import load_report
     from ..scaling import MIN_WIDTHS, scaling_analysis
@@ -112,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         require_matplotlib()
     quiet = args.quiet or any(o is not None and str(o) == "-" for o in (args.json, args.html))
 
+    refuse_repeated_models([p for p, kind in zip(paths, kinds) if kind == "model"])
     reports: list[Any] = [load_report(p) if kind == "report" else None for p, kind in zip(paths, kinds)]
     if "model" in kinds:
         from ..analyze import analyze
