@@ -236,9 +236,12 @@ def test_baseline_relative_to_zero():
 
 def test_baseline_with_different_layers_or_widths_is_an_error():
     cur = make_report(suis=(0.5, 0.5, 0.5))
-    with pytest.raises(SuiError, match=r"baseline old\.json has 2 FFN layers.*has 3"):
+    with pytest.raises(SuiError, match=r"baseline old\.json has 2 FFN layers \(layers 0\.\.1\).*has 3 \(layers 0\.\.2\)"):
         gate.evaluate(cur, gate.Thresholds(baseline=Path("old.json")), make_report(suis=(0.5, 0.5)),
                       baseline_label="old.json")
+    gapped = make_report([make_layer(i, 0.5) for i in (5, 1)])  # not contiguous: listed, not "1..5"
+    with pytest.raises(SuiError, match=r"has 2 FFN layers \(layers 1, 5\)"):
+        gate.evaluate(cur, gate.Thresholds(baseline=Path("old.json")), gapped, baseline_label="old.json")
     wide = make_report([make_layer(i, 0.5, width=128 if i == 1 else WIDTH) for i in range(3)])
     with pytest.raises(SuiError, match=r"old\.json: layer 1 has width 128, this model 64"):
         gate.evaluate(cur, gate.Thresholds(baseline=Path("old.json")), wide, baseline_label="old.json")

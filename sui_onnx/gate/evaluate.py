@@ -221,7 +221,14 @@ def _check_same_calibration(cur: CalibrationInfo, base: CalibrationInfo, label: 
 
 
 def _span(d: Mapping[int, int]) -> str:
-    return f"(layers {min(d)}..{max(d)})" if d else "(none)"
+    """The layer indices: a range when they are contiguous, else listed."""
+    if not d:
+        return "(none)"
+    idx = sorted(d)
+    if idx == list(range(idx[0], idx[-1] + 1)):
+        return f"(layers {idx[0]}..{idx[-1]})" if len(idx) > 1 else f"(layer {idx[0]})"
+    shown = ", ".join(map(str, idx[:8])) + (f" and {len(idx) - 8} more" if len(idx) > 8 else "")
+    return f"(layers {shown})"
 
 
 def evaluate(report: Report, thresholds: Thresholds, baseline: Report | None = None, *,
