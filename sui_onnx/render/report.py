@@ -117,14 +117,12 @@ def header(report: Report) -> Panel:
     unfilled = unfilled_budget(report)
     if unfilled:
         lines.append(f"[yellow]{escape(unfilled)}[/]")
-    unused = [escape(short_path(x.path)) for x in c.sources or [] if x.tokens == 0]
+    unused = unused_sources(report)
     if unused:
-        lines.append(f"[yellow]no tokens from {', '.join(unused)}: the budget was spent on the sources before it "
-                     "(--mix even gives each source an equal share)[/]")
-    withheld = report.advice.withheld
-    if withheld:
-        lines.append(f"[red]thin data: {withheld.tokens:,} tokens < 4·D = {withheld.min_tokens:,}: metrics "
-                     "biased low (flagged), width advice withheld[/]")
+        lines.append(f"[yellow]{escape(unused)}[/]")
+    thin = thin_data(report)
+    if thin:
+        lines.append(f"[red]{escape(thin)}[/]")
     if m.dequantized_from:
         lines.append(f"[yellow]weights dequantized from {escape(m.dequantized_from)}[/]")
     return Panel("\n".join(lines), title="sui-onnx report", title_align="left", box=box.ROUNDED)
@@ -134,18 +132,28 @@ def quiet_warnings(report: Report) -> list[str]:
     """What the terminal report would have warned about, for --quiet runs (which print it on stderr):
     sources that gave no tokens, thin data, and the measured advice's warnings. (A budget the sources
     could not fill is always on stderr already.)"""
-    out = []
-    unused = [printable(short_path(x.path)) for x in report.calibration.sources or [] if x.tokens == 0]
-    if unused:
-        out.append(f"no tokens from {', '.join(unused)}: the budget was spent on the sources before it "
-                   "(--mix even gives each source an equal share)")
-    withheld = report.advice.withheld
-    if withheld:
-        out.append(f"thin data: {withheld.tokens:,} tokens < 4·D = {withheld.min_tokens:,}: metrics biased low "
-                   f"(flagged), width advice withheld; pass --tokens >= {withheld.recommended_tokens or 0:,}")
+    out = [x for x in (unused_sources(report), thin_data(report, hint=True)) if x]
     if report.advice.measured:
         out += list(report.advice.measured.warnings or [])
     return out
+
+
+def unused_sources(report: Report) -> str | None:
+    """Calibration sources the budget never reached (plain text), or None."""
+    unused = [printable(short_path(x.path)) for x in report.calibration.sources or [] if x.tokens == 0]
+    if not unused:
+        return None
+    return (f"no tokens from {', '.join(unused)}: the budget was spent on the sources before it "
+            "(--mix even gives each source an equal share)")
+
+
+def thin_data(report: Report, hint: bool = False) -> str | None:
+    """Too few calibration tokens for the widths (plain text; ``hint``: with the budget to pass), or None."""
+    withheld = report.advice.withheld
+    if not withheld:
+        return None
+    return (f"thin data: {withheld.tokens:,} tokens < 4·D = {withheld.min_tokens:,}: metrics biased low (flagged), "
+            "width advice withheld" + (f"; pass --tokens >= {withheld.recommended_tokens or 0:,}" if hint else ""))
 
 
 def unfilled_budget(report: Report) -> str | None:
