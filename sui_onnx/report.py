@@ -565,6 +565,11 @@ class Report:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Report":
         if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+            other = d.get("schema") if isinstance(d, dict) else None
+            what = {"sui-onnx/eval": "`sui-onnx eval` output", "sui-onnx/slim": "slim.json (`sui-onnx slim`'s record)",
+                    "sui-onnx/scaling": "`sui-onnx scaling` output", "sui-onnx/check": "`sui-onnx check` output"}.get(other)
+            if what is not None:
+                raise SuiError(f"not a sui-onnx report: this is {what} (a report is written by sui-onnx report --json)")
             raise SuiError("not a sui-onnx report (missing \"schema\": \"sui-onnx/report\")")
         version = d.get("schema_version")
         if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:

@@ -114,3 +114,18 @@ def test_an_empty_path_is_a_usage_error(capsys, args):
     with pytest.raises(SystemExit) as exc:
         main(args)
     assert exc.value.code == 2 and "expected a path, got an empty string" in capsys.readouterr().err
+
+
+def test_files_of_other_kinds_given_as_model_or_report_are_named(tmp_path, capsys, stats):
+    """A statistics file where the model goes points to --stats/--resume; another sui-onnx JSON
+    where a report goes says what it is."""
+    for command in (["report", str(stats)], ["check", str(stats), "--min-sui", "0", "--no-config"]):
+        capsys.readouterr()
+        assert main(command) == 2
+        err = one_line_error(capsys)
+        assert "is a statistics file, not an ONNX model" in err and f"--stats {stats}" in err
+    slim_json = tmp_path / "slim.json"
+    slim_json.write_text(json.dumps({"schema": "sui-onnx/slim", "schema_version": 1}))
+    capsys.readouterr()
+    assert main(["check", str(slim_json), "--min-sui", "0", "--no-config"]) == 2
+    assert "this is slim.json (`sui-onnx slim`'s record)" in one_line_error(capsys)

@@ -183,6 +183,9 @@ def load_model(path: str | Path, lean: bool = False) -> ModelSource:
         raise ModelError(f"cannot read {p}: {e.strerror or e}") from None
     if size == 0:
         raise ModelError(f"{p} is empty (0 bytes), not an ONNX model")
+    if p.suffix.lower() == ".npz":  # a checkpoint or merged statistics given where the model goes
+        raise ModelError(f"{p} is a statistics file, not an ONNX model: give the model, and the file with "
+                         f"--stats {p} (finished or merged statistics) or --resume {p} (an interrupted run)")
     moved, real = 0, p.resolve()  # a symlinked model (Hugging Face cache): refer to the real file
     try:
         model = None
