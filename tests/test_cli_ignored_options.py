@@ -129,3 +129,35 @@ def test_files_of_other_kinds_given_as_model_or_report_are_named(tmp_path, capsy
     capsys.readouterr()
     assert main(["check", str(slim_json), "--min-sui", "0", "--no-config"]) == 2
     assert "this is slim.json (`sui-onnx slim`'s record)" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("command", [
+    ["report", str(MODEL), "--tokens", "600", "--json", "{out}"],
+    ["eval", str(MODEL), "--data", "{heldout}", "--tokens", "300", "--json", "{out}"],
+    ["slim", str(MODEL), "{outdir}", "--ratio", "0.5", "--tokens", "600"],
+    ["slim", str(MODEL), "{tmp}/s", "--ratio", "0.5", "--tokens", "600", "--json", "{heldout}"],
+])
+def test_outputs_into_the_package_data_are_refused(tmp_path, capsys, command):
+    """The bundled demo model and texts are never an output, whether or not the run reads them (slim
+    --json onto the bundled held-out text replaced it). The paths asked for do not exist, so a
+    failing check leaves only a stray file, which is removed."""
+    from sui_onnx.cli.options import package_data_folder
+
+    data = package_data_folder()
+    out, outdir = data / "_sui_test_never_written.json", data / "_sui_test_never_written"
+    heldout = data / "heldout.txt"
+    before = heldout.read_bytes()
+    args = [a.format(out=out, outdir=outdir, heldout=heldout, tmp=tmp_path) for a in command]
+    try:
+        assert main([*args, "-q"]) == 2
+        assert "sui-onnx's own bundled data" in one_line_error(capsys)
+    finally:
+        out.unlink(missing_ok=True)
+        if outdir.exists():
+            import shutil
+
+            shutil.rmtree(outdir)
+        if heldout.read_bytes() != before:
+            heldout.write_bytes(before)
+            pytest.fail("the bundled held-out text was overwritten")
+    assert not out.exists() and not outdir.exists()

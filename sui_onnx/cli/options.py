@@ -22,6 +22,19 @@ from ..metrics import DEFAULT_TOP_FRACTION
 from ..safeio import atomic_write, check_input, output_target, printable, special_kind, system_path
 
 
+def package_data_folder() -> Path:
+    """sui_onnx/data: the bundled demo model, calibration and held-out text."""
+    return Path(str(resources.files("sui_onnx") / "data"))
+
+
+def in_package_data(path: Path) -> bool:
+    """Whether an output would land in the package's own data (never an output of a run, whether or
+    not this run reads the file it would replace)."""
+    root = os.path.realpath(package_data_folder())
+    target = os.path.realpath(path)
+    return target == root or target.startswith(root + os.sep)
+
+
 def demo_model() -> Path:
     """The bundled, briefly trained GPT-2-style demo model."""
     return Path(str(resources.files("sui_onnx") / "data" / "demo" / MODEL_FILE))
@@ -531,6 +544,9 @@ def guard_outputs(inputs: Iterable[Path | None], outputs: Iterable[Any],
                            "(use '-' for standard output)")
         if out in ins:
             raise SuiError(f"refusing to write {label}{printable(out)}: it is an input of this run")
+        if in_package_data(out):
+            raise SuiError(f"refusing to write {label}{printable(out)}: it is in sui-onnx's own bundled data "
+                           f"({printable(package_data_folder())}); write it elsewhere")
         first = next((lab for lab, o in named[: named.index((label, out))] if o is not None and str(o) != "-"
                       and FileSet.keys(o)[0] == FileSet.keys(out)[0]), None)
         if out in seen:

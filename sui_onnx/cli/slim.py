@@ -207,6 +207,10 @@ def _guard_out_dir(out_dir: Path, inputs: list[Path], outputs: list[tuple[str, P
     for flag, p in outputs:
         if p is not None and str(p) != "-" and within(p):
             raise SuiError(f"{flag} {p} is OUT_DIR or inside it, which slim fills with the model: write it elsewhere")
+    from .options import in_package_data
+
+    if in_package_data(out_dir):
+        raise SuiError(f"refusing to write into {out_dir}: it is in sui-onnx's own bundled data; choose an OUT_DIR elsewhere")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise SuiError(f"{out_dir} exists and is not an empty folder: nothing was written (choose a new OUT_DIR)")
     if not target.parent.is_dir():
