@@ -14,6 +14,7 @@ them code, the terminal drops them (``code_spans``)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -57,6 +58,12 @@ def sentence(text: str) -> str:
 def code_spans(text: str) -> list[tuple[str, bool]]:
     """``text`` split at its backticks into (part, is_code) pairs."""
     return [(part, i % 2 == 1) for i, part in enumerate(text.split("`")) if part]
+
+
+def aligned(width: int, ratio: float, align: int) -> int:
+    """ratio x width rounded up to a multiple of ``align``, within [min(align, width), width]."""
+    k = int(math.ceil(ratio * width / align - 1e-9)) * align
+    return int(min(width, max(k, min(align, width))))
 
 
 def width_span(widths: Sequence[int]) -> str:
@@ -134,8 +141,12 @@ def measured_view(report: Report) -> LadderView:
     elif m.unresolved:
         headline = (f"no width recommended: the held-out measurement cannot tell: {m.unresolved}", "", "")
     elif m.recommended_width is not None:
-        headline = ("recommended FFN width ", str(m.recommended_width),
-                    f" of {current} ({m.recommended_label}): measured dCE within {m.max_loss_increase} nats/token on "
+        per_layer = list(m.recommended_widths or [])
+        full = [x.width for x in report.layers if x.width]
+        uneven = len(set(per_layer)) > 1 and len(per_layer) == len(full)
+        headline = ("recommended FFN width" + ("s " if uneven else " "),
+                    width_span(per_layer) if uneven else str(m.recommended_width),
+                    f" of {width_span(full) if uneven else current} ({m.recommended_label}): measured dCE within {m.max_loss_increase} nats/token on "
                     f"{names}; saves {m.ffn_param_saving:.0%} of FFN parameters")
     else:
         headline = (f"no measured width keeps dCE within {m.max_loss_increase} nats/token on {names}: keep {current} "

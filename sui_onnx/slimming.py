@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import onnx
 from .advice import LOW_TOKENS_FACTOR, RECOMMENDED_TOKENS_FACTOR
 from .errors import SuiError, option
-from .ladder import width_span
+from .ladder import aligned, width_span  # noqa: F401 (aligned re-exported)
 from .defaults import DEFAULT_MAX_LOSS, SCHEDULES  # noqa: F401 (re-exported)
 from .slim import (DEFAULT_RIDGE, METHODS, Refit, Selection, WeightedMoments, allocate, norm_weights, projection,
                    refit, select)
@@ -32,12 +32,6 @@ from .slim import (DEFAULT_RIDGE, METHODS, Refit, Selection, WeightedMoments, al
 SLIM_SCHEMA = "sui-onnx/slim"
 SLIM_SCHEMA_VERSION = 1
 LADDER = ((1, 8), (1, 4), (1, 2), (3, 4))  # report --eval: widths D/8, D/4, D/2, 3D/4
-
-
-def aligned(width: int, ratio: float, align: int) -> int:
-    """ratio x width rounded up to a multiple of ``align``, within [min(align, width), width]."""
-    k = int(math.ceil(ratio * width / align - 1e-9)) * align
-    return int(min(width, max(k, min(align, width))))
 
 
 @dataclass

@@ -496,3 +496,63 @@ def test_resuming_a_finished_checkpoint_points_to_stats_which_slims_it(tmp_path)
     r = cli("slim", model, tmp_path / "o", "--width", 4, "--stats", tmp_path / "ck.npz", "-q")
     assert r.returncode == 0, r.stderr
     assert [x["width_after"] for x in json.loads((tmp_path / "o" / "slim.json").read_text())["layers"]] == [4, 4]
+
+
+def _suggested_slim(stdout: str) -> list[str]:
+    """The `narrow` next step of a terminal report, as argv (after `sui-onnx slim`)."""
+    text = " ".join(stdout.split())
+    cmd = text.split("narrow sui-onnx slim ", 1)[1].split(" baseline ", 1)[0]
+    return cmd.split()
+
+
+def test_the_suggested_slim_command_runs_and_builds_the_measured_widths(tmp_path):
+    """report's `narrow` hint must run as printed and write the model it measured: uneven layer
+    widths get the rung's --ratio (not --width of the widest), --align travels with it, an encoder
+    gets a ratio (no loss to bound), and a model narrower than --align gets an --align that leaves
+    a narrower width to search."""
+    heldout = HELDOUT.read_text()
+    (tmp_path / "h1.txt").write_text(heldout[:30000])
+    (tmp_path / "h2.txt").write_text(heldout[-30000:])
+    uneven = tmp_path / "uneven"
+    r = cli("slim", FIXTURES / "gpt2_w128", uneven, "--schedule", "per-layer", "--width", 40, "--align", 8,
+            "--tokens", 1500, "--seq-len", 64, "-q")
+    assert r.returncode == 0, r.stderr
+    widths = [t["width"] for t in json.loads(cli("taps", uneven, "--json").stdout)]
+    assert len(set(widths)) == 2, widths
+    r = cli("report", uneven, "--tokens", 2048, "--seq-len", 64, "--eval", "h1.txt", "--eval", "h2.txt", "--eval-tokens", 512,
+            "--align", 8, "--max-loss-increase", 0.002, "--json", "r.json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "r.json").read_text())["advice"]["measured"]
+    assert m["recommended_widths"] is not None
+    args = _suggested_slim(r.stdout)
+    assert "--align" in args and args[args.index("--align") + 1] == "8"
+    if len(set(m["recommended_widths"])) > 1:
+        assert "--ratio" in args and "--width" not in args
+        assert f"widths {min(m['recommended_widths'])}..{max(m['recommended_widths'])} of" in " ".join(r.stdout.split())
+    args = [str(uneven) if a == "uneven" or a.endswith("/uneven") else a for a in args]
+    args = ["out" if a == "OUT" else "h1.txt" if a == "HELDOUT.txt" else a for a in args]
+    r2 = cli("slim", *args, "--tokens", 2048, "-q", cwd=tmp_path)
+    assert r2.returncode == 0, (args, r2.stderr)
+    assert [t["width"] for t in json.loads(cli("taps", tmp_path / "out", "--json").stdout)] == m["recommended_widths"]
+
+    r = cli("report", FIXTURES / "bert_w128", "--tokens", 2048, "--seq-len", 64, "--eval", "h1.txt", "--eval-tokens", 512,
+            "--align", 32, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    args = _suggested_slim(r.stdout)
+    assert "--max-loss-increase" not in args and "--ratio" in args
+    args = [str(FIXTURES / "bert_w128") if a == "MODEL" else "bout" if a == "OUT" else "h1.txt" if a == "HELDOUT.txt" else a
+            for a in args]
+    r2 = cli("slim", *args, "--tokens", 2048, "--eval-tokens", 256, "-q", cwd=tmp_path)
+    assert r2.returncode == 0, (args, r2.stderr)
+
+    narrow = tmp_path / "w50"
+    assert cli("slim", FIXTURES / "gpt2_w128", narrow, "--width", 50, "--align", 50, "--tokens", 1500, "--seq-len", 64,
+               "-q").returncode == 0
+    r = cli("report", narrow, "--tokens", 2048, "--seq-len", 64, cwd=tmp_path)
+    args = _suggested_slim(r.stdout)
+    if "--max-loss-increase" in args:
+        assert int(args[args.index("--align") + 1]) < 50
+    args = [str(narrow) if a in ("w50", "MODEL") or a.endswith("/w50") else "nout" if a == "OUT"
+            else "h1.txt" if a == "HELDOUT.txt" else a for a in args]
+    r2 = cli("slim", *args, "--tokens", 2048, "--eval-tokens", 256, "-q", cwd=tmp_path)
+    assert r2.returncode == 0, (args, r2.stderr)

@@ -12,7 +12,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ..ladder import code_spans, estimate_view, listing as _list, measured_view, sentence, withheld_note
+from ..ladder import aligned, code_spans, estimate_view, listing as _list, measured_view, sentence, withheld_note
 from ..layout import MODEL_FILE
 from ..safeio import markup as escape, printable
 
@@ -333,13 +333,42 @@ def next_steps(report: Report) -> list[tuple[str, str]]:
         heldout = command_path(os.path.join(bundled, "heldout.txt")).replace("MODEL", "HELDOUT.txt")
     if not measured:
         steps.append(("measure", f"sui-onnx report {path} --eval {heldout}"))
-    width = measured.recommended_width if measured else a.recommended_width
-    current = a.current_width if "current_width" in a else 0
-    narrow = f"--width {width}" if width and width < current else "--max-loss-increase 0.01"
-    steps.append(("narrow", f"sui-onnx slim {path} OUT {narrow} --eval {heldout}"))
+    steps.append(("narrow", f"sui-onnx slim {path} OUT {narrow_args(report)} --eval {heldout}"))
     steps.append(("baseline", f"sui-onnx report {path} --json base.json"))
     steps.append(("gate", f"sui-onnx check {path} --baseline base.json"))
     return steps
+
+
+_LADDER_RATIOS = {"D/8": 0.125, "D/4": 0.25, "D/2": 0.5, "3D/4": 0.75}  # ladder.ladder_widths' rungs
+
+
+def narrow_args(report: Report) -> str:
+    """slim's width options that build the width this report advises, so the command suggested runs
+    and writes the model measured: --width K when every layer is min(K, D), the rung's --ratio when
+    the layers differ, the --align the advice used, and for a search an --align that leaves a
+    narrower width. An encoder (no loss to bound) is narrowed by ratio."""
+    a = report.advice
+    m = a.measured
+    widths = [x.width for x in report.layers if x.width]
+    current = a.current_width or (max(widths) if widths else 0)
+    align = a.align or 64
+    tail = f" --align {align}" if align != 64 else ""
+    if m is not None and m.kind == "encoder":
+        return "--ratio 0.5" + tail
+    per_layer = list(m.recommended_widths or []) if m is not None else []
+    width = m.recommended_width if m is not None else a.recommended_width
+    if width and width < current:
+        if not per_layer or len(per_layer) != len(widths) or all(min(width, d) == w for w, d in zip(per_layer, widths)):
+            return f"--width {width}" + tail
+        for part in str(m.recommended_label or "").split(" = "):
+            r = _LADDER_RATIOS.get(part)
+            if r is not None and all(aligned(d, r, align) == w for w, d in zip(per_layer, widths)):
+                return f"--ratio {r}" + tail
+    loss = m.max_loss_increase if m is not None and m.max_loss_increase is not None else 0.01
+    if current and current <= align:  # no narrower multiple of --align: the search would be refused
+        align = max(1, 1 << max(0, (current // 2).bit_length() - 1))
+        tail = f" --align {align}"
+    return f"--max-loss-increase {loss:g}" + tail
 
 
 def next_text(report: Report) -> Table:
