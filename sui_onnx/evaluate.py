@@ -205,6 +205,36 @@ def _static(dim: Any) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
+def logits_outputs(outputs: Sequence[Any], vocab: int | None) -> list[Any]:
+    """The outputs that are logits, best first (``.name``, ``.shape``, ``.type`` as onnxruntime's
+    NodeArg has them): named ``logits`` or ending in it, rank 3 or unknown; failing that (torch.onnx
+    .export without output_names names them after the last op) a float [batch, seq, V] output with V
+    the rows of the embedding table. None: an encoder."""
+    logits = [o for o in outputs if o.name.lower().endswith("logits") and _rank(o.shape) in (3, None)]
+    logits.sort(key=lambda o: o.name != "logits")
+    if not logits and vocab is not None:
+        logits = [o for o in outputs if o.type in _FLOAT_TYPES and _rank(o.shape) == 3 and _static(o.shape[-1]) == vocab]
+    return logits
+
+
+def graph_has_logits(model: Any) -> bool:
+    """Whether eval will score ``model`` (an onnx ModelProto) as a decoder, read from its graph
+    outputs without a session (symbolic dims count as unknown, as onnxruntime reports them)."""
+    from types import SimpleNamespace
+
+    from onnx import TensorProto
+
+    from .runner import table_limits
+
+    names = {TensorProto.FLOAT: "tensor(float)", TensorProto.FLOAT16: "tensor(float16)", TensorProto.DOUBLE: "tensor(double)"}
+    outs = []
+    for o in model.graph.output:
+        t = o.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim] if t.HasField("shape") else None
+        outs.append(SimpleNamespace(name=o.name, shape=shape, type=names.get(t.elem_type, "")))
+    return bool(logits_outputs(outs, table_limits(model).vocab))
+
+
 def _encoder_decoder_error(where: str, name: str) -> ModelError:
     return ModelError(f"{where}: input {name!r} takes a seq2seq encoder's output; eval does not run encoder-decoder models")
 
@@ -263,13 +293,7 @@ class _Session:
         if self.feed.needs_encoder:
             raise _encoder_decoder_error(where, self.feed.needs_encoder)
         outputs = self.session.get_outputs()
-        logits = [o for o in outputs if o.name.lower().endswith("logits") and _rank(o.shape) in (3, None)]
-        logits.sort(key=lambda o: o.name != "logits")
-        if not logits and tables.vocab is not None:
-            # unnamed logits (torch.onnx.export without output_names calls them after the last op):
-            # a float [batch, seq, V] output with V the rows of the embedding table
-            logits = [o for o in outputs if o.type in _FLOAT_TYPES and _rank(o.shape) == 3
-                      and _static(o.shape[-1]) == tables.vocab]
+        logits = logits_outputs(outputs, tables.vocab)
         same = [o for o in outputs if like is not None and o.name == like.output]
         if same:
             self.kind, out = like.kind, same[0]

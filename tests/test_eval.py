@@ -485,3 +485,27 @@ def test_kept_reference_gives_the_same_dce_and_top1_without_running_the_referenc
     for a, b in ((full, first), (full, second)):
         assert b.sources[0].delta_ce == a.sources[0].delta_ce and b.sources[0].top1 == a.sources[0].top1
     assert second.sources[0].kl is None and first.sources[0].kl == full.sources[0].kl
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parent / "fixtures").iterdir()
+                                        if (p / "model.onnx").is_file()))
+def test_the_graph_says_decoder_or_encoder_as_the_session_does(name):
+    """slim refuses a loss search on an encoder before calibrating, from the graph alone: the answer
+    must be the one the onnxruntime session gives when eval runs."""
+    from sui_onnx.graph import load_model
+
+    folder = Path(__file__).parent / "fixtures" / name
+    src = load_model(folder, lean=True)
+    try:
+        session = ev._Session(ModelInput(path=folder), "model", "cpu", 1)
+    except SuiError:
+        pytest.skip("eval does not score this fixture")
+    assert ev.graph_has_logits(src.model) == (session.kind == "decoder")
+
+
+def test_slim_refuses_a_loss_search_on_an_encoder_before_calibrating(tmp_path):
+    r = cli("slim", Path(__file__).parent / "fixtures" / "bert_w128", tmp_path / "o", "--max-loss-increase", "0.01",
+            "--eval", str(resources.files("sui_onnx") / "data" / "heldout.txt"), "--calib", tmp_path / "missing.txt")
+    # the calibration source does not exist: a refusal after calibrating would name it instead
+    assert r.returncode == 2 and "--max-loss-increase needs a decoder" in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()

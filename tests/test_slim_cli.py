@@ -556,3 +556,12 @@ def test_the_suggested_slim_command_runs_and_builds_the_measured_widths(tmp_path
             else "h1.txt" if a == "HELDOUT.txt" else a for a in args]
     r2 = cli("slim", *args, "--tokens", 2048, "--eval-tokens", 256, "-q", cwd=tmp_path)
     assert r2.returncode == 0, (args, r2.stderr)
+
+
+def test_slim_eval_of_an_encoder_shows_the_hidden_state_comparison(tmp_path):
+    r = cli("slim", FIXTURES / "bert_w128", tmp_path / "b", "--ratio", 0.5, "--tokens", 2048, "--seq-len", 64,
+            "--eval", HELDOUT, "--eval-tokens", 512)
+    assert r.returncode == 0, r.stderr
+    source = json.loads((tmp_path / "b" / "slim.json").read_text())["eval"]["sources"][0]
+    row = next(line for line in r.stdout.splitlines() if line.strip().startswith("heldout.txt"))
+    assert "cosine" in r.stdout and f"{source['cosine']:.5f}" in row and f"{source['rel_error']:.4f}" in row

@@ -102,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
         if args.eval:
             Evaluator(args.eval, model.parent, **eval_settings).precheck(src)
         if args.max_loss_increase is not None:
+            from ..evaluate import graph_has_logits
+
+            if not graph_has_logits(src.model):
+                raise SuiError(ENCODER_SEARCH)
             require_narrower_width(src, args.align, "search")
         del src
     with TokenProgress(enabled=not quiet) as progress:
@@ -135,8 +139,7 @@ def run(args: argparse.Namespace) -> int:
             v = build(widths_for([min(k, d) for d in study.widths]))
             result = measure(v)
             if result.kind != "decoder":
-                raise SuiError("--max-loss-increase needs a decoder (an output named logits); for an encoder use "
-                               "--width or --ratio with --eval, which measures the hidden states' cosine")
+                raise SuiError(ENCODER_SEARCH)
             if not quiet:
                 console.print(f"[dim]probe {v.label}: worst dCE {_fmt(worst_delta(result))} nats[/dim]")
             return worst_delta(result)
@@ -260,6 +263,10 @@ def _fmt(value: float | None, spec: str = "+.4f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+ENCODER_SEARCH = ("--max-loss-increase needs a decoder (an output named logits); for an encoder use --width or "
+                  "--ratio with --eval, which measures the hidden states' cosine")
+
+
 def summary(record: dict, evaluation: dict | None):
     """Widths, parameter counts and the measured cost, one block."""
     from rich import box
@@ -286,14 +293,25 @@ def summary(record: dict, evaluation: dict | None):
     if evaluation is not None:
         t = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, title="measured against the original",
                   title_justify="left")
-        for name in ("eval source", "tokens", "CE before", "dCE", "KL", "top-1"):
+        encoder = all(s.get("delta_ce") is None and s.get("cosine") is not None for s in evaluation["sources"])
+        names = ("eval source", "tokens", "cosine", "rel err") if encoder else \
+            ("eval source", "tokens", "CE before", "dCE", "KL", "top-1")
+        for name in names:
             t.add_column(name, justify="left" if name == "eval source" else "right", overflow="fold")
-        for s in evaluation["sources"]:
+        from .eval import source_labels
+
+        labels = source_labels([s["path"] for s in evaluation["sources"]])
+        for label, s in zip(labels, evaluation["sources"]):
+            source = escape(label) + ("" if s.get("held_out", True) else " [yellow](calib)[/]")
+            if encoder:  # no logits: the last hidden state against the original's
+                t.add_row(source, f"{s['tokens']:,}", f"{s['cosine']:.5f}",
+                          "-" if s.get("rel_error") is None else f"{s['rel_error']:.4f}")
+                continue
             if s["delta_ce"] is None:
                 continue
             se = f" ± {s['delta_ce_se']:.4f}" if s.get("delta_ce_se") is not None else ""
-            t.add_row(escape(Path(s["path"]).name) + ("" if s.get("held_out", True) else " [yellow](calib)[/]"),
-                      f"{s['tokens']:,}", f"{s['ref_ce']:.3f}", f"{s['delta_ce']:+.4f}{se}", f"{s['kl']:.4f}",
-                      f"{100 * s['top1']:.1f}%")
+            kl = "-" if s.get("kl") is None else f"{s['kl']:.4f}"
+            top1 = "-" if s.get("top1") is None else f"{100 * s['top1']:.1f}%"
+            t.add_row(source, f"{s['tokens']:,}", f"{s['ref_ce']:.3f}", f"{s['delta_ce']:+.4f}{se}", kl, top1)
         parts.append(t)
     return Group(*parts)
