@@ -359,6 +359,38 @@ def used_source_digests(sources: Any) -> list[str]:
     return out
 
 
+def calibration_digests_for(sources: Any, eval_paths: Sequence[Path]) -> list[str]:
+    """The digests eval data is held out from: each calibration source that gave tokens and, for a
+    folder source that is still there, each of its .txt files the size of an eval file (an eval file
+    copied out of the calibration folder is calibration data too)."""
+    from .calib import _text_files, source_digest
+
+    digests = used_source_digests(sources)
+    sizes = set()
+    for p in eval_paths:
+        try:
+            if Path(p).is_file():
+                sizes.add(Path(p).stat().st_size)
+        except OSError:
+            pass
+    for s in sources or []:
+        get = getattr(s, "get", None)
+        folder = Path(str(get("path"))) if get is not None and get("path") and get("tokens", 1) != 0 else None
+        if folder is None or not sizes or not folder.is_dir():
+            continue
+        try:
+            files = _text_files(folder)
+        except CalibrationError:
+            continue
+        for f in files:
+            try:
+                if f.stat().st_size in sizes:
+                    digests.append(source_digest(f))
+            except (OSError, CalibrationError):
+                continue
+    return digests
+
+
 class Evaluator:
     """Holds the reference session (if any) and the tokenized-data recipe; measures models one at a time.
     Memory: at most one batch of logits per model (reference + candidate), never all logits."""

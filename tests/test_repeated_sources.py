@@ -136,3 +136,16 @@ def test_an_unreadable_slim_json_beside_the_model_is_a_warning(texts):
     (folder / "slim.json").unlink()
     r = cli("eval", "m", "--data", "a.txt", "--tokens", 300, "-q", cwd=texts)
     assert r.returncode == 0 and "warning" not in r.stderr
+
+
+def test_an_eval_file_from_inside_the_calibration_folder_is_calibration_data(texts):
+    """Calibrated on a folder, measured on a copy of one of its files: not held out."""
+    (texts / "fa" / "y.txt").write_text((texts / "other.txt").read_text())
+    (texts / "leak.txt").write_text((texts / "fa" / "x.txt").read_text())
+    r = cli("slim", GPT2, "out", "--ratio", 0.5, "--calib", "fa", "--tokens", 1500, "--seq-len", 64,
+            "--eval", "leak.txt", "--eval", HELDOUT, "--eval-tokens", 300, "-q", cwd=texts)
+    assert r.returncode == 0, r.stderr
+    said = [line for line in r.stderr.splitlines() if "is the calibration data" in line]
+    assert len(said) == 1 and "leak.txt" in said[0], r.stderr
+    r = cli("eval", "out", "--data", "leak.txt", "--data", HELDOUT, "--tokens", 300, "-q", cwd=texts)
+    assert r.returncode == 0 and "leak.txt is the calibration data" in r.stderr, r.stderr

@@ -58,13 +58,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def calibration_digests(model: Path) -> list[str]:
+def calibration_digests(model: Path, eval_paths=()) -> list[str]:
     """The sha256s of the calibration sources that gave tokens, from a slim.json beside MODEL
     (written by `sui-onnx slim`); [] if there is none. One that cannot be read is a warning: then
     eval cannot tell whether its data is held out."""
     import sys
 
-    from ..evaluate import used_source_digests
+    from ..evaluate import calibration_digests_for
     from ..safeio import printable
 
     folder = model if model.is_dir() else model.parent
@@ -76,7 +76,7 @@ def calibration_digests(model: Path) -> list[str]:
         sources = data["calibration"]["sources"]
         if not isinstance(sources, list):
             raise TypeError
-        return used_source_digests(sources)
+        return calibration_digests_for(sources, eval_paths)
     except (OSError, ValueError, KeyError, TypeError):
         print(f"sui-onnx: warning: {printable(path)} cannot be read as slim's record (calibration.sources): "
               "eval cannot tell whether the data is the calibration data", file=sys.stderr, flush=True)
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         evaluator = Evaluator(args.data, tokenizer_folder_for(model, reference), reference, seq_len=args.seq_len,
                               batch_size=args.batch_size, tokens=args.tokens, device=args.device,
                               threads=args.threads, progress=progress,
-                              calibration_digests=calibration_digests(model.path))
+                              calibration_digests=calibration_digests(model.path, args.data))
         result = evaluator.measure(model)
     from .flags import cli_message
 

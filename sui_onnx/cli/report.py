@@ -114,7 +114,7 @@ def warn_unfilled_budget(report, tokens: int | None) -> None:
 def measured_report(model: Path, args: argparse.Namespace, quiet: bool):
     """The report of one calibration run whose width advice is measured on --eval (slimming.py)."""
     from ..errors import SuiError
-    from ..evaluate import Evaluator, ModelInput, used_source_digests
+    from ..evaluate import Evaluator, ModelInput, calibration_digests_for
     from ..graph import load_model
     from ..graph.source import resolve_model_path
     from ..graph.surgery import NotSlimmable
@@ -139,7 +139,7 @@ def measured_report(model: Path, args: argparse.Namespace, quiet: bool):
         raise NotSlimmable(f"--eval measures narrower FFNs, which this model cannot give ({exc}); "
                            "report without --eval still gives the spectra") from None
     report = study.report
-    digests = used_source_digests(report.calibration.get("sources"))
+    digests = calibration_digests_for(report.calibration.get("sources"), args.eval)
     evaluator = Evaluator(args.eval, study.src.folder, ModelInput(path=path, label="original"), **eval_settings,
                           calibration_digests=digests, kl=False)  # the ladder shows dCE and top-1: the reference runs once
     measured = measured_advice(study, evaluator, args.align, args.max_loss_increase, report.advice.get("recommended_width"),

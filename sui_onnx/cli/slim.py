@@ -76,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import SuiError
-    from ..evaluate import Evaluator, ModelInput, used_source_digests
+    from ..evaluate import Evaluator, ModelInput, calibration_digests_for
     from ..graph import load_model
     from ..graph.source import file_sha256, resolve_model_path
     from ..graph.surgery import write_model_folder
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     warnings: list[str] = []
     evaluator = None
     if args.eval:
-        digests = used_source_digests(study.report.calibration.get("sources"))
+        digests = calibration_digests_for(study.report.calibration.get("sources"), args.eval)
         evaluator = Evaluator(args.eval, study.src.folder, ModelInput(path=model, label="original"), **eval_settings,
                               calibration_digests=digests, kl=False)  # search probes: the reference runs once
 
