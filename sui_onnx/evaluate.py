@@ -348,6 +348,20 @@ class _Windows:
             getattr(self, name).extend(getattr(other, name))
 
 
+def held_out_warnings(descriptions: Sequence[dict], domains: bool = True) -> list[str]:
+    """Eval sources that are the calibration data, and (``domains``: a narrowed model measured
+    against its original) a measurement resting on one held-out domain or none."""
+    out = [f"eval source {d['path']} is the calibration data (same sha256): this is not a held-out measurement"
+           for d in descriptions if not d.get("held_out", True)]
+    held = sum(1 for d in descriptions if d.get("held_out", True))
+    if domains and held == 1:
+        out.append(("only one eval domain measured" if len(descriptions) == 1 else
+                    "only one held-out eval domain measured (the other sources are the calibration data)")
+                   + f": narrowing is specific to the calibration domain; add {option('eval_data')} text from "
+                   "another domain")
+    return out
+
+
 def used_source_digests(sources: Any) -> list[str]:
     """The sha256 of each calibration source that gave tokens (a source the budget never reached is
     not calibration data, and eval data equal to it is still held out)."""
@@ -516,11 +530,7 @@ class Evaluator:
         pooled = self._summary(pooled_desc, pooled_acc, m.kind, ref is not None)
         if cached:
             pooled.kl = None
-        warnings = [f"eval source {d['path']} is the calibration data (same sha256): this is not a held-out measurement"
-                    for d in self.descriptions if not d["held_out"]]
-        if ref is not None and len(sources) == 1:
-            warnings.append("only one eval domain measured: narrowing is specific to the calibration domain; "
-                            f"add {option('eval_data')} text from another domain")
+        warnings = held_out_warnings(self.descriptions, domains=ref is not None)
         batch_sizes = [s.spec.batch_size for s in streams]
         npy_lens = {d.get("seq_len") for d in self.descriptions if d.get("kind") == "npy"}
         text = any(d.get("kind") != "npy" for d in self.descriptions)

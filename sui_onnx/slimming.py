@@ -501,12 +501,9 @@ def resolution(measured: dict[str, Any], max_loss: float) -> tuple[str | None, l
 
 def evaluator_warnings(evaluator) -> list[str]:
     """The held-out / single-domain warnings an Evaluator gives for its sources."""
-    out = [f"eval source {d['path']} is the calibration data (same sha256): this is not a held-out measurement"
-           for d in evaluator.descriptions if not d.get("held_out", True)]
-    if len(evaluator.descriptions) == 1:
-        out.append("only one eval domain measured: narrowing is specific to the calibration domain; "
-                   "add held-out text from another domain")
-    return out
+    from .evaluate import held_out_warnings
+
+    return held_out_warnings(evaluator.descriptions)
 
 
 class _CrossMoments:

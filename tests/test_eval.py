@@ -322,7 +322,9 @@ def test_calibration_data_is_flagged_not_held_out(tmp_path, files):
     assert [s.source["held_out"] for s in res.sources] == [False, True]
     assert res.sources[0].source["sha256"] == digest and res.pooled.source["held_out"] is False
     assert res.warnings == [f"eval source {files['ids']} is the calibration data (same sha256): "
-                            "this is not a held-out measurement"]
+                            "this is not a held-out measurement",
+                            "only one held-out eval domain measured (the other sources are the calibration data): "
+                            "narrowing is specific to the calibration domain; add `eval_data` text from another domain"]
     assert res.model["label"] == "slim w=8" and res.reference["label"] == "reference"
     # a second model through the same evaluator, from bytes: the same numbers as from its file
     again = e.measure(ModelInput(data=files["model"].read_bytes(), label="bytes"))

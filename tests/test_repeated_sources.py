@@ -149,3 +149,14 @@ def test_an_eval_file_from_inside_the_calibration_folder_is_calibration_data(tex
     assert len(said) == 1 and "leak.txt" in said[0], r.stderr
     r = cli("eval", "out", "--data", "leak.txt", "--data", HELDOUT, "--tokens", 300, "-q", cwd=texts)
     assert r.returncode == 0 and "leak.txt is the calibration data" in r.stderr, r.stderr
+
+
+def test_one_held_out_source_beside_the_calibration_data_is_one_domain(texts):
+    r = cli("slim", GPT2, "out", "--ratio", 0.5, "--calib", "a.txt", "--tokens", 1500, "--seq-len", 64,
+            "--eval", "a.txt", "--eval", "other.txt", "--eval-tokens", 300, "-q", cwd=texts)
+    assert r.returncode == 0, r.stderr
+    assert "only one held-out eval domain measured (the other sources are the calibration data)" in r.stderr
+    assert "add --eval text from another domain" in r.stderr
+    r = cli("slim", GPT2, "out2", "--ratio", 0.5, "--calib", "a.txt", "--tokens", 1500, "--seq-len", 64,
+            "--eval", "other.txt", "--eval", HELDOUT, "--eval-tokens", 300, "-q", cwd=texts)
+    assert r.returncode == 0 and "domain measured" not in r.stderr, r.stderr
