@@ -258,8 +258,8 @@ def projection(cov: np.ndarray, mean: np.ndarray, weight: np.ndarray, k: int) ->
 
 
 def allocate(residuals: Sequence[np.ndarray], widths: Sequence[int], total: int, align: int = 1) -> list[int]:
-    """Per-layer widths, each a multiple of ``align`` (a layer narrower than ``align`` keeps its
-    width) and at most the layer's width, adding up to at most ``total``, that minimise the summed
+    """Per-layer widths, each a multiple of ``align`` or the layer's full width (a layer narrower
+    than ``align`` keeps its width), adding up to at most ``total``, that minimise the summed
     output-space residual sum_l residuals[l][k_l]. Exact (dynamic programming over the budget);
     ``residuals[l][k]`` is layer l's error with k neurons kept."""
     if len(residuals) != len(widths) or not widths:
@@ -269,7 +269,7 @@ def allocate(residuals: Sequence[np.ndarray], widths: Sequence[int], total: int,
     options = []
     for w in widths:
         w = int(w)
-        options.append([w] if w < align else list(range(align, w // align * align + 1, align)))
+        options.append([w] if w < align else sorted(set(range(align, w + 1, align)) | {w}))  # the full width too, as aligned() allows
     budget = min(int(total), sum(max(o) for o in options))
     floor = sum(min(o) for o in options)
     if budget < floor:

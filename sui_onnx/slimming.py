@@ -244,7 +244,9 @@ class SlimStudy:
         """Widths with the same total as ``uniform``, allocated by each layer's output-space
         residual curve (the greedy's exact residual after k neurons)."""
         total = int(sum(uniform))
-        floor = align * len(self.widths)
+        if total >= sum(self.widths):
+            return list(self.widths)  # nothing to move: every layer whole
+        floor = sum(min(align, d) for d in self.widths)
         if total < floor:
             raise SuiError(f"{option('schedule')} per-layer moves whole steps of {option('align')} {align} between "
                            f"layers: the total width {total} is below one step per layer ({floor}); give a wider "
@@ -493,7 +495,7 @@ def resolution(measured: dict[str, Any], max_loss: float) -> tuple[str | None, l
         return f"{names} gave a single window, so its dCE has no standard error; {MORE_HELDOUT}", []
     wide = [x for x in sources if x["delta_ce_se"] > max_loss]
     if wide:
-        names = ", ".join(f"{x['path']} (±{x['delta_ce_se']:.3f})" for x in wide)
+        names = ", ".join(f"{x['path']} (±{x['delta_ce_se']:.2g})" for x in wide)
         return None, [f"the dCE's standard error on {names} exceeds --max-loss-increase {max_loss:g}: the "
                       f"measurement cannot resolve the budget; {MORE_HELDOUT}"]
     return None, []

@@ -565,3 +565,31 @@ def test_slim_eval_of_an_encoder_shows_the_hidden_state_comparison(tmp_path):
     source = json.loads((tmp_path / "b" / "slim.json").read_text())["eval"]["sources"][0]
     row = next(line for line in r.stdout.splitlines() if line.strip().startswith("heldout.txt"))
     assert "cosine" in r.stdout and f"{source['cosine']:.5f}" in row and f"{source['rel_error']:.4f}" in row
+
+
+def test_alignment_that_rounds_to_the_full_width_or_below_the_total_is_said(tmp_path):
+    """--align is named when it leaves nothing to remove; a per-layer schedule that cannot reach the
+    asked total says by how much; a layer may keep its full width in the schedule (as aligned() allows)."""
+    r = cli("slim", FIXTURES / "gpt2_w128", tmp_path / "a", "--ratio", 0.5, "--align", 500, "--tokens", 1500,
+            "--seq-len", 64, "-q")
+    assert r.returncode == 0 and "(128; rounded up to a multiple of --align 500" in r.stderr, r.stderr
+    r = cli("slim", FIXTURES / "llama_w128", tmp_path / "b", "--width", 70, "--schedule", "per-layer", "--align", 64,
+            "--tokens", 1500, "--seq-len", 64, "-q")
+    assert r.returncode == 0, r.stderr
+    assert "--schedule per-layer: the widths add up to 128, below the 140 of the uniform widths" in r.stderr
+    record = json.loads((tmp_path / "b" / "slim.json").read_text())
+    assert [x["width_after"] for x in record["layers"]] == [64, 64]
+    assert any("add up to 128" in w for w in record["warnings"])
+    from sui_onnx.slim import allocate
+
+    flat = np.linspace(1.0, 0.0, 101)  # a layer of width 100 with --align 64 may stay whole
+    assert allocate([flat, np.linspace(1.0, 0.0, 129)], [100, 128], total=164, align=64) == [100, 64]
+
+
+def test_a_per_layer_search_records_each_probes_widths(tmp_path):
+    r = cli("slim", FIXTURES / "gpt2_w128", tmp_path / "s", "--max-loss-increase", 0.05, "--schedule", "per-layer",
+            "--align", 32, "--tokens", 1500, "--seq-len", 64, "--eval", HELDOUT, "--eval-tokens", 512, "-q")
+    assert r.returncode == 0, r.stderr
+    record = json.loads((tmp_path / "s" / "slim.json").read_text())
+    assert record["search"] and all(len(s["widths"]) == 2 and sum(s["widths"]) <= 2 * s["width"]
+                                    for s in record["search"])

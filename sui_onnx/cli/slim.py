@@ -135,8 +135,11 @@ def run(args: argparse.Namespace) -> int:
     if args.max_loss_increase is not None:
         widest = max(study.widths)
 
+        probed: dict[int, list[int]] = {}
+
         def probe(k: int) -> float | None:
             v = build(widths_for([min(k, d) for d in study.widths]))
+            probed[k] = list(v.widths)
             result = measure(v)
             if result.kind != "decoder":
                 raise SuiError(ENCODER_SEARCH)
@@ -145,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
             return worst_delta(result)
 
         k = search_width(probe, args.align, widest, args.max_loss_increase, search)
+        if args.schedule == "per-layer":  # each probe's own per-layer widths, as measured
+            for entry in search:
+                entry["widths"] = probed.get(entry["width"])
         if k is None:
             raise SuiError(f"no width below {widest} keeps dCE <= {args.max_loss_increase} nats on every --eval source "
                            f"(probes: {', '.join(str(s['width']) for s in search)}): nothing was written")
@@ -154,11 +160,18 @@ def run(args: argparse.Namespace) -> int:
         uniform = study.uniform_widths(args.width, args.ratio, args.align)
         request = {"width": args.width} if args.width is not None else {"ratio": args.ratio}
     variant = build(widths_for(uniform))
+    if args.schedule == "per-layer" and sum(variant.widths) < sum(uniform):
+        warnings.append(f"--schedule per-layer: the widths add up to {sum(variant.widths)}, below the {sum(uniform)} of "
+                        f"the uniform widths asked for: each layer takes whole steps of --align {args.align} (or its "
+                        "full width)")
     if list(variant.widths) == list(study.widths):
         asked = f"--width {args.width}" if args.width is not None else f"--ratio {args.ratio}" if args.ratio is not None \
             else "the search"
-        warnings.append(f"{asked} keeps every layer at its full FFN width ({width_span(study.widths)}): nothing was removed; "
-                        "the model written has the same FFNs, their down projections refitted")
+        raw = [args.width if args.width is not None else args.ratio * d if args.ratio is not None else d for d in study.widths]
+        why = (f"; rounded up to a multiple of --align {args.align}, which leaves no narrower width"
+               if any(r < d for r, d in zip(raw, study.widths)) else "")
+        warnings.append(f"{asked} keeps every layer at its full FFN width ({width_span(study.widths)}{why}): nothing was "
+                        "removed; the model written has the same FFNs, their down projections refitted")
     evaluation = None
     if evaluator is not None:
         evaluator.kl = True  # the written model is measured in full, KL included
