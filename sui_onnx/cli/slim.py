@@ -51,8 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "then the least-squares refit; variance: the highest-variance neurons, dropped ones "
                         "replaced by their mean (the baseline)")
     g.add_argument("--schedule", choices=SCHEDULES, default="uniform",
-                   help="uniform (default): the same width in every layer; per-layer: the same total, allocated "
-                        "by each layer's output-space residual")
+                   help="uniform (default): the same width in every layer; per-layer: the same total (at most, "
+                        "in whole --align steps), allocated by each layer's output-space residual")
     g.add_argument("--align", type=positive_int, default=64, metavar="N",
                    help="widths are multiples of N for --ratio, --schedule per-layer and the search (default 64)")
     g.add_argument("--ridge", type=nonnegative_number, default=DEFAULT_RIDGE, metavar="R",
