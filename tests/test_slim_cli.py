@@ -593,3 +593,16 @@ def test_a_per_layer_search_records_each_probes_widths(tmp_path):
     record = json.loads((tmp_path / "s" / "slim.json").read_text())
     assert record["search"] and all(len(s["widths"]) == 2 and sum(s["widths"]) <= 2 * s["width"]
                                     for s in record["search"])
+
+
+def test_the_measured_ladder_fits_80_columns_without_cutting_numbers(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "sui_onnx", "report", str(FIXTURES / "gpt2_w128"), "--tokens", "2048",
+                        "--seq-len", "64", "--eval", str(HELDOUT), "--eval-tokens", "512", "--json", str(tmp_path / "r.json")],
+                       capture_output=True, text=True, env=dict(os.environ, COLUMNS="80"))
+    assert r.returncode == 0, r.stderr
+    assert max(len(line) for line in r.stdout.splitlines()) <= 80
+    ladder = json.loads((tmp_path / "r.json").read_text())["advice"]["measured"]["ladder"]
+    panel = r.stdout.split("width advice (measured)", 1)[1]
+    assert "…" not in panel.split("dCE: held-out", 1)[0]
+    for rung in ladder:
+        assert f"{rung['slim']['worst_delta_ce']:+.4f}" in panel

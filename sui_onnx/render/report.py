@@ -264,8 +264,11 @@ def measured_panel(report: Report) -> Panel:
     for an encoder (no logits) the hidden states' cosine and relative error against the original."""
     view = measured_view(report)
     t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
-    for i, name in enumerate(view.columns):
-        t.add_column(name, justify="left" if i == 0 else "right", no_wrap=True)
+    for i, name in enumerate(view.columns):  # the rung's label wraps ("D/8 = D/4 = k95 estimate"); numbers never do
+        if i == 0:
+            t.add_column(name, justify="left", overflow="fold", max_width=16)
+        else:
+            t.add_column(name, justify="right", no_wrap=True, min_width=len(name))
     for row in view.rows:
         t.add_row(*(Text(c.text if c.text is not None else "-", style={"pass": "green", "fail": "red"}.get(c.status, ""))
                     for c in row))
