@@ -109,6 +109,28 @@ def session_options(ort: Any, threads: int | None = None) -> Any:
     return so
 
 
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : (\w+) : (?:Load model from .*? failed:)?")
+_ORT_NODE = re.compile(r'In Node, \("([^"]*)", (\w+), "([^"]*)", -?\d+\) : .*?, Error (.*)$')
+
+
+def ort_load_message(text: str, limit: int = 300) -> str:
+    """onnxruntime's load error, readable in one line: its status code and "Load model from ...
+    failed" prefix dropped, a node error shortened to the node, its op and the reason (not the
+    operator's full input/output signature), and a long text cut at a word with an ellipsis."""
+    m = _ORT_PREFIX.match(text)
+    body = text[m.end():].strip() if m else text.strip()
+    node = _ORT_NODE.search(body)
+    if node is not None:
+        name, op, domain, why = node.groups()
+        body = f"node {name!r} ({op}{' in ' + domain if domain else ''}): {why.strip()}"
+    elif m is not None and m.group(1) not in ("FAIL", "RUNTIME_EXCEPTION"):
+        body = f"{m.group(1).lower().replace('_', ' ')}: {body}"
+    if len(body) > limit:
+        cut = body.rfind(" ", 0, limit - 1)
+        body = body[:cut if cut > limit // 2 else limit - 1].rstrip(" ,;:") + "…"
+    return body
+
+
 def create_session(
     model: Path | bytes, device: str = "auto", threads: int | None = None, external_folder: Path | None = None
 ) -> tuple[Any, DeviceChoice]:
@@ -138,8 +160,7 @@ def create_session(
     try:
         sess = ort.InferenceSession(model_arg, sess_options=options(), providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        first = first_line(exc)
-        raise ModelError(f"onnxruntime cannot load the model: {first[:300]}") from None
+        raise ModelError(f"onnxruntime cannot load the model: {ort_load_message(first_line(exc))}") from None
     used = tuple(sess.get_providers())
     choice = DeviceChoice(device, used)
     if device == "cuda" and not choice.cuda:

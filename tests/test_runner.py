@@ -1,5 +1,7 @@
 """onnxruntime feeds and tap outputs (no graph detection involved: the taps are plain outputs)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -95,3 +97,26 @@ def test_out_of_vocabulary_ids_are_a_clear_error(tmp_path):
     runner = TapRunner(lm.save(tmp_path), [lm.model.graph.output[1].name], device="cpu")
     with pytest.raises(CalibrationError, match="token id 10000 is outside the vocabulary .*64 rows in 'emb'"):
         runner.run(np.full((1, 4), 10_000), [48])  # checked before onnxruntime runs the batch
+
+
+def test_onnxruntime_load_errors_are_one_readable_line(tmp_path):
+    """A node onnxruntime cannot load is named with its op and the reason, without the status code
+    or the operator's signature; a long message is cut at a word, with an ellipsis."""
+    import onnx as _onnx
+
+    from sui_onnx.errors import ModelError as _ModelError
+    from sui_onnx.runner import create_session, ort_load_message
+
+    m = _onnx.load(str(Path(__file__).parent / "fixtures" / "gpt2_w128" / "model.onnx"))
+    node = next(n for n in m.graph.node if n.op_type == "Unsqueeze")
+    node.op_type = "NoSuchOp"
+    path = tmp_path / "bad.onnx"
+    _onnx.save(m, str(path))
+    with pytest.raises(_ModelError) as exc:
+        create_session(path, "cpu", 1)
+    msg = str(exc.value)
+    assert msg.startswith(f"onnxruntime cannot load the model: node {node.name!r} (NoSuchOp): No Op registered for NoSuchOp")
+    assert "[ONNXRuntimeError]" not in msg and "tensor(int64)" not in msg and "\n" not in msg
+    long = "[ONNXRuntimeError] : 1 : FAIL : " + "word " * 200
+    cut = ort_load_message(long, limit=100)
+    assert len(cut) <= 100 and cut.endswith("…") and cut.startswith("word") and not cut[:-1].endswith(" ")
