@@ -175,11 +175,12 @@ class _LocalRun:
     end, stopping where ``hooks.stop`` asks."""
 
     def __init__(self, src, taps, calib: CalibrationSpec, opts: AnalysisOptions):
-        from .runner import check_calibration
+        from .runner import check_calibration, check_feedable
 
         self.src, self.taps, self.calib, self.opts = src, taps, calib, opts
         self.stop = opts.hooks.stop or StopRequest()
         widths = [t.width for t in taps]
+        check_feedable(src.model)  # a model sui-onnx cannot feed is named before its tokenizer is looked for
         self.stream = CalibrationStream(calib, src.folder, widths)
         check_calibration(src.model, self.stream, calib.seq_len)  # ids and window length against the model's tables
         budget, auto = opts.runtime.max_memory, opts.runtime.max_memory is None

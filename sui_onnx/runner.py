@@ -181,6 +181,27 @@ def create_session(
     return sess, choice
 
 
+def _unfeedable(name: str, shape: Any) -> str:
+    return (f"cannot feed model input {name!r} (shape {shape}): sui-onnx feeds input_ids, attention_mask, "
+            "position_ids, token_type_ids, past key/values, use_cache_branch and a seq2seq decoder's "
+            "encoder_hidden_states")
+
+
+def check_feedable(model: Any) -> None:
+    """Before the calibration data is opened (and its tokenizer looked for): every graph input is one
+    sui-onnx knows how to feed (FeedBuilder.role); the session checks the rest once it is made."""
+    from types import SimpleNamespace
+
+    inits = {t.name for t in model.graph.initializer}
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        t = inp.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+        if not FeedBuilder.role(SimpleNamespace(name=inp.name, shape=shape)):
+            raise CalibrationError(_unfeedable(inp.name, shape))
+
+
 class FeedBuilder:
     """Builds a feed for every input the graph declares, from a [B, L] batch of token ids."""
 
@@ -193,11 +214,7 @@ class FeedBuilder:
             if inp.type not in _ORT_TO_NUMPY:  # e.g. bfloat16, which NumPy cannot hold
                 raise CalibrationError(f"cannot feed model input {inp.name!r} of type {inp.type}")
             if not self.role(inp):
-                raise CalibrationError(
-                    f"cannot feed model input {inp.name!r} (shape {inp.shape}): sui-onnx feeds "
-                    "input_ids, attention_mask, position_ids, token_type_ids, past key/values, "
-                    "use_cache_branch and a seq2seq decoder's encoder_hidden_states"
-                )
+                raise CalibrationError(_unfeedable(inp.name, inp.shape))
             if self.role(inp) == "past":
                 fixed = self.pinned.get(inp.name, {})
                 symbolic = [d for j, d in enumerate(inp.shape) if not (isinstance(d, int) and d > 0) and j not in fixed]

@@ -120,3 +120,25 @@ def test_onnxruntime_load_errors_are_one_readable_line(tmp_path):
     long = "[ONNXRuntimeError] : 1 : FAIL : " + "word " * 200
     cut = ort_load_message(long, limit=100)
     assert len(cut) <= 100 and cut.endswith("…") and cut.startswith("word") and not cut[:-1].endswith(" ")
+
+
+def test_a_model_that_cannot_be_fed_is_named_before_the_tokenizer(tmp_path):
+    """A float-input graph (no input_ids) with text calibration and no tokenizer: the error is about
+    the input sui-onnx cannot feed, not the missing tokenizer."""
+    import onnx as _onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sui_onnx.analyze import AnalysisOptions, analyze
+    from sui_onnx.calib import CalibrationSpec
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 32)).astype(np.float32), "W1"),
+             numpy_helper.from_array(rng.standard_normal((32, 8)).astype(np.float32), "W2")]
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["a"]),
+             helper.make_node("MatMul", ["a", "W2"], ["y"])]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", 8])], inits)
+    path = tmp_path / "mlp.onnx"
+    _onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(CalibrationError, match=r"cannot feed model input 'x' \(shape \['b', 's', 8\]\)"):
+        analyze(path, CalibrationSpec(tokens=600), AnalysisOptions(device="cpu"))
