@@ -80,7 +80,8 @@ def _is_file(p: Path) -> bool:
         return False
 
 
-def _text_files(path: Path) -> list[Path]:
+def text_files(path: Path) -> list[Path]:
+    """The .txt files a text source reads: the file itself, or a folder's, sorted (none: an error)."""
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.txt") if _is_file(p))
         if not files:
@@ -217,7 +218,7 @@ def source_digest(path: Path) -> str:
     a file's bytes; a folder's sorted .txt files (relative path, NUL, bytes, for each)."""
     path = Path(path)
     h = hashlib.sha256()
-    files = [(None, path)] if path.is_file() else [(f.relative_to(path).as_posix(), f) for f in _text_files(path)]
+    files = [(None, path)] if path.is_file() else [(f.relative_to(path).as_posix(), f) for f in text_files(path)]
     for rel, f in files:
         if rel is not None:
             h.update(rel.encode("utf-8") + b"\0")
@@ -318,7 +319,7 @@ def refuse_repeated_sources(sources: Sequence[Path], what: str = "calibration so
     distinct sources); returns the digests it computed (None where it did not need one)."""
     def size(p: Path) -> tuple[bool, int]:
         try:
-            return (True, sum(f.stat().st_size for f in _text_files(p))) if p.is_dir() else (False, p.stat().st_size)
+            return (True, sum(f.stat().st_size for f in text_files(p))) if p.is_dir() else (False, p.stat().st_size)
         except (OSError, CalibrationError):
             return (p.is_dir(), -1)
 
@@ -424,7 +425,7 @@ class CalibrationStream:
         prefix = self.prefix
         L = self.spec.seq_len - len(prefix)  # text tokens per window, after the tokenizer's BOS
         pieces = _read_jsonl(source) if source.suffix.lower() == ".jsonl" else (
-            piece for f in _text_files(source) for piece in _read_text(f, empty_ok=source.is_dir())
+            piece for f in text_files(source) for piece in _read_text(f, empty_ok=source.is_dir())
         )
         for piece in pieces:
             carry.extend(self.tokenizer.encode(piece, add_special_tokens=False).ids)

@@ -377,7 +377,7 @@ def calibration_digests_for(sources: Any, eval_paths: Sequence[Path]) -> list[st
     """The digests eval data is held out from: each calibration source that gave tokens and, for a
     folder source that is still there, each of its .txt files the size of an eval file (an eval file
     copied out of the calibration folder is calibration data too)."""
-    from .calib import _text_files, source_digest
+    from .calib import text_files, source_digest
 
     digests = used_source_digests(sources)
     sizes = set()
@@ -393,7 +393,7 @@ def calibration_digests_for(sources: Any, eval_paths: Sequence[Path]) -> list[st
         if folder is None or not sizes or not folder.is_dir():
             continue
         try:
-            files = _text_files(folder)
+            files = text_files(folder)
         except CalibrationError:
             continue
         for f in files:
