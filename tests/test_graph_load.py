@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -280,3 +281,25 @@ def test_malformed_graph_gives_model_error_not_traceback(syn):
     with pytest.raises(ModelError) as err:
         find_taps(m)
     assert "\n" not in str(err.value)
+
+
+def test_taps_lists_a_model_whose_external_data_is_missing(tmp_path):
+    """taps reads the graph's structure only: a model.onnx copied without its external data file is
+    listed (the same taps as with it); a run that reads the weights still refuses it by name."""
+    import subprocess
+    import sys
+
+    src = Path(__file__).parent / "fixtures" / "llama_extdata"
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for name in ("model.onnx", "tokenizer.json"):
+        shutil.copy(src / name, folder / name)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "sui_onnx", *map(str, args)], capture_output=True, text=True)
+
+    with_data, without = cli("taps", src, "--json"), cli("taps", folder, "--json")
+    assert without.returncode == 0, without.stderr
+    assert json.loads(without.stdout) == json.loads(with_data.stdout) and len(json.loads(without.stdout)) == 2
+    r = cli("report", folder, "--tokens", 600)
+    assert r.returncode == 2 and "external data file 'model.onnx_data'" in r.stderr and "is missing" in r.stderr

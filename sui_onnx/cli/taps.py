@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from ..graph import find_taps, load_model
     from ..safeio import markup
 
-    src = load_model(Path(args.model), lean=True)  # structure only: the weights stay in the file
+    # structure only: the weights stay in the file, and a model without its external data is listed too
+    src = load_model(Path(args.model), lean=True, structure_only=True)
     taps = find_taps(src.model, site=args.site, include=args.include, exclude=args.exclude, explicit=tuple(args.tap))
     if args.json:
         print(json.dumps([t.to_dict() for t in taps], indent=2))

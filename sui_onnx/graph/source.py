@@ -166,7 +166,7 @@ def genai_head_size(folder: Path, model_name: str) -> int | None:
     return size
 
 
-def load_model(path: str | Path, lean: bool = False) -> ModelSource:
+def load_model(path: str | Path, lean: bool = False, structure_only: bool = False) -> ModelSource:
     """Load the graph of an ONNX model without its external data, after validating it.
 
     ``lean``: large embedded initializers are not read either; they become references into the
@@ -174,7 +174,8 @@ def load_model(path: str | Path, lean: bool = False) -> ModelSource:
     file (pass ``data_folder`` to onnxruntime). Not for copies written elsewhere.
 
     Raises ModelError (one line) for a missing/empty/unreadable/non-ONNX file, a folder
-    without model.onnx, an unsafe external-data location or a missing external data file.
+    without model.onnx, an unsafe external-data location or a missing external data file
+    (``structure_only``: a missing one is allowed, for callers that read no weight, as taps).
     """
     p = resolve_model_path(path)
     try:
@@ -212,7 +213,7 @@ def load_model(path: str | Path, lean: bool = False) -> ModelSource:
     folder = p.parent
     # the references lean loading made were computed from the file itself: only the others are checked
     skip = real.name if moved else None
-    has_external = validate_external_data(model, folder, p.name, skip_location=skip)
+    has_external = validate_external_data(model, folder, p.name, skip_location=skip, require_files=not structure_only)
     data_root = relocate_hub_data(model, folder, skip_location=skip) if has_external else None
     return ModelSource(
         path=p,
@@ -327,7 +328,7 @@ def external_info(tensor: onnx.TensorProto) -> dict[str, str]:
 
 
 def validate_external_data(model: onnx.ModelProto, folder: Path, model_name: str = "the model",
-                           skip_location: str | None = None) -> bool:
+                           skip_location: str | None = None, require_files: bool = True) -> bool:
     """Check every external-data reference (but those to ``skip_location``, which lean loading
     made); return True when the model has any others.
 
@@ -350,6 +351,8 @@ def validate_external_data(model: onnx.ModelProto, folder: Path, model_name: str
         location = info.get("location", "")
         target = safe_location(location, folder, root, tensor.name, model_name, also=blobs)
         if target not in sizes:
+            if not target.is_file() and not require_files:
+                continue  # the graph's structure only (taps): the location is safe, the weights are not read
             if not target.is_file():
                 raise ModelError(
                     f"external data file {location!r} of tensor {tensor.name!r} is missing next to {model_name} in {folder}"
