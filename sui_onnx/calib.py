@@ -312,31 +312,23 @@ class _GuardedTokenizer:
         return getattr(self._tokenizer, name)
 
 
-def refuse_repeated_sources(sources: Sequence[Path], what: str = "calibration source") -> list[str | None]:
+def refuse_repeated_sources(sources: Sequence[Path], what: str = "calibration source") -> None:
     """A source given twice (the same file, or another with the same content) would be read twice:
-    its tokens counted twice in a calibration, its windows twice in an eval's pooled standard error.
-    Refused with one line naming both. Only sources of equal size are hashed (cheap for the usual
-    distinct sources); returns the digests it computed (None where it did not need one)."""
-    def size(p: Path) -> tuple[bool, int]:
+    its tokens counted twice. Refused with one line naming both. Only sources of equal size are
+    hashed (cheap for the usual distinct sources)."""
+    from .safeio import first_repeat, repeat_phrase
+
+    def size(p: Path) -> tuple[bool, int] | None:  # (folder?, bytes): a folder never repeats a file
         try:
             return (True, sum(f.stat().st_size for f in text_files(p))) if p.is_dir() else (False, p.stat().st_size)
         except (OSError, CalibrationError):
-            return (p.is_dir(), -1)
+            return None
 
-    keys = [size(Path(p)) for p in sources]
-    digests: list[str | None] = [None] * len(sources)
-    seen: dict[str, int] = {}
-    for i, key in enumerate(keys):
-        if key[1] < 0 or keys.count(key) < 2:
-            continue
-        digests[i] = source_digest(sources[i])
-        j = seen.setdefault(digests[i], i)
-        if j != i:
-            same = "given twice" if Path(sources[i]).resolve() == Path(sources[j]).resolve() else \
-                f"the same content as {sources[j]} (sha256 {digests[i][:12]})"
-            raise CalibrationError(f"{sources[i]}: {same}: every {what} is read once (its tokens would count "
-                                   "twice); give it once")
-    return digests
+    repeat = first_repeat([Path(s) for s in sources], source_digest, size)
+    if repeat is not None:
+        j, i, digest = repeat
+        raise CalibrationError(f"{sources[i]}: {repeat_phrase(sources[j], sources[i], digest)}: every {what} is "
+                               "read once (its tokens would count twice); give it once")
 
 
 class CalibrationStream:

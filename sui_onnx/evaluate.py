@@ -29,6 +29,7 @@ import numpy as np
 from . import __version__
 from .calib import CalibrationSpec, CalibrationStream, tokenizer_path
 from .errors import CalibrationError, ModelError, NumericalError, SuiError, option
+from .safeio import first_repeat, repeat_phrase
 
 SCHEMA = "sui-onnx/eval"
 SCHEMA_VERSION = 1
@@ -442,14 +443,12 @@ class Evaluator:
             entry = self._stream(src, self.batch_size).describe()[0]
             entry["held_out"] = entry["sha256"] not in self.calibration_digests
             self.descriptions.append(entry)
-        first: dict[str, Path] = {}
-        for src, entry in zip(self.source_paths, self.descriptions):
-            other = first.setdefault(entry["sha256"], src)
-            if other is not src:
-                same = "given twice" if src.resolve() == other.resolve() else \
-                    f"the same content as {other} (sha256 {entry['sha256'][:12]})"
-                raise CalibrationError(f"{src}: {same}: each eval source is measured once (pooled twice it would "
-                                       "halve its standard error); give it once")
+        repeat = first_repeat(list(range(len(self.descriptions))), lambda i: self.descriptions[i]["sha256"])
+        if repeat is not None:  # every source is hashed for its description already
+            j, i, digest = repeat
+            src, other = self.source_paths[i], self.source_paths[j]
+            raise CalibrationError(f"{src}: {repeat_phrase(other, src, digest)}: each eval source is measured once "
+                                   "(pooled twice it would halve its standard error); give it once")
         self.reference = _Session(reference, "reference", device, threads) if reference is not None else None
 
     def _stream(self, src: Path, batch_size: int) -> CalibrationStream:

@@ -184,6 +184,30 @@ def new_file_mode(target: str | os.PathLike) -> int:
     return 0o666 & ~umask()
 
 
+def first_repeat(items: list[Any], digest: Callable[[Any], str],
+                 size: Callable[[Any], Any] | None = None) -> tuple[int, int, str] | None:
+    """The first item whose content repeats an earlier one's, as (earlier, later, digest), or None.
+    With ``size``, only items of a size another item shares are hashed (distinct sizes cannot
+    repeat; None: unknown, never hashed)."""
+    sizes = [size(x) for x in items] if size is not None else None
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        if sizes is not None and (sizes[i] is None or sizes.count(sizes[i]) < 2):
+            continue
+        d = digest(item)
+        j = seen.setdefault(d, i)
+        if j != i:
+            return j, i, d
+    return None
+
+
+def repeat_phrase(earlier: Any, later: Any, digest: str) -> str:
+    """How a repeated input is named: "given twice" (the same file), else a copy of the earlier one."""
+    if Path(later).resolve() == Path(earlier).resolve():
+        return "given twice"
+    return f"the same content as {printable(earlier)} (sha256 {digest[:12]})"
+
+
 def output_target(path: str | os.PathLike) -> Path:
     """The directory entry a write to ``path`` replaces: ``path`` itself. A symlink there is
     replaced by the new file and its target is left alone: a write never follows a link to

@@ -99,17 +99,14 @@ def refuse_repeated_models(models: list[Path]) -> None:
     """The same model given twice (by another path, or a copy of its file) is refused before any is
     analyzed; the fit would refuse its duplicate width only after every calibration run."""
     from ..graph.source import file_sha256, resolve_model_path
-    from ..safeio import printable
+    from ..safeio import first_repeat, printable
 
     files = [resolve_model_path(p) for p in models]
-    sizes = [f.stat().st_size for f in files]
-    seen: dict[tuple[int, str], Path] = {}
-    for given, f, size in zip(models, files, sizes):
-        key = (size, str(f.resolve()) if sizes.count(size) < 2 else file_sha256(f))
-        if key in seen:
-            raise SuiError(f"{printable(given)} and {printable(seen[key])} are the same model: give one model per "
-                           "width and seed")
-        seen[key] = given
+    repeat = first_repeat(files, file_sha256, lambda f: f.stat().st_size)
+    if repeat is not None:
+        j, i, _ = repeat
+        raise SuiError(f"{printable(models[i])} and {printable(models[j])} are the same model: give one model per "
+                       "width and seed")
 
 
 def run(args: argparse.Namespace) -> int:
