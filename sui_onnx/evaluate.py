@@ -221,19 +221,9 @@ def logits_outputs(outputs: Sequence[Any], vocab: int | None) -> list[Any]:
 def graph_has_logits(model: Any) -> bool:
     """Whether eval will score ``model`` (an onnx ModelProto) as a decoder, read from its graph
     outputs without a session (symbolic dims count as unknown, as onnxruntime reports them)."""
-    from types import SimpleNamespace
+    from .runner import graph_args, table_limits
 
-    from onnx import TensorProto
-
-    from .runner import table_limits
-
-    names = {TensorProto.FLOAT: "tensor(float)", TensorProto.FLOAT16: "tensor(float16)", TensorProto.DOUBLE: "tensor(double)"}
-    outs = []
-    for o in model.graph.output:
-        t = o.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim] if t.HasField("shape") else None
-        outs.append(SimpleNamespace(name=o.name, shape=shape, type=names.get(t.elem_type, "")))
-    return bool(logits_outputs(outs, table_limits(model).vocab))
+    return bool(logits_outputs(graph_args(model.graph.output), table_limits(model).vocab))
 
 
 def _encoder_decoder_error(where: str, name: str) -> ModelError:

@@ -187,19 +187,31 @@ def _unfeedable(name: str, shape: Any) -> str:
             "encoder_hidden_states")
 
 
+def graph_args(values: Any) -> list[Any]:
+    """Graph inputs or outputs (onnx ValueInfoProto) as onnxruntime's session reports them (NodeArg:
+    ``.name``, ``.shape`` with symbolic dims as their names and unknown ones as None, or None for no
+    shape; ``.type`` as "tensor(float)"), so the session's rules can be applied before a session."""
+    from types import SimpleNamespace
+
+    import onnx
+
+    out = []
+    for v in values:
+        t = v.type.tensor_type
+        shape = ([d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+                 if t.HasField("shape") else None)
+        kind = f"tensor({onnx.TensorProto.DataType.Name(t.elem_type).lower()})" if t.elem_type else ""
+        out.append(SimpleNamespace(name=v.name, shape=shape, type=kind))
+    return out
+
+
 def check_feedable(model: Any) -> None:
     """Before the calibration data is opened (and its tokenizer looked for): every graph input is one
     sui-onnx knows how to feed (FeedBuilder.role); the session checks the rest once it is made."""
-    from types import SimpleNamespace
-
     inits = {t.name for t in model.graph.initializer}
-    for inp in model.graph.input:
-        if inp.name in inits:
-            continue
-        t = inp.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
-        if not FeedBuilder.role(SimpleNamespace(name=inp.name, shape=shape)):
-            raise CalibrationError(_unfeedable(inp.name, shape))
+    for inp in graph_args(i for i in model.graph.input if i.name not in inits):
+        if not FeedBuilder.role(inp):
+            raise CalibrationError(_unfeedable(inp.name, inp.shape))
 
 
 class FeedBuilder:
@@ -254,7 +266,7 @@ class FeedBuilder:
             return "types"
         if "use_cache_branch" in name:
             return "branch"
-        if _PAST.search(name) and len(inp.shape) >= 3:
+        if _PAST.search(name) and len(inp.shape or ()) >= 3:  # no shape: unknown rank
             return "past"
         return None
 
