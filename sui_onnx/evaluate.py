@@ -353,24 +353,13 @@ def held_out_warnings(descriptions: Sequence[dict], domains: bool = True) -> lis
     return out
 
 
-def used_source_digests(sources: Any) -> list[str]:
-    """The sha256 of each calibration source that gave tokens (a source the budget never reached is
-    not calibration data, and eval data equal to it is still held out)."""
-    out = []
-    for s in sources or []:  # dicts (slim.json) or the report's source sections
-        get = getattr(s, "get", None)
-        if get is not None and isinstance(get("sha256"), str) and get("tokens", 1) != 0:
-            out.append(get("sha256"))
-    return out
-
-
 def calibration_digests_for(sources: Any, eval_paths: Sequence[Path]) -> list[str]:
-    """The digests eval data is held out from: each calibration source that gave tokens and, for a
-    folder source that is still there, each of its .txt files the size of an eval file (an eval file
-    copied out of the calibration folder is calibration data too)."""
-    from .calib import text_files, source_digest
+    """The digests eval data is held out from: each calibration source that gave tokens (a source
+    the budget never reached is not calibration data) and, for a folder source that is still there,
+    each of its .txt files the size of an eval file (an eval file copied out of the calibration
+    folder is calibration data too). ``sources``: dicts (slim.json) or the report's source sections."""
+    from .calib import source_digest, text_files
 
-    digests = used_source_digests(sources)
     sizes = set()
     for p in eval_paths:
         try:
@@ -378,10 +367,15 @@ def calibration_digests_for(sources: Any, eval_paths: Sequence[Path]) -> list[st
                 sizes.add(Path(p).stat().st_size)
         except OSError:
             pass
+    digests = []
     for s in sources or []:
         get = getattr(s, "get", None)
-        folder = Path(str(get("path"))) if get is not None and get("path") and get("tokens", 1) != 0 else None
-        if folder is None or not sizes or not folder.is_dir():
+        if get is None or get("tokens", 1) == 0:
+            continue
+        if isinstance(get("sha256"), str):
+            digests.append(get("sha256"))
+        folder = Path(str(get("path"))) if get("path") else None
+        if not sizes or folder is None or not folder.is_dir():
             continue
         try:
             files = text_files(folder)

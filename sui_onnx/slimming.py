@@ -459,7 +459,9 @@ def measured_advice(study: SlimStudy, evaluator, align: int, max_loss: float, es
         kind = slim_result.kind
     passing = [r for r in rows if r["slim"]["worst_delta_ce"] is not None and r["slim"]["worst_delta_ce"] <= max_loss]
     best = min(passing, key=lambda r: sum(r["widths"])) if passing else None
-    warnings = list(dict.fromkeys(w for w in (evaluator_warnings(evaluator) or [])))
+    from .evaluate import held_out_warnings
+
+    warnings = list(dict.fromkeys(held_out_warnings(evaluator.descriptions)))
     unresolved = None
     if best is not None:
         unresolved, wide = resolution(best["slim"], max_loss)
@@ -499,13 +501,6 @@ def resolution(measured: dict[str, Any], max_loss: float) -> tuple[str | None, l
         return None, [f"the dCE's standard error on {names} exceeds --max-loss-increase {max_loss:g}: the "
                       f"measurement cannot resolve the budget; {MORE_HELDOUT}"]
     return None, []
-
-
-def evaluator_warnings(evaluator) -> list[str]:
-    """The held-out / single-domain warnings an Evaluator gives for its sources."""
-    from .evaluate import held_out_warnings
-
-    return held_out_warnings(evaluator.descriptions)
 
 
 class _CrossMoments:
