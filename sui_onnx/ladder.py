@@ -60,6 +60,17 @@ def code_spans(text: str) -> list[tuple[str, bool]]:
     return [(part, i % 2 == 1) for i, part in enumerate(text.split("`")) if part]
 
 
+LADDER = ((1, 8), (1, 4), (1, 2), (3, 4))  # report --eval: widths D/8, D/4, D/2, 3D/4
+
+
+def rung_label(num: int, den: int) -> str:
+    """A ladder rung's label: "D/8", "3D/4"."""
+    return f"{num}D/{den}" if num > 1 else f"D/{den}"
+
+
+RUNG_RATIOS = {rung_label(num, den): num / den for num, den in LADDER}  # "D/2" -> 0.5
+
+
 def aligned(width: int, ratio: float, align: int) -> int:
     """ratio x width rounded up to a multiple of ``align``, within [min(align, width), width]."""
     k = int(math.ceil(ratio * width / align - 1e-9)) * align

@@ -24,14 +24,13 @@ if TYPE_CHECKING:
     import onnx
 from .advice import LOW_TOKENS_FACTOR, RECOMMENDED_TOKENS_FACTOR
 from .errors import SuiError, option
-from .ladder import aligned, width_span  # noqa: F401 (aligned re-exported)
+from .ladder import LADDER, aligned, rung_label, width_span  # noqa: F401 (aligned re-exported)
 from .defaults import DEFAULT_MAX_LOSS, SCHEDULES  # noqa: F401 (re-exported)
 from .slim import (DEFAULT_RIDGE, METHODS, Refit, Selection, WeightedMoments, allocate, norm_weights, projection,
                    refit, select)
 
 SLIM_SCHEMA = "sui-onnx/slim"
 SLIM_SCHEMA_VERSION = 1
-LADDER = ((1, 8), (1, 4), (1, 2), (3, 4))  # report --eval: widths D/8, D/4, D/2, 3D/4
 
 
 @dataclass
@@ -405,8 +404,7 @@ def ladder_widths(study: SlimStudy, align: int, estimate: int | None) -> list[tu
     estimate" for the default --advice-q), each as (label, per-layer widths); duplicates are measured once."""
     out: list[tuple[str, list[int]]] = []
     seen: dict[tuple[int, ...], int] = {}
-    rungs = [(f"{num}D/{den}" if num > 1 else f"D/{den}", [aligned(d, num / den, align) for d in study.widths])
-             for num, den in LADDER]
+    rungs = [(rung_label(num, den), [aligned(d, num / den, align) for d in study.widths]) for num, den in LADDER]
     if estimate is not None:
         rungs.append((f"{study.report.advice.estimate_key()} estimate", [min(int(estimate), d) for d in study.widths]))
     for label, widths in rungs:

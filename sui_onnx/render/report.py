@@ -12,7 +12,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ..ladder import aligned, code_spans, estimate_view, listing as _list, measured_view, sentence, withheld_note
+from ..ladder import RUNG_RATIOS, aligned, code_spans, estimate_view, listing as _list, measured_view, sentence, withheld_note
 from ..layout import MODEL_FILE
 from ..safeio import markup as escape, printable
 
@@ -342,9 +342,6 @@ def next_steps(report: Report) -> list[tuple[str, str]]:
     return steps
 
 
-_LADDER_RATIOS = {"D/8": 0.125, "D/4": 0.25, "D/2": 0.5, "3D/4": 0.75}  # ladder.ladder_widths' rungs
-
-
 def narrow_args(report: Report) -> str:
     """slim's width options that build the width this report advises, so the command suggested runs
     and writes the model measured: --width K when every layer is min(K, D), the rung's --ratio when
@@ -364,7 +361,7 @@ def narrow_args(report: Report) -> str:
         if not per_layer or len(per_layer) != len(widths) or all(min(width, d) == w for w, d in zip(per_layer, widths)):
             return f"--width {width}" + tail
         for part in str(m.recommended_label or "").split(" = "):
-            r = _LADDER_RATIOS.get(part)
+            r = RUNG_RATIOS.get(part)
             if r is not None and all(aligned(d, r, align) == w for w, d in zip(per_layer, widths)):
                 return f"--ratio {r}" + tail
     loss = m.max_loss_increase if m is not None and m.max_loss_increase is not None else 0.01
