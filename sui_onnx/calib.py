@@ -507,10 +507,10 @@ class CalibrationStream:
             if left <= 0:
                 break
             if window.size > left:
-                if self.whole_rows and self.sources[i].suffix.lower() == ".npy" and (self.tokens_fed or pending):
-                    break  # eval: a .npy row is one window, scored whole or not at all
                 if not (self.whole_rows and self.sources[i].suffix.lower() == ".npy"):
                     window = window[:left]
+                elif self.tokens_fed or pending:
+                    break  # eval: a .npy row is one window, scored whole or not at all (the first one whole)
             if pending and (pending[0].size != window.size or len(pending) == self.spec.batch_size):
                 yield self._emit(pending)
                 pending = []

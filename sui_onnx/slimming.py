@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -289,23 +290,24 @@ class SlimStudy:
                        self.surgery.apply(edits))
 
     # -- counts ------------------------------------------------------------------------------
+    @cached_property
+    def _ffn_counts(self) -> list[tuple[float, int, int]]:
+        """Per FFN block: (parameters per neuron, down bias size, output width)."""
+        counts = []
+        for plan, block in zip(self.surgery.plans, self.surgery.blocks):
+            columns = {op.name: self.surgery.array(op.name).size for op, _ in plan.columns}
+            per_neuron = (sum(u.k * u.n for u in block.ups) + sum(columns.values())) / plan.width + plan.out_width
+            bias = self.surgery.array(plan.down_bias.name).size if plan.down_bias is not None else 0
+            counts.append((per_neuron, bias, plan.out_width))
+        return counts
+
     def ffn_parameters(self, widths: Sequence[int], edited: bool = True) -> int:
         """Parameters of the FFN blocks at these widths: the up/gate and down weights, the constants
         along the width (up biases, nGPT's scales), and the down bias. ``edited``: as slim writes
         them, every down projection with a bias (the mean is folded into one); otherwise the
         source model's (a bias only where it has one)."""
-        if not hasattr(self, "_ffn_counts"):
-            counts = []
-            for plan, block in zip(self.surgery.plans, self.surgery.blocks):
-                columns = {op.name: self.surgery.array(op.name).size for op, _ in plan.columns}
-                per_neuron = (sum(u.k * u.n for u in block.ups) + sum(columns.values())) / plan.width + plan.out_width
-                bias = self.surgery.array(plan.down_bias.name).size if plan.down_bias is not None else 0
-                counts.append((per_neuron, bias, plan.out_width))
-            self._ffn_counts = counts
-        total = 0
-        for (per_neuron, bias, out_width), k in zip(self._ffn_counts, widths):
-            total += round(per_neuron * k) + (max(bias, out_width) if edited else bias)
-        return total
+        return sum(round(per_neuron * k) + (max(bias, out_width) if edited else bias)
+                   for (per_neuron, bias, out_width), k in zip(self._ffn_counts, widths))
 
 
 def total_parameters(model: onnx.ModelProto) -> int:

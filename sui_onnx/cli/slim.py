@@ -90,9 +90,9 @@ def run(args: argparse.Namespace) -> int:
         raise SuiError("--max-loss-increase measures every probe on held-out data: give --eval HELDOUT")
     refuse_eval_options_without_eval(args, {"eval_tokens": None, "eval_seq_len": None})
     inputs = [model, *calib_inputs(args), *args.eval, resume_input(args), args.stats]
-    guard_outputs(inputs, [("--json", args.json), ("--checkpoint", args.checkpoint)])
-    _guard_out_dir(out_dir, [p for p in inputs if p is not None] + [model.parent],
-                   [("--json", args.json), ("--checkpoint", args.checkpoint)])
+    outputs = [("--json", args.json), ("--checkpoint", args.checkpoint)]
+    guard_outputs(inputs, outputs)
+    _guard_out_dir(out_dir, [p for p in inputs if p is not None] + [model.parent], outputs)
     quiet = args.quiet or (args.json is not None and str(args.json) == "-")
     console = make_console(quiet=quiet)
     eval_settings = dict(seq_len=args.eval_seq_len or args.seq_len, batch_size=args.batch_size, tokens=args.eval_tokens,
