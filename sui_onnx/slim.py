@@ -12,7 +12,8 @@ mean mu, covariance C over calibration tokens) and down projection y = h W + b (
   linear prediction of y from the kept neurons (``variance`` keeps W_S and folds the dropped
   neurons' means into the bias: B is then the selection itself).
 * ``projection``: W' = P W, b' = b + mu (I - P) W with P the top-k principal directions: what the
-  spectrum says is possible, at full width (it saves nothing; it bounds what slim can reach).
+  spectrum says is possible at rank k, at full width (it saves nothing, and it is no bound on
+  ``id``: keeping k neurons is a different restriction from keeping k directions).
 * ``allocate``: per-layer widths at a fixed total, from each layer's output-space residual curve.
 """
 

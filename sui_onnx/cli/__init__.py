@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
             "ONNX transformer, runs calibration text through onnxruntime and reports hard rank, "
             "soft rank, spectral concentration and the Spectral Utilization Index per layer."
         ),
-        epilog="Exit codes: 0 success, 1 a gate threshold was breached, 2 usage/input/config error.",
+        epilog="Exit codes: 0 success, 1 a gate threshold was breached, 2 usage/input/config error, "
+               "130 interrupted (Ctrl-C or SIGTERM; a calibration run saves a checkpoint first).",
     )
     parser.add_argument("--version", action="version", version=f"sui-onnx {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")

@@ -111,7 +111,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "or [tool.sui-onnx.check] of the nearest pyproject.toml; flags win. "
                     "A value equal to its limit passes. Writes JUnit XML and SARIF 2.1.0 for CI and prints "
                     "GitHub Actions annotations when GITHUB_ACTIONS=true.",
-        epilog="Exit codes: 0 every check passed, 1 a threshold was breached, 2 usage/input/config error.",
+        epilog="Exit codes: 0 every check passed, 1 a threshold was breached, 2 usage/input/config error, "
+               "130 interrupted (Ctrl-C or SIGTERM; the calibration is saved to a checkpoint first).",
     )
     p.add_argument("target", metavar="MODEL|REPORT.json",
                    help=".onnx file or folder (analyzed now) or a report JSON from `sui-onnx report --json` (suffix .json)")

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="A slim.json beside MODEL (written by `sui-onnx slim`) names the calibration data: eval\n"
                "data with the same sha256 is flagged as not held out.\n"
-               "Exit codes: 0 success, 2 bad input (one line on stderr).",
+               "Exit codes: 0 success, 2 bad input (one line on stderr), 130 interrupted (Ctrl-C or SIGTERM).",
     )
     p.add_argument("model", metavar="MODEL", help=".onnx file or folder holding model.onnx (its tokenizer.json "
                                                   "is read from beside it, else from beside --reference)")

@@ -207,12 +207,13 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", type=path_arg, metavar="FILE", help="continue an interrupted run from its checkpoint (--checkpoint may name the same file)")
     g.add_argument("--stats", type=path_arg, metavar="FILE",
                    help="report from finished or merged statistics (sui-onnx merge) without running calibration "
-                        "(the calibration options --calib, --tokens, --mix, --resume, --checkpoint, --ray and "
-                        "--precision are refused beside it)")
+                        "(the calibration options --calib, --tokens, --mix, --resume, --checkpoint, "
+                        "--checkpoint-every, --ray, --ray-shards and --precision are refused beside it)")
     g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="shard the calibration across Ray workers (needs the `ray` extra); without ADDRESS: "
                         "RAY_ADDRESS or a local cluster. Put MODEL before --ray, or write --ray=ADDRESS")
-    g.add_argument("--ray-shards", type=positive_int, metavar="N", help="calibration shards for --ray (default: 2 per worker CPU)")
+    g.add_argument("--ray-shards", type=positive_int, metavar="N", help="calibration shards for --ray (default: 2 per worker slot: "
+                   "its CPUs divided by --threads, or one GPU)")
     g.add_argument("--max-memory", type=memory_size, metavar="SIZE",
                    help="cap on the D x D statistics held at once (e.g. 2G); above it the layers are analyzed in several passes, "
                         "and slim keeps the covariances past it memory-mapped in a temporary folder "

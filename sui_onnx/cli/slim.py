@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write a narrower model: FFN neurons chosen and refitted from the statistics, cost measured",
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Exit codes: 0 success, 2 bad input or a model slim cannot narrow (one line says why).",
+        epilog="Exit codes: 0 success, 2 bad input or a model slim cannot narrow (one line says why), 130 "
+               "interrupted (Ctrl-C or SIGTERM; the calibration is saved to a checkpoint first, nothing is half-written).",
     )
     p.add_argument("model", metavar="MODEL", help=".onnx file or folder holding model.onnx (never modified)")
     p.add_argument("out_dir", metavar="OUT_DIR", type=path_arg,
