@@ -241,8 +241,9 @@ class SlimStudy:
         return [aligned(d, ratio, align) for d in self.widths]
 
     def per_layer_widths(self, uniform: Sequence[int], method: str, align: int) -> list[int]:
-        """Widths with the same total as ``uniform``, allocated by each layer's output-space
-        residual curve (the greedy's exact residual after k neurons)."""
+        """Widths adding up to at most the total of ``uniform`` (less where whole ``align`` steps
+        cannot reach it), allocated by each layer's output-space residual curve (the greedy's
+        exact residual after k neurons)."""
         total = int(sum(uniform))
         if total >= sum(self.widths):
             return list(self.widths)  # nothing to move: every layer whole
@@ -543,54 +544,80 @@ class _CrossMoments:
 
 
 def refine(study: SlimStudy, variant: Variant, calib, device: str = "cpu", threads: int | None = None,
-           progress: Callable[[int, int, str], None] | None = None) -> Variant:
-    """Refit every narrowed down projection on the inputs the narrowed model gives it (one more
-    calibration pass, the original and the narrowed model side by side): the kept neurons are
-    taken from the narrowed model, the target from the original (y = h W + b), so each layer also
-    corrects the error the layers before it left. The neurons kept stay the same.
+           progress: Callable[[int, int, str], None] | None = None, sequential: bool = False) -> Variant:
+    """Refit the narrowed down projections on the inputs the narrowed model gives them: the kept
+    neurons are taken from the narrowed model, the target from the original (y = h W + b), so
+    each layer also corrects the error the layers before it left. The neurons kept stay the same.
 
-    Measured, not adopted: on Gemma-3-270M it was worse than the plain refit at 3/4 and 1/2 of the
-    width (bench/bench_slim_weighting.py, docs/slim.md); the CLI does not offer it. Kept for that
-    benchmark."""
-    from dataclasses import replace as dc_replace
+    One more calibration pass refits every layer at once (each fit then sees the layers before it
+    as they were before their own refit); ``sequential`` refits one layer at a time, first to
+    last, each on the model whose earlier layers are already refitted: one pass per layer, each
+    through the graph pruned to that layer's tap (no LM head).
 
+    Measured, not adopted: on Gemma-3-270M both were worse than the plain refit at 3/4 and 1/2 of
+    the width (bench/bench_slim_weighting.py, bench/bench_slim_sequential.py, docs/slim.md); the
+    CLI does not offer them. Kept for those benchmarks."""
+    from .graph import find_taps
+    from .graph.surgery import LayerEdit
+
+    n = len(study.widths)
+    orig_taps = find_taps(study.src.model, site="post")
+    if sequential:
+        fits = study.refits(variant.widths, variant.method)
+        edits = {i: LayerEdit(r.keep, r.weight, r.bias_delta) for i, (r, _, _) in enumerate(fits)}
+        groups = [[i] for i in range(n)]
+    else:
+        edits, groups = {}, [list(range(n))]
+    for group in groups:
+        narrowed = study.surgery.apply(edits) if sequential else variant.model
+        what = f"refitting layer {group[0] + 1}/{n}" if sequential else "refining on the narrowed model"
+        moments = _cross_moments(study, narrowed, variant.widths, orig_taps, group, calib, device, threads,
+                                 lambda done, total: progress(done, total, what) if progress else None)
+        del narrowed
+        for i, m in zip(group, moments):
+            weight, intercept = m.fit(study.ridge)
+            _, bias = study._down_arrays(i)
+            edits[i] = LayerEdit(variant.keep[i], weight, intercept - bias.astype(np.float64))
+    return Variant(variant.label + (" sequential" if sequential else " refined"), "slim", variant.method,
+                   list(variant.widths), study.surgery.apply(edits), list(variant.keep), list(variant.residual_share),
+                   list(variant.residual))
+
+
+def _cross_moments(study: SlimStudy, narrowed: onnx.ModelProto, widths: Sequence[int], orig_taps, layers: list[int],
+                   calib, device: str, threads: int | None, progress: Callable[[int, int], None]) -> list[_CrossMoments]:
+    """One calibration pass through the original and the narrowed model side by side, each pruned
+    to the taps of ``layers``: per layer, the moments of the narrowed model's kept activations
+    against the original's FFN output (token-weighted where the study is)."""
     from .calib import CalibrationStream
     from .graph import find_taps, tapped_model
-    from .graph.surgery import LayerEdit
     from .runner import TapRunner
-
-    orig_taps = find_taps(study.src.model, site="post")
-    slim_taps = find_taps(variant.model, site="post")
-    if [t.width for t in slim_taps] != list(variant.widths):
-        raise SuiError("the narrowed model's FFN taps do not match its widths; cannot refine it")
-    runners = []
-    for src, taps in ((study.src, orig_taps), (dc_replace(study.src, model=variant.model), slim_taps)):
-        runners.append(TapRunner(tapped_model(src, taps).SerializeToString(), [t.tensor for t in taps], device, threads,
-                                 external_folder=study.src.data_folder))
-    downs = [study._down_arrays(i) for i in range(len(study.widths))]
-    moments = [_CrossMoments(k, p.out_width) for k, p in zip(variant.widths, study.surgery.plans)]
-    stream = CalibrationStream(calib, study.src.folder, study.widths)
     from .xp import to_numpy
 
+    slim_taps = find_taps(narrowed, site="post")
+    if [t.width for t in slim_taps] != list(widths):
+        raise SuiError("the narrowed model's FFN taps do not match its widths; cannot refine it")
+    full_w = [study.widths[i] for i in layers]
+    slim_w = [widths[i] for i in layers]
+    runners = []
+    for src, taps in ((study.src, [orig_taps[i] for i in layers]),
+                      (replace(study.src, model=narrowed), [slim_taps[i] for i in layers])):
+        runners.append(TapRunner(tapped_model(src, taps).SerializeToString(), [t.tensor for t in taps], device, threads,
+                                 external_folder=study.src.data_folder))
+    downs = [study._down_arrays(i) for i in layers]
+    moments = [_CrossMoments(k, study.surgery.plans[i].out_width) for i, k in zip(layers, slim_w)]
+    stream = CalibrationStream(calib, study.src.folder, full_w)
     done = 0
     for batch in stream:
-        outs = runners[0].run(batch.input_ids, study.widths)
-        full = [np.asarray(to_numpy(o), dtype=np.float32).reshape(-1, d) for o, d in zip(outs, study.widths)]
-        narrow = runners[1].run(batch.input_ids, variant.widths)
-        for i, (h, hs) in enumerate(zip(full, narrow)):
-            w, b = downs[i]
+        full = runners[0].run(batch.input_ids, full_w)
+        narrow = runners[1].run(batch.input_ids, slim_w)
+        for j, i in enumerate(layers):
+            h = np.asarray(to_numpy(full[j]), dtype=np.float32).reshape(-1, full_w[j])
+            hs = np.asarray(to_numpy(narrow[j]), dtype=np.float32).reshape(-1, slim_w[j])
+            w, b = downs[j]
             y = h @ w + b
-            hs = np.asarray(to_numpy(hs), dtype=np.float32).reshape(-1, variant.widths[i])
             kind = study.weighting.get(i)
             weights = norm_weights(y, kind).astype(np.float32) if kind else np.ones(y.shape[0], np.float32)
-            moments[i].update(hs, y, weights)
+            moments[j].update(hs, y, weights)
         done += batch.tokens
-        if progress:
-            progress(done, stream.budget, "refining on the narrowed model")
-    edits = {}
-    for i, (m, keep) in enumerate(zip(moments, variant.keep)):
-        weight, intercept = m.fit(study.ridge)
-        _, bias = downs[i]
-        edits[i] = LayerEdit(keep, weight, intercept - bias.astype(np.float64))
-    return Variant(variant.label + " refined", "slim", variant.method, list(variant.widths), study.surgery.apply(edits),
-                   list(variant.keep), list(variant.residual_share), list(variant.residual))
+        progress(done, stream.budget)
+    return moments

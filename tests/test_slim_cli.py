@@ -414,9 +414,11 @@ def test_float16_weights_are_narrowed_in_float16(tmp_path):
     assert np.abs(a - b).max() <= 2e-2 * np.abs(a).max()  # float16 arithmetic, same function
 
 
-def test_refining_a_model_that_is_exact_in_the_span_keeps_it_exact(tmp_path):
+@pytest.mark.parametrize("sequential", [False, True])
+def test_refining_a_model_that_is_exact_in_the_span_keeps_it_exact(tmp_path, sequential):
     """slimming.refine (measured, not offered by the CLI) regresses the original outputs on the
-    narrowed model's own activations: in the span that regression is exact again."""
+    narrowed model's own activations, all layers in one pass or one layer at a time: in the span
+    that regression is exact again."""
     from sui_onnx.analyze import AnalysisOptions
     from sui_onnx.calib import CalibrationSpec
     from sui_onnx.slimming import SlimStudy, refine
@@ -424,7 +426,8 @@ def test_refining_a_model_that_is_exact_in_the_span_keeps_it_exact(tmp_path):
     model = relu_lm(tmp_path / "m", post_norm=True)
     spec = CalibrationSpec([tmp_path / "m_ids.npy"])
     study = SlimStudy(model, spec, AnalysisOptions(device="cpu"), ridge=0.0)
-    refined = refine(study, study.variant([6, 6]), spec)
+    refined = refine(study, study.variant([6, 6]), spec, sequential=sequential)
+    assert refined.label.endswith("sequential" if sequential else "refined")
     onnx.save(refined.model, str(tmp_path / "r.onnx"))
     probe = np.random.default_rng(6).integers(0, 50, size=(2, 11))
     a, b = logits(model, probe), logits(tmp_path / "r.onnx", probe)
