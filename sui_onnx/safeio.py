@@ -11,7 +11,8 @@ over the destination, so a reader never sees half a file. The file gets the perm
 write would give: those of the file it replaces, else 0666 less the umask. A destination that is a
 symlink is replaced by the file (its target is never written: a link planted in a shared folder
 cannot redirect a write); one that is, or links to, a FIFO, a device or another special file is
-refused.
+refused. Inside ``all_or_nothing()`` the renames wait until every file of the block is written:
+a run that fails on one of its outputs (a full disk) replaces none of them.
 
 Text: ``printable`` makes text from files, models and arguments safe to print (control characters,
 escape sequences and lone surrogates become visible escapes, so the text stays one line);
@@ -21,6 +22,7 @@ escape sequences and lone surrogates become visible escapes, so the text stays o
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import re
 import stat
@@ -231,6 +233,38 @@ def system_path(path: str | os.PathLike) -> str | None:
     return None
 
 
+_PENDING: contextvars.ContextVar[list[tuple[str, Path]] | None] = contextvars.ContextVar("pending_renames", default=None)
+
+
+@contextlib.contextmanager
+def all_or_nothing() -> Iterator[None]:
+    """The files ``atomic_write`` writes in this block are renamed into place only when the block
+    ends without an error; otherwise their temporary files are removed and no destination changes."""
+    pending: list[tuple[str, Path]] = []
+    token = _PENDING.set(pending)
+    try:
+        yield
+    except BaseException:
+        _discard(pending)
+        raise
+    finally:
+        _PENDING.reset(token)
+    for n, (tmp, target) in enumerate(pending):
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            _discard(pending[n:])
+            raise SuiError(f"cannot write {printable(str(target))}: {_reason(exc)}") from None
+
+
+def _discard(pending: list[tuple[str, Path]]) -> None:
+    for tmp, _ in pending:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], error: type[SuiError] = SuiError,
                  hint: str = "") -> Path:
     """Call ``write(fileobj)`` on a temporary file beside ``path``'s target, fsync it and rename it
@@ -263,7 +297,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], err
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        pending = _PENDING.get()
+        if pending is None:
+            os.replace(tmp, target)
+        else:
+            pending.append((tmp, target))
     except BaseException as exc:
         try:
             os.unlink(tmp)

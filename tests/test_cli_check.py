@@ -60,6 +60,35 @@ def test_subprocess_pass_fail_and_error_exit_codes(tmp_path):
     assert usage.returncode == 2 and "--min-sui" in usage.stderr and "[0, 1]" in usage.stderr
 
 
+def test_github_annotation_names_a_file_with_spaces_and_non_ascii_as_it_is(tmp_path):
+    """file= in a workflow command is a path, not a URI: GitHub unescapes only %25, %0D, %0A, %3A
+    and %2C, so a percent-encoded (then escaped again) name pointed at a file that does not exist.
+    The SARIF artifact stays a URI reference."""
+    (tmp_path / "uni dir").mkdir()
+    report = write(tmp_path / "uni dir", name="rép, ort.json", suis=(0.2, 0.5, 0.6))
+    sarif = tmp_path / "out.sarif"
+    r = cli(report, "--min-sui", "0.3", "--sarif", sarif, cwd=tmp_path, env={"GITHUB_ACTIONS": "true"})
+    assert r.returncode == 1, r.stderr
+    ann = [line for line in r.stdout.splitlines() if line.startswith("::")]
+    assert ann and ann[0].startswith("::error file=uni dir/rép%2C ort.json,line="), ann
+    uri = json.loads(sarif.read_text())["runs"][0]["artifacts"][0]["location"]["uri"]
+    assert uri == "uni%20dir/r%C3%A9p%2C%20ort.json"
+
+
+def test_a_report_without_its_width_advice_is_malformed_not_a_breach(tmp_path):
+    """Usable layers always give a width recommendation (or say why it was withheld): a report
+    edited to lack it is exit 2, not an exit-1 'no usable layers' it does not have."""
+    report = write(tmp_path, suis=(0.4, 0.5, 0.6))
+    d = json.loads(report.read_text())
+    assert d["advice"]["width_ratio"] is not None
+    del d["advice"]
+    report.write_text(json.dumps(d))
+    r = cli(report, "--min-sui", "0.3", "--max-width-ratio", "0.9", cwd=tmp_path)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "advice.width_ratio is missing" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert cli(report, "--min-sui", "0.3", cwd=tmp_path).returncode == 0  # no width rule: nothing is missing
+
+
 def test_subprocess_github_annotations_and_config_error(tmp_path):
     report = write(tmp_path, suis=(0.2, 0.5, 0.6))
     r = cli(report, "--min-sui", "0.3", cwd=tmp_path, env={"GITHUB_ACTIONS": "true"})

@@ -132,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit:  # argparse's own exits (usage errors: 2, --help and --version: 0)
         raise
+    except KeyboardInterrupt:  # Ctrl-C while the parser (and what it imports) loads
+        _say("interrupted")
+        return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - an argument type that raised something unexpected
         if debug:
             traceback.print_exc()

@@ -131,7 +131,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from .._version import __version__
     from ..report import MAX_REPORT_BYTES, load_report
-    from ..safeio import read_input
+    from ..safeio import all_or_nothing, read_input
 
     cwd = Path.cwd()
     config = THRESHOLD_ARGS.parse(args, cwd)
@@ -161,22 +161,22 @@ def run(args: argparse.Namespace) -> int:
 
     result = gate.evaluate(report, thresholds, baseline, target=str(target),
                            baseline_label=None if thresholds.baseline is None else str(thresholds.baseline))
-    if args.save_report is not None:  # after the comparison: a refused baseline (exit 2) writes nothing
-        write_text_atomic(args.save_report, report.to_json())
     located = target / MODEL_FILE if target.is_dir() and (target / MODEL_FILE).is_file() else target
     uri = gate.artifact_uri(located, cwd)
     lines = gate.report_json_lines(read_input(target, MAX_REPORT_BYTES).decode("utf-8")) if is_report else {}
-    if args.junit is not None:
-        write_text_atomic(args.junit, gate.to_junit(result))
-    if args.sarif is not None:
-        sarif = gate.to_sarif(result, uri, tool_version=__version__, layer_lines=lines)
-        write_text_atomic(args.sarif, json.dumps(sarif, indent=2) + "\n")
-    if args.json is not None:
-        write_text_atomic(args.json, json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
+    with all_or_nothing():  # every output or none (a full disk on the last replaces no earlier one)
+        if args.save_report is not None:  # after the comparison: a refused baseline (exit 2) writes nothing
+            write_text_atomic(args.save_report, report.to_json())
+        if args.junit is not None:
+            write_text_atomic(args.junit, gate.to_junit(result))
+        if args.sarif is not None:
+            sarif = gate.to_sarif(result, uri, tool_version=__version__, layer_lines=lines)
+            write_text_atomic(args.sarif, json.dumps(sarif, indent=2) + "\n")
+        if args.json is not None:
+            write_text_atomic(args.json, json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
     if not quiet:
         make_console().print(result)  # GateResult.__rich__: render.check
     if os.environ.get("GITHUB_ACTIONS") == "true":  # the runner reads workflow commands on both streams
-        for line in gate.github_annotations(result, file=uri if not uri.startswith("file:") else None,
-                                            layer_lines=lines):
+        for line in gate.github_annotations(result, file=gate.workspace_path(located, cwd), layer_lines=lines):
             print(line, file=sys.stderr if to_stdout else sys.stdout, flush=True)
     return result.exit_code

@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     merged, meta0 = None, None
     shards: dict[str, str] = {}  # token-stream digest -> the file that brought it
     sources: dict[str, tuple[str, dict]] = {}  # calibration source sha256 -> (the file that read it, its record)
+    windows: dict[str, int | None] = {}  # file -> the window length (--seq-len) its run fed
     for path in args.inputs:
         label = printable(path)
         accs, meta = load_accumulators(path)
@@ -62,6 +63,13 @@ def run(args: argparse.Namespace) -> int:
                                f"(token-stream sha256 {digest[:12]}): merging would count it twice")
             shards[digest] = str(path)
         calibration = meta.get("calibration")
+        seq_len = calibration.get("seq_len") if isinstance(calibration, dict) else None
+        windows[str(path)] = seq_len if isinstance(seq_len, int) and not isinstance(seq_len, bool) else None
+        known = {n: f for f, n in windows.items() if n is not None}
+        if len(known) > 1:
+            (a, fa), (b, fb) = sorted(known.items())[:2]
+            raise SuiError(f"{printable(fa)} was calibrated with windows of {a} tokens and {printable(fb)} with "
+                           f"windows of {b} (--seq-len): one set of statistics has one window length; cannot merge")
         for src in (calibration.get("sources") if isinstance(calibration, dict) else None) or []:
             sha = src.get("sha256") if isinstance(src, dict) else None
             if not isinstance(sha, str) or not src.get("tokens"):
@@ -90,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
         "calibration": {"tokens": merged[0].n if merged else 0, "merged_from": [str(p) for p in args.inputs],
                         "sources": [src for _, src in sources.values()]},
     }
+    lengths = set(windows.values())
+    if len(lengths) == 1 and None not in lengths:  # every shard says, and they agree: the gate compares it
+        meta_out["calibration"]["seq_len"] = lengths.pop()
     save_accumulators(args.output, merged, meta_out)
     make_console(stderr=True).print(markup(
         f"merged {len(args.inputs)} files: {merged[0].n if merged else 0:,} tokens per layer -> {args.output}"

@@ -150,6 +150,15 @@ def measured_report(model: Path, args: argparse.Namespace, quiet: bool):
 
 
 def write_outputs(report, args: argparse.Namespace) -> None:
+    """Every output the options ask for, or none: a failure on one (a full disk) replaces none
+    (safeio.all_or_nothing)."""
+    from ..safeio import all_or_nothing
+
+    with all_or_nothing():
+        _write_each(report, args)
+
+
+def _write_each(report, args: argparse.Namespace) -> None:
     if args.json is not None:
         write_text_atomic(args.json, report.to_json())
     if args.markdown is not None:

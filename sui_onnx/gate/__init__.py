@@ -28,7 +28,7 @@ _LAZY = {
     **dict.fromkeys(("Check", "GateResult", "calibration_digests", "check_comparable", "evaluate", "fmt_value",
                      "summarize_checks", "worst"), "evaluate"),
     **dict.fromkeys(("artifact_uri", "escape_workflow_data", "escape_workflow_property", "github_annotations",
-                     "report_json_lines", "to_junit", "to_sarif"), "formats"),
+                     "report_json_lines", "to_junit", "to_sarif", "workspace_path"), "formats"),
     **dict.fromkeys(("DEFAULT_DROP_METRICS", "DEFAULT_MAX_DROP", "DROP_METRICS", "HIGHER_IS_WORSE", "LIMIT_KEYS",
                      "METRIC_LABELS", "RESULT_SCHEMA", "RESULT_SCHEMA_VERSION", "RULES", "SARIF_SCHEMA_URI", "SCOPES",
                      "STATUS_ERRORS", "STATUS_STARVED", "STATUS_WARNINGS", "TOLERANCE", "Rule", "drop_rule_id",

@@ -263,6 +263,10 @@ def evaluate(report: Report, thresholds: Thresholds, baseline: Report | None = N
             reason = withheld.reason if withheld.reason is not None else "thin data"
             check = dataclasses.replace(check, message=f"{METRIC_LABELS['width_ratio']} cannot be checked: the width "
                                                        f"advice was withheld ({reason})")
+        elif ratio is None and usable:
+            # usable layers always give a recommendation (or a withheld record): an edited report
+            raise SuiError("malformed report: advice.width_ratio is missing although layers are usable "
+                           "(--max-width-ratio reads it)")
         checks.append(check)
 
     if baseline is not None:

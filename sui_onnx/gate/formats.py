@@ -115,12 +115,17 @@ def artifact_uri(path: Path | str, cwd: Path | str) -> str:
     GitHub code scanning wants, repository-relative — else an absolute file: URI."""
     from urllib.parse import quote
 
-    p = Path(path).resolve()
+    rel = workspace_path(path, cwd)
+    return Path(path).resolve().as_uri() if rel is None else quote(rel)
+
+
+def workspace_path(path: Path | str, cwd: Path | str) -> str | None:
+    """The plain relative POSIX path of a local file under ``cwd`` (what a GitHub workflow
+    command's ``file=`` names, escaped only by `escape_workflow_property`), else None."""
     try:
-        rel = p.relative_to(Path(cwd).resolve())
+        return Path(path).resolve().relative_to(Path(cwd).resolve()).as_posix()
     except ValueError:
-        return p.as_uri()
-    return quote(rel.as_posix())
+        return None
 
 
 def escape_workflow_data(text: str) -> str:
