@@ -86,8 +86,8 @@ class RunState:
                 continue  # a checkpoint from before plans were recorded: max_memory decides
             if ident.get(key) != value:
                 raise SuiError(
-                    f"{label}: checkpoint was made with a different {key.replace('_', ' ')} "
-                    f"({printable(repr(ident.get(key)))[:120]} vs {printable(repr(value))[:120]})"
+                    f"{label}: checkpoint was made with other settings ({key.replace('_', ' ')}: "
+                    f"{printable(repr(ident.get(key)))[:120]} vs {printable(repr(value))[:120]})"
                 )
         groups = self.identity["groups"] or [list(range(len(self.identity["taps"])))]
         widths = self.identity["widths"]

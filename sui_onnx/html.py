@@ -9,6 +9,7 @@ import platform
 from html import escape
 from typing import Any, Sequence
 
+from .fmt import fmt_width
 from .ladder import code_spans, estimate_view, measured_view, sentence, withheld_note
 from .report import Report
 from .svg import Ref, Series, chart, fitted, layer_color, thin
@@ -467,7 +468,7 @@ def scaling_html(result: Any, reports: Sequence[Report] | None = None) -> str:
     parts += ["<h2>Per layer</h2>", _table(["layer", "β soft", "R²", "β hard", "R² ", "soft − hard"], layer_rows, left=())]
     sat = result.saturation
     if sat.status == "reached":
-        sat_line = f"D* = {sat.width:,.0f} ({sat.position} the measured widths)"
+        sat_line = f"D* = {fmt_width(sat.width)} ({sat.position} the measured widths)"
     elif sat.status == "no_growth":
         sat_line = "not defined: the fitted hard rank does not grow with width (β_hard ≤ 0)"
     else:

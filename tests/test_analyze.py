@@ -134,10 +134,10 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
     ids_path = token_ids(tmp_path / "ids.npy", n_seq=4, seq=16)
     ckpt = tmp_path / "ck.npz"
     analyze(FIXTURES / "gpt2_w128", CalibrationSpec([ids_path]), AnalysisOptions(device="cpu", checkpoint=ckpt))
-    with pytest.raises(SuiError, match=re.escape("checkpoint was made with a different batch size (8 vs 3)")):
+    with pytest.raises(SuiError, match=re.escape("checkpoint was made with other settings (batch size: 8 vs 3)")):
         analyze(FIXTURES / "gpt2_w128", CalibrationSpec([ids_path], batch_size=3), AnalysisOptions(device="cpu", resume=ckpt))
     sha = {n: hashlib.sha256((FIXTURES / n / "model.onnx").read_bytes()).hexdigest() for n in ("gpt2_w128", "gpt2_w256")}
-    with pytest.raises(SuiError, match=re.escape(f"different model sha256 ('{sha['gpt2_w128']}' vs '{sha['gpt2_w256']}')")):
+    with pytest.raises(SuiError, match=re.escape(f"other settings (model sha256: '{sha['gpt2_w128']}' vs '{sha['gpt2_w256']}')")):
         analyze(FIXTURES / "gpt2_w256", CalibrationSpec([ids_path]), AnalysisOptions(device="cpu", resume=ckpt))
 
 
@@ -219,3 +219,34 @@ def test_pre_site_on_a_fused_fastgelu_graph_matches_the_unfused_export(tmp_path)
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-6 * a[0])
     for a, b in zip(plain.layers, fused.layers):
         assert b.sui == pytest.approx(a.sui, rel=1e-6)
+
+
+def test_merged_statistics_keep_the_window_length_so_the_gate_compares_it(tmp_path, capsys):
+    """A merge records the shards' --seq-len (they must agree), so check --baseline refuses a
+    baseline fed other windows, as it does for a direct report; shards of two window lengths are
+    refused."""
+    from sui_onnx.cli import main
+
+    demo = Path(__file__).resolve().parent.parent / "sui_onnx" / "data"
+    text = (demo / "calib.txt").read_text(encoding="utf-8")
+    half = len(text) // 2
+    (tmp_path / "a.txt").write_text(text[:half], encoding="utf-8")
+    (tmp_path / "b.txt").write_text(text[half:], encoding="utf-8")
+    model = str(demo / "demo")
+    run = ["--tokens", "1024", "-q", "--device", "cpu"]
+    for part, seq in (("a", 64), ("b", 64), ("b128", 128)):
+        src = tmp_path / f"{part[0]}.txt"
+        assert main(["report", model, "--calib", str(src), "--seq-len", str(seq), "--checkpoint",
+                     str(tmp_path / f"{part}.npz"), *run]) == 0
+    assert main(["merge", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "-o", str(tmp_path / "m.npz")]) == 0
+    assert main(["report", model, "--stats", str(tmp_path / "m.npz"), "--json", str(tmp_path / "m.json"), "-q"]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["calibration"]["seq_len"] == 64
+    assert main(["report", model, "--calib", str(tmp_path / "a.txt"), "--calib", str(tmp_path / "b.txt"), "--mix", "even",
+                 "--tokens", "2048", "--seq-len", "128", "-q", "--device", "cpu", "--json", str(tmp_path / "e.json")]) == 0
+    capsys.readouterr()
+    assert main(["check", str(tmp_path / "m.json"), "--baseline", str(tmp_path / "e.json"), "--max-drop", "0.5"]) == 2
+    assert "windows of 128 tokens" in capsys.readouterr().err
+    assert main(["merge", str(tmp_path / "a.npz"), str(tmp_path / "b128.npz"), "-o", str(tmp_path / "x.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "windows of 64" in err and "128" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.npz").exists()

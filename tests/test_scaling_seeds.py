@@ -252,3 +252,18 @@ def test_low_r2_is_flagged_at_the_stated_level(tmp_path):
     assert json.loads(out.read_text())["median_fits"]["hard_rank"]["low_r2"] is False
     proc = cli(*paths, "--min-r2", "1.5")
     assert proc.returncode == 2 and "--min-r2" in proc.stderr
+
+
+def test_a_report_without_a_seed_is_shown_as_no_seed(tmp_path):
+    """Mixing reports with and without a seed pools them as two seeds; the header names the
+    missing one in words, not as Python's None."""
+    paths = write(tmp_path, law_family(seed=0)) + write(tmp_path, law_family(), stem="n")
+    proc = cli(*paths, "--plain") if "--plain" in cli("--help").stdout else cli(*paths)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 seeds (0, no seed)" in proc.stdout and "None" not in proc.stdout
+
+
+def test_saturation_widths_below_ten_keep_three_significant_digits():
+    from sui_onnx.fmt import fmt_width
+
+    assert [fmt_width(x) for x in (0.7516, 9.994, 10.4, 12345.6)] == ["0.752", "9.99", "10", "12,346"]

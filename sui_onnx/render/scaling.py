@@ -10,12 +10,18 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from ..fmt import fmt_width
 from ..safeio import printable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # scaling imports this module (ScalingResult.__rich__), never the other way round
     from ..scaling import ScalingResult
 
+
+
+def seed_label(seed: Any) -> str:
+    """A model's seed as the tables show it: a report that records none is "no seed"."""
+    return "no seed" if seed is None else str(seed)
 
 def _num(value: float | None, fmt: str = ".3f") -> str:
     if value is None or not math.isfinite(value):
@@ -52,7 +58,7 @@ def scaling_renderables(result: ScalingResult) -> list[Any]:
     family = ", ".join(f"{k} {v if isinstance(v, str) else '/'.join(v)}" for k, v in result.family.items())
 
     seeds = result.seeds
-    n_seeds = f", {len(seeds)} seeds ({', '.join(map(str, seeds))})" if len(seeds) > 1 else ""
+    n_seeds = f", {len(seeds)} seeds ({', '.join(map(seed_label, seeds))})" if len(seeds) > 1 else ""
     head = Text(printable(f"Spectral scaling over {len(result.models)} widths{n_seeds}, {result.n_layers} FFN layers"
                 f"{', site ' + result.site if result.site else ''}{' (' + family + ')' if family else ''}"),
                 style="bold")
@@ -100,7 +106,7 @@ def scaling_renderables(result: ScalingResult) -> list[Any]:
         for col in ("seed", "widths", "beta soft", "R^2", "beta hard", "R^2 ", "soft - hard"):
             per_seed.add_column(col, justify="right")
         for f in result.seed_fits:
-            per_seed.add_row(printable(str(f.seed)), str(len(f.widths)), _pm(f.soft), _r2(result, f.soft), _pm(f.hard),
+            per_seed.add_row(printable(seed_label(f.seed)), str(len(f.widths)), _pm(f.soft), _r2(result, f.soft), _pm(f.hard),
                              _r2(result, f.hard), _pm(f.asymmetry))
         parts.append(per_seed)
 
@@ -108,7 +114,7 @@ def scaling_renderables(result: ScalingResult) -> list[Any]:
     if sat.status == "reached":
         where = {"below": "below the measured widths", "within": "within the measured widths",
                  "above": "above the measured widths (extrapolated)"}[sat.position]
-        sat_line = f"D* = {sat.width:,.0f} ({where})"
+        sat_line = f"D* = {fmt_width(sat.width)} ({where})"
     elif sat.status == "no_growth":
         sat_line = "not defined: the fitted hard rank does not grow with width (beta_hard <= 0)"
     else:
