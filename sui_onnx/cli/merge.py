@@ -63,13 +63,6 @@ def run(args: argparse.Namespace) -> int:
                                f"(token-stream sha256 {digest[:12]}): merging would count it twice")
             shards[digest] = str(path)
         calibration = meta.get("calibration")
-        seq_len = calibration.get("seq_len") if isinstance(calibration, dict) else None
-        windows[str(path)] = seq_len if isinstance(seq_len, int) and not isinstance(seq_len, bool) else None
-        known = {n: f for f, n in windows.items() if n is not None}
-        if len(known) > 1:
-            (a, fa), (b, fb) = sorted(known.items())[:2]
-            raise SuiError(f"{printable(fa)} was calibrated with windows of {a} tokens and {printable(fb)} with "
-                           f"windows of {b} (--seq-len): one set of statistics has one window length; cannot merge")
         for src in (calibration.get("sources") if isinstance(calibration, dict) else None) or []:
             sha = src.get("sha256") if isinstance(src, dict) else None
             if not isinstance(sha, str) or not src.get("tokens"):
@@ -79,6 +72,13 @@ def run(args: argparse.Namespace) -> int:
                                f"{printable(str(src.get('path', '?')))} (sha256 {sha[:12]}): every run reads a source "
                                "from its start, so the tokens they share would count twice; give each shard its own data")
             sources[sha] = (str(path), src)
+        seq_len = calibration.get("seq_len") if isinstance(calibration, dict) else None
+        windows[str(path)] = seq_len if isinstance(seq_len, int) and not isinstance(seq_len, bool) else None
+        known = {n: f for f, n in windows.items() if n is not None}
+        if len(known) > 1:
+            (a, fa), (b, fb) = sorted(known.items())[:2]
+            raise SuiError(f"{printable(fa)} was calibrated with windows of {a} tokens and {printable(fb)} with "
+                           f"windows of {b} (--seq-len): one set of statistics has one window length; cannot merge")
         if merged is None:
             merged, meta0 = accs, meta
         else:
