@@ -34,24 +34,34 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 
-def fixed_prefix_activations(study):
-    """Per FFN layer, the original model's activations at the last token of the tokenizer's
-    special prefix, fed alone (what every window's first position sees); None without a prefix."""
+def tokenizer_prefix(study) -> list[int]:
+    """The special tokens the tokenizer puts before every window (Gemma's <bos>); [] without."""
+    from sui_onnx.calib import leading_special_ids, load_tokenizer
+
+    tokenizer = load_tokenizer(study.src.folder)
+    return leading_special_ids(tokenizer) if tokenizer is not None else []
+
+
+def prefix_activations(study, model, widths):
+    """Per FFN layer, ``model``'s activations at the last token of the tokenizer's prefix, fed
+    alone (what every window's first position sees)."""
+    from dataclasses import replace
+
     import numpy as np
 
-    from sui_onnx.calib import leading_special_ids, load_tokenizer
     from sui_onnx.graph import find_taps, tapped_model
     from sui_onnx.runner import TapRunner
 
-    tokenizer = load_tokenizer(study.src.folder)
-    prefix = leading_special_ids(tokenizer) if tokenizer is not None else []
-    if not prefix:
-        return None
-    taps = find_taps(study.src.model, site="post")
-    runner = TapRunner(tapped_model(study.src, taps).SerializeToString(), [t.tensor for t in taps], "cpu",
-                       external_folder=study.src.data_folder)
-    outs = runner.run(np.asarray([prefix], dtype=np.int64), study.widths)
-    return [np.asarray(o, dtype=np.float64).reshape(-1, d)[-1] for o, d in zip(outs, study.widths)]
+    taps = find_taps(model, site="post")
+    runner = TapRunner(tapped_model(replace(study.src, model=model), taps).SerializeToString(),
+                       [t.tensor for t in taps], "cpu", external_folder=study.src.data_folder)
+    outs = runner.run(np.asarray([tokenizer_prefix(study)], dtype=np.int64), widths)
+    return [np.asarray(o, dtype=np.float64).reshape(-1, d)[-1] for o, d in zip(outs, widths)]
+
+
+def fixed_prefix_activations(study):
+    """The original model's prefix activations per layer (prefix_activations); None without a prefix."""
+    return prefix_activations(study, study.src.model, study.widths) if tokenizer_prefix(study) else None
 
 
 def exact_at(study, variant, points):
@@ -75,26 +85,15 @@ def exact_at(study, variant, points):
 def prefix_errors(study, variant, points):
     """Per layer, the relative error of the narrowed model's FFN output at the prefix position
     against the original's (the narrowed model fed the prefix alone, as in every window)."""
-    from dataclasses import replace
-
     import numpy as np
 
-    from sui_onnx.calib import leading_special_ids, load_tokenizer
-    from sui_onnx.graph import find_taps, tapped_model
-    from sui_onnx.runner import TapRunner
-
-    prefix = leading_special_ids(load_tokenizer(study.src.folder))
-    taps = find_taps(variant.model, site="post")
-    src = replace(study.src, model=variant.model)
-    runner = TapRunner(tapped_model(src, taps).SerializeToString(), [t.tensor for t in taps], "cpu",
-                       external_folder=study.src.data_folder)
-    outs = runner.run(np.asarray([prefix], dtype=np.int64), variant.widths)
+    outs = prefix_activations(study, variant.model, variant.widths)
     errors = []
     fits = study.refits(variant.widths, variant.method)
-    for i, ((r, _, _), h, out, k) in enumerate(zip(fits, points, outs, variant.widths)):
+    for i, ((r, _, _), h, hs) in enumerate(zip(fits, points, outs)):
         w, b = study._down_arrays(i)
         y = h @ w + b
-        ys = np.asarray(out, dtype=np.float64).reshape(-1, k)[-1] @ r.weight + b + r.bias_delta
+        ys = hs @ r.weight + b + r.bias_delta
         errors.append(float(np.linalg.norm(ys - y) / np.linalg.norm(y)))
     return errors
 

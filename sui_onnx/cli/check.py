@@ -162,7 +162,6 @@ def run(args: argparse.Namespace) -> int:
     result = gate.evaluate(report, thresholds, baseline, target=str(target),
                            baseline_label=None if thresholds.baseline is None else str(thresholds.baseline))
     located = target / MODEL_FILE if target.is_dir() and (target / MODEL_FILE).is_file() else target
-    uri = gate.artifact_uri(located, cwd)
     lines = gate.report_json_lines(read_input(target, MAX_REPORT_BYTES).decode("utf-8")) if is_report else {}
     with all_or_nothing():  # every output or none (a full disk on the last replaces no earlier one)
         if args.save_report is not None:  # after the comparison: a refused baseline (exit 2) writes nothing
@@ -170,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         if args.junit is not None:
             write_text_atomic(args.junit, gate.to_junit(result))
         if args.sarif is not None:
-            sarif = gate.to_sarif(result, uri, tool_version=__version__, layer_lines=lines)
+            sarif = gate.to_sarif(result, gate.artifact_uri(located, cwd), tool_version=__version__, layer_lines=lines)
             write_text_atomic(args.sarif, json.dumps(sarif, indent=2) + "\n")
         if args.json is not None:
             write_text_atomic(args.json, json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")

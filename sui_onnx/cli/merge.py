@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     merged, meta0 = None, None
     shards: dict[str, str] = {}  # token-stream digest -> the file that brought it
     sources: dict[str, tuple[str, dict]] = {}  # calibration source sha256 -> (the file that read it, its record)
-    windows: dict[str, int | None] = {}  # file -> the window length (--seq-len) its run fed
+    window: tuple[int, str] | None = None  # (--seq-len, the file) of the first shard that records one
+    unrecorded = False  # a shard that does not say (then the merge does not either)
     for path in args.inputs:
         label = printable(path)
         accs, meta = load_accumulators(path)
@@ -73,12 +74,13 @@ def run(args: argparse.Namespace) -> int:
                                "from its start, so the tokens they share would count twice; give each shard its own data")
             sources[sha] = (str(path), src)
         seq_len = calibration.get("seq_len") if isinstance(calibration, dict) else None
-        windows[str(path)] = seq_len if isinstance(seq_len, int) and not isinstance(seq_len, bool) else None
-        known = {n: f for f, n in windows.items() if n is not None}
-        if len(known) > 1:
-            (a, fa), (b, fb) = sorted(known.items())[:2]
-            raise SuiError(f"{printable(fa)} was calibrated with windows of {a} tokens and {printable(fb)} with "
-                           f"windows of {b} (--seq-len): one set of statistics has one window length; cannot merge")
+        if not isinstance(seq_len, int) or isinstance(seq_len, bool):
+            unrecorded = True
+        elif window is None:
+            window = (seq_len, str(path))
+        elif seq_len != window[0]:
+            raise SuiError(f"{printable(window[1])} was calibrated with windows of {window[0]} tokens and {label} with "
+                           f"windows of {seq_len} (--seq-len): one set of statistics has one window length; cannot merge")
         if merged is None:
             merged, meta0 = accs, meta
         else:
@@ -98,9 +100,8 @@ def run(args: argparse.Namespace) -> int:
         "calibration": {"tokens": merged[0].n if merged else 0, "merged_from": [str(p) for p in args.inputs],
                         "sources": [src for _, src in sources.values()]},
     }
-    lengths = set(windows.values())
-    if len(lengths) == 1 and None not in lengths:  # every shard says, and they agree: the gate compares it
-        meta_out["calibration"]["seq_len"] = lengths.pop()
+    if window is not None and not unrecorded:  # every shard says, and they agree: the gate compares it
+        meta_out["calibration"]["seq_len"] = window[0]
     save_accumulators(args.output, merged, meta_out)
     make_console(stderr=True).print(markup(
         f"merged {len(args.inputs)} files: {merged[0].n if merged else 0:,} tokens per layer -> {args.output}"

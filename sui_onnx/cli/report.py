@@ -155,26 +155,22 @@ def write_outputs(report, args: argparse.Namespace) -> None:
     from ..safeio import all_or_nothing
 
     with all_or_nothing():
-        _write_each(report, args)
+        if args.json is not None:
+            write_text_atomic(args.json, report.to_json())
+        if args.markdown is not None:
+            from ..render import to_markdown
 
+            write_text_atomic(args.markdown, to_markdown(report))
+        if args.spectra is not None:
+            save_spectra(args.spectra, report)
+        if args.html is not None:
+            from ..html import report_html
 
-def _write_each(report, args: argparse.Namespace) -> None:
-    if args.json is not None:
-        write_text_atomic(args.json, report.to_json())
-    if args.markdown is not None:
-        from ..render import to_markdown
+            write_text_atomic(args.html, report_html(report))
+        if args.plot is not None:
+            from ..plots import write_plots
 
-        write_text_atomic(args.markdown, to_markdown(report))
-    if args.spectra is not None:
-        save_spectra(args.spectra, report)
-    if args.html is not None:
-        from ..html import report_html
-
-        write_text_atomic(args.html, report_html(report))
-    if args.plot is not None:
-        from ..plots import write_plots
-
-        write_plots(report, args.plot)
+            write_plots(report, args.plot)
 
 
 def save_spectra(path: Path, report) -> None:

@@ -18,10 +18,10 @@ if TYPE_CHECKING:  # scaling imports this module (ScalingResult.__rich__), never
     from ..scaling import ScalingResult
 
 
-
 def seed_label(seed: Any) -> str:
     """A model's seed as the tables show it: a report that records none is "no seed"."""
     return "no seed" if seed is None else str(seed)
+
 
 def _num(value: float | None, fmt: str = ".3f") -> str:
     if value is None or not math.isfinite(value):
