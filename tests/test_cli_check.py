@@ -60,6 +60,23 @@ def test_subprocess_pass_fail_and_error_exit_codes(tmp_path):
     assert usage.returncode == 2 and "--min-sui" in usage.stderr and "[0, 1]" in usage.stderr
 
 
+def test_analysis_options_with_a_report_target_are_refused_not_ignored(tmp_path):
+    """A report JSON is checked as written: --tokens, --top-fraction or --calib with it would change
+    nothing, so the run is a one-line usage error naming them, and writes no output."""
+    report = write(tmp_path, suis=(0.4, 0.5, 0.6))
+    for extra, named in ((["--tokens", "500", "--calib", "x.txt"], ["--calib", "--tokens"]),
+                         (["--top-fraction", "0.2"], ["--top-fraction"]),
+                         (["--include", "mlp"], ["--include"])):
+        r = cli(report, "--min-sui", "0.1", *extra, "--json", tmp_path / "gate.json", cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        err = r.stderr.strip().splitlines()
+        assert len(err) == 1 and "report JSON" in err[0] and "Traceback" not in r.stderr, r.stderr
+        assert all(flag in err[0] for flag in named), err
+        assert not (tmp_path / "gate.json").exists()
+    ok = cli(report, "--min-sui", "0.1", cwd=tmp_path)  # the thresholds alone still pass
+    assert ok.returncode == 0, ok.stderr
+
+
 def test_github_annotation_names_a_file_with_spaces_and_non_ascii_as_it_is(tmp_path):
     """file= in a workflow command is a path, not a URI: GitHub unescapes only %25, %0D, %0A, %3A
     and %2C, so a percent-encoded (then escaped again) name pointed at a file that does not exist.

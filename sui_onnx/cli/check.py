@@ -16,7 +16,7 @@ from pathlib import Path
 from .. import gate
 from ..errors import ConfigError, SuiError
 from ..layout import MODEL_FILE, companion_encoder
-from .options import (path_arg, TokenProgress, add_analysis_args, analysis_options, calib_inputs, calibration_spec, guard_outputs, make_console, resume_input, write_text_atomic)
+from .options import (path_arg, TokenProgress, add_analysis_args, analysis_options, calib_inputs, calibration_spec, guard_outputs, refuse_analysis_with_report, make_console, resume_input, write_text_atomic)
 from .report import warn_unfilled_budget
 
 # flag dest -> config key; values are validated by gate.validate_value (one definition)
@@ -115,7 +115,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                "130 interrupted (Ctrl-C or SIGTERM; the calibration is saved to a checkpoint first).",
     )
     p.add_argument("target", metavar="MODEL|REPORT.json",
-                   help=".onnx file or folder (analyzed now) or a report JSON from `sui-onnx report --json` (suffix .json)")
+                   help=".onnx file or folder (analyzed now) or a report JSON from `sui-onnx report --json` (suffix .json), "
+                        "checked as written (analysis options are refused with it)")
     THRESHOLD_ARGS.add_to_parser(p)
     add_analysis_args(p)
     o = p.add_argument_group("outputs")
@@ -146,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
                    resume_input(args), args.stats], outputs)
     if is_report and args.save_report is not None:
         raise SuiError("--save-report needs a model to analyze; the target is already a report")
+    if is_report:
+        refuse_analysis_with_report(args)
 
     baseline = load_report(thresholds.baseline) if thresholds.baseline is not None else None
     to_stdout = any(o is not None and str(o) == "-" for _, o in outputs)

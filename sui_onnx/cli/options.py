@@ -265,6 +265,20 @@ def refuse_ignored_with_stats(args: argparse.Namespace) -> None:
                        f"ignored; leave {'it' if len(given) == 1 else 'them'} out (or calibrate again without --stats)")
 
 
+def refuse_analysis_with_report(args: argparse.Namespace) -> None:
+    """A report JSON is checked as it was written: every option that shapes an analysis (taps,
+    calibration, device, metrics, long runs) would silently do nothing with it, so one given is a
+    usage error that names it."""
+    defaults = argparse.ArgumentParser(add_help=False)
+    add_analysis_args(defaults)
+    given = ["--" + dest.replace("_", "-") for dest, default in vars(defaults.parse_args([])).items()
+             if getattr(args, dest, default) != default]
+    if given:
+        raise SuiError(f"the target is a report JSON, checked as it was written: {', '.join(given)} "
+                       f"{'shapes' if len(given) == 1 else 'shape'} an analysis and would be ignored; leave "
+                       f"{'it' if len(given) == 1 else 'them'} out (or check the model itself)")
+
+
 def refuse_eval_options_without_eval(args: argparse.Namespace, defaults: dict[str, Any]) -> None:
     """--eval-tokens, --eval-seq-len (and report's --max-loss-increase) shape the --eval measurement:
     without --eval they would do nothing, so they are a usage error."""
