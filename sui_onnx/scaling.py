@@ -317,6 +317,7 @@ class ScalingResult:
     seed_fits: list[SeedFit] = field(default_factory=list)  # one per seed when there are >= 2 seeds
     min_r2: float = DEFAULT_MIN_R2
     seed_key: str = DEFAULT_SEED_KEY
+    warnings: list[str] = field(default_factory=list)  # calibrations that differ between the inputs
 
     @property
     def widths(self) -> list[int]:
@@ -361,6 +362,7 @@ class ScalingResult:
             "sui": [{"width": m.width, "median_sui": m.median_sui} for m in self.models],
             "saturation": self.saturation.to_dict(),
             "sui_peak": self.sui_peak,
+            "warnings": list(self.warnings),
         }
 
     @property
@@ -516,7 +518,7 @@ def _grouped(values: Sequence[Any], labels: Sequence[str], unit: str) -> str:
     parts = []
     for i, (v, labs) in enumerate(groups.items()):
         more = f" (+{len(labs) - 1} more)" if len(labs) > 1 else ""
-        parts.append(f"{v}{' ' + unit if i == 0 else ''} in {labs[0]}{more}")
+        parts.append(f"{v}{' ' + unit if i == 0 and unit else ''} in {labs[0]}{more}")
     return ", ".join(parts)
 
 
@@ -561,6 +563,38 @@ def _check_family(reports: Sequence[Report], labels: Sequence[str]) -> dict[str,
     if len(fractions) > 1:
         raise SuiError(f"mixed {option('top_fraction')} values ({', '.join(map(str, sorted(fractions)))}): SUI is not comparable")
     return common
+
+
+def calibration_differences(reports: Sequence[Report], labels: Sequence[str]) -> list[str]:
+    """One line per calibration setting that differs between the inputs (token count, window length,
+    mix, source data): the ranks of each width are then measured on different data, so the fit mixes
+    width with calibration. Hard rank is bounded by the token count and soft rank rises with it, so
+    a token count that grows with width alone can make a slope; token counts in proportion to the
+    width (the same tokens per FFN neuron) are a deliberate design and not warned about. Warned,
+    not refused: a caller may mean it."""
+    how = "calibrate every width on the same --calib, --tokens, --seq-len and --mix"
+    order = sorted(range(len(reports)), key=lambda i: (max((x.width for x in reports[i].layers), default=0), labels[i]))
+    reports, labels = [reports[i] for i in order], [labels[i] for i in order]  # by width: independent of input order
+    out = []
+    tokens = [r.calibration.tokens for r in reports]
+    widths = [max((x.width for x in r.layers), default=0) for r in reports]
+    per_width = [t / w for t, w in zip(tokens, widths) if isinstance(t, int) and w > 0]
+    in_proportion = bool(per_width) and max(per_width) <= 1.01 * min(per_width)  # the same tokens per neuron
+    if len({t for t in tokens if isinstance(t, int)}) > 1 and not in_proportion:
+        shown = [f"{t:,}" if isinstance(t, int) else "unrecorded" for t in tokens]
+        out.append(f"the inputs were calibrated on different token counts ({_grouped(shown, labels, 'tokens')}): "
+                   f"hard rank is bounded by and soft rank rises with the token count, so the fit mixes width "
+                   f"with calibration; {how}")
+    for key, what in (("seq_len", "window lengths"), ("mix", "--mix settings")):
+        values = [getattr(r.calibration, key) for r in reports]
+        if len({v for v in values if v is not None}) > 1:
+            out.append(f"the inputs were calibrated with different {what} "
+                       f"({_grouped(['unrecorded' if v is None else v for v in values], labels, '')}); {how}")
+    digests = [tuple(r.calibration.digests()) for r in reports]
+    if len({d for d in digests if d and all(d)}) > 1:
+        shown = [", ".join(x[:12] for x in d) if d and all(d) else "unrecorded" for d in digests]
+        out.append(f"the inputs were calibrated on different data (sha256 {_grouped(shown, labels, '')}); {how}")
+    return out
 
 
 def scaling_analysis(reports: Sequence[Report], labels: Sequence[str] | None = None,
@@ -658,4 +692,5 @@ def scaling_analysis(reports: Sequence[Report], labels: Sequence[str] | None = N
         seed_fits=seed_fits,
         min_r2=min_r2,
         seed_key=seed_key,
+        warnings=calibration_differences(reports, labels),
     )

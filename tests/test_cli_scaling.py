@@ -261,3 +261,45 @@ def test_the_same_model_twice_is_refused_before_any_calibration(tmp_path, capsys
         assert main(["scaling", str(fixtures / "gpt2_w128"), str(fixtures / "gpt2_w256"), str(twin), "-q"]) == 2
         err = capsys.readouterr().err
         assert "are the same model: give one model per width and seed" in err and str(twin) in err
+
+
+def _recalibrated(tmp_path: Path, edits: dict[int, dict]) -> list[str]:
+    """The committed family (tokens = 12 x D: in proportion to width) with some inputs' calibration
+    edited."""
+    paths = []
+    for i, src in enumerate(FAMILY):
+        d = json.loads(Path(src).read_text())
+        d["calibration"].update(edits.get(i, {}))
+        paths.append(tmp_path / Path(src).name)
+        paths[-1].write_text(json.dumps(d))
+    return [str(p) for p in paths]
+
+
+def test_differing_calibrations_are_warned_about_in_the_table_json_and_stderr(tmp_path, capsys):
+    """Token counts not in proportion to width, or other window lengths / data, make the fit mix
+    width with calibration: said in the terminal table, in the JSON's warnings and (with -q) on
+    stderr. The committed family's tokens grow in proportion to D and are not warned about."""
+    assert main(["scaling", *FAMILY, "--json", str(tmp_path / "same.json")]) == 0
+    out, err = capsys.readouterr()
+    assert "calibrated on" not in out + err
+    assert json.loads((tmp_path / "same.json").read_text())["warnings"] == []
+
+    paths = _recalibrated(tmp_path, {0: {"tokens": 999, "seq_len": 128}, 2: {"seq_len": 64},
+                                     4: {"sources": [{"path": "x.txt", "sha256": "ab" * 32}]}})
+    assert main(["scaling", *paths, "--json", str(tmp_path / "w.json")]) == 0
+    out, err = capsys.readouterr()
+    flat = " ".join(out.split())
+    assert "different token counts (999 tokens in" in flat and "gpt2_w768.json" in flat
+    assert "different window lengths" in flat
+    warnings = json.loads((tmp_path / "w.json").read_text())["warnings"]
+    assert len(warnings) == 2 and "token counts" in warnings[0] and "window lengths" in warnings[1], warnings
+    assert "different data" not in flat  # only one input records its sources: nothing to compare
+
+    paths = _recalibrated(tmp_path, {i: {"sources": [{"path": "x.txt", "sha256": (c * 64)}]}
+                                     for i, c in enumerate("aabbb")})
+    assert main(["scaling", *paths, "-q"]) == 0
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sui-onnx: warning: the inputs were calibrated on different data")
+    assert "aaaaaaaaaaaa in" in lines[0] and "bbbbbbbbbbbb in" in lines[0]

@@ -6,6 +6,7 @@ metric options."""
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,5 +150,8 @@ def run(args: argparse.Namespace) -> int:
 
         write_scaling_plots(result, args.plot)
     if not quiet:
-        make_console().print(result)  # ScalingResult.__rich__: render.scaling
+        make_console().print(result)  # ScalingResult.__rich__: render.scaling (its warnings included)
+    else:
+        for warning in result.warnings:
+            print(f"sui-onnx: warning: {warning}", file=sys.stderr, flush=True)
     return 0

@@ -134,6 +134,8 @@ def scaling_renderables(result: ScalingResult) -> list[Any]:
             low.append(f"{k} of layer{'s' if len(ids) > 1 else ''} {', '.join(ids)}")
     if low:
         lines.append(f"! R^2 below {result.min_r2:g} (--min-r2: not a clean power law): {', '.join(low)}\n")
+    for warning in result.warnings:
+        lines.append(f"! {printable(warning)}\n")
     lines.append(f"hard-rank saturation (d hard / d D = beta_hard * hard / D < {sat.tau:g}): {sat_line}; "
                  f"slope at D = {max(result.widths):,}: {_num(sat.slope_at_max_width, '.4g')}\n")
     peak = result.sui_peak
