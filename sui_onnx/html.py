@@ -475,7 +475,8 @@ def scaling_html(result: Any, reports: Sequence[Report] | None = None) -> str:
         sat_line = "not reached: β_hard ≥ 1, the slope never falls"
     parts.append(f'<div class="box"><p>Hard-rank saturation (d hard / d D &lt; {sat.tau:g}): {_e(sat_line)}.</p>'
                  f"<p>SUI peak: D = {peak['width']:,}, median SUI {num(peak['median_sui'])} ({_e(peak['position'])} "
-                 "of the measured widths).</p></div>")
+                 "of the measured widths).</p>" + "".join(f'<p class="note">{_e(w)}</p>' for w in result.warnings)
+                 + "</div>")
     parts += ["<h2>Plots</h2>", _scaling_plots(result, sub)]
     env = environment()
     prov_rows = []

@@ -297,9 +297,10 @@ def test_differing_calibrations_are_warned_about_in_the_table_json_and_stderr(tm
 
     paths = _recalibrated(tmp_path, {i: {"sources": [{"path": "x.txt", "sha256": (c * 64)}]}
                                      for i, c in enumerate("aabbb")})
-    assert main(["scaling", *paths, "-q"]) == 0
+    assert main(["scaling", *paths, "-q", "--html", str(tmp_path / "s.html")]) == 0
     out, err = capsys.readouterr()
     assert out == ""
+    assert 'class="note">the inputs were calibrated on different data' in (tmp_path / "s.html").read_text()
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sui-onnx: warning: the inputs were calibrated on different data")
     assert "aaaaaaaaaaaa in" in lines[0] and "bbbbbbbbbbbb in" in lines[0]
