@@ -72,7 +72,8 @@ def test_load_file_and_folder(tmp_path, syn):
         assert len(src.model.graph.node) == len(syn.model.graph.node)
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "text", "random", "folder", "folder_other"])
+@pytest.mark.parametrize("case", ["missing", "empty", "text", "random", "folder", "folder_other", "folder_named_onnx",
+                                  "model_onnx_is_a_folder"])
 def test_bad_inputs_raise_one_line(tmp_path, case):
     target: Path = tmp_path / "x.onnx"
     if case == "empty":
@@ -86,9 +87,16 @@ def test_bad_inputs_raise_one_line(tmp_path, case):
     elif case == "folder_other":
         (tmp_path / "decoder_model_merged.onnx").write_bytes(b"x")
         target = tmp_path
+    elif case == "folder_named_onnx":  # a folder whose name ends in .onnx is not taken for a file
+        target.mkdir()
+    elif case == "model_onnx_is_a_folder":  # nor a folder called model.onnx inside one, nor offered
+        (tmp_path / "model.onnx").mkdir()
+        target = tmp_path
     before = digest(tmp_path)
     match = {"missing": "does not exist", "empty": "empty", "text": "not an ONNX model",
-             "random": "not", "folder": "holds no model.onnx", "folder_other": "decoder_model_merged.onnx"}[case]
+             "random": "not", "folder": "holds no model.onnx", "folder_other": "decoder_model_merged.onnx",
+             "folder_named_onnx": "x.onnx is a folder, not an ONNX file",
+             "model_onnx_is_a_folder": "holds no model.onnx (model.onnx there is a folder"}[case]
     expect_model_error(target, match)
     assert digest(tmp_path) == before
 

@@ -88,10 +88,15 @@ def resolve_model_path(path: str | Path) -> Path:
         for candidate in (p / MODEL_FILE, p / TRANSFORMERS_JS_FOLDER / MODEL_FILE):
             if candidate.is_file():
                 return candidate
-        others = sorted(q.name for q in p.glob("*.onnx"))
-        others += sorted(f"{TRANSFORMERS_JS_FOLDER}/{q.name}" for q in (p / TRANSFORMERS_JS_FOLDER).glob("*.onnx"))
+        others = sorted(q.name for q in p.glob("*.onnx") if q.is_file())
+        others += sorted(f"{TRANSFORMERS_JS_FOLDER}/{q.name}" for q in (p / TRANSFORMERS_JS_FOLDER).glob("*.onnx")
+                         if q.is_file())
         hint = f" (found: {', '.join(others[:6])}; pass one of them)" if others else ""
-        raise ModelError(f"{p} holds no model.onnx{hint}")
+        if not others and (p / MODEL_FILE).is_dir():
+            hint = f" ({MODEL_FILE} there is a folder, not an ONNX file)"
+        what = f"{p} is a folder, not an ONNX file, and holds no model.onnx" if p.suffix.lower() == ".onnx" else \
+            f"{p} holds no model.onnx"
+        raise ModelError(f"{what}{hint}")
     if not p.exists():
         raise ModelError(f"{p} does not exist")
     if not p.is_file():
