@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator
 from ..calib import DEFAULT_BATCH_SIZE, DEFAULT_SEQ_LEN, MIXES, CalibrationSpec
 from ..config import DEVICES, PRECISIONS, SITES
 from ..errors import SuiError
-from ..layout import DESCRIPTION_FILES, ENCODER_FILE, MODEL_FILE
+from ..layout import DESCRIPTION_FILES, ENCODER_FILE, MODEL_FILE, TRANSFORMERS_JS_FOLDER
 from ..metrics import DEFAULT_TOP_FRACTION
 from ..safeio import atomic_write, check_input, output_target, printable, special_kind, system_path
 
@@ -490,6 +490,8 @@ def guard_outputs(inputs: Iterable[Path | None], outputs: Iterable[Any],
     - an output that is an input of the run: any of ``inputs``, any file inside an input folder, and
       for a model (a file or folder) every file :func:`model_inputs` names (a symlink or hard link
       to one of them counts as that file);
+    - a new ``.txt`` output inside an input folder of text (one without an ``.onnx`` model): the
+      next run over that folder would read it as calibration text;
     - two outputs on the same file, or more than one on standard output;
     - an output that is a folder, a FIFO, a device or another special file (``-`` is the way to
       standard output);
@@ -500,6 +502,7 @@ def guard_outputs(inputs: Iterable[Path | None], outputs: Iterable[Any],
     other outputs. Inputs that exist but are special files (a FIFO, a device) are refused too.
     """
     ins = FileSet()
+    text_folders: list[tuple[Path, str]] = []  # (input folder of text, its real path)
     for item in inputs:
         if item is None:
             continue
@@ -509,6 +512,8 @@ def guard_outputs(inputs: Iterable[Path | None], outputs: Iterable[Any],
         if p.is_dir():  # a model folder (model.onnx, external data, tokenizer) or a folder of text
             for f in _folder_files(p):
                 ins.add(f)
+            if not any(p.glob("*.onnx")) and not any(p.glob(f"{TRANSFORMERS_JS_FOLDER}/*.onnx")):
+                text_folders.append((p, os.path.realpath(p)))
         if p.suffix.lower() == ".onnx" or p.is_dir():
             for f in model_inputs(p):
                 ins.add(f)
@@ -559,6 +564,13 @@ def guard_outputs(inputs: Iterable[Path | None], outputs: Iterable[Any],
                            "(use '-' for standard output)")
         if out in ins:
             raise SuiError(f"refusing to write {label}{printable(out)}: it is an input of this run")
+        if Path(out).suffix == ".txt":  # a folder of text reads every *.txt under it, at any depth
+            real = os.path.realpath(target)
+            inside = next((f for f, r in text_folders if real.startswith(r.rstrip(os.sep) + os.sep)), None)
+            if inside is not None:
+                raise SuiError(f"refusing to write {label}{printable(out)}: it is inside the text folder "
+                               f"{printable(inside)} this run reads, so the next run over it would take it for "
+                               "text; write it elsewhere")
         if in_package_data(out):
             raise SuiError(f"refusing to write {label}{printable(out)}: it is in sui-onnx's own bundled data "
                            f"({printable(package_data_folder())}); write it elsewhere")

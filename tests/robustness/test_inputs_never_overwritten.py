@@ -113,3 +113,21 @@ def test_the_bundled_calibration_text_is_an_input_when_no_calib_is_given(tmp_pat
     err = capsys.readouterr().err
     assert "input of this run" in err and err.count("\n") == 1
     assert text.read_bytes() == before and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("victim", ["texts/new.txt", "texts/sub/deeper.txt"])
+def test_a_new_text_file_inside_a_calibration_folder_is_refused(layouts, victim):
+    """A folder of text is read as every *.txt under it: a new .txt output there is not an input of
+    this run, but the next run over the folder would calibrate on it. Other suffixes may go there."""
+    from tests.robustness.clitools import model_folder
+
+    model_folder(layouts / "m")
+    (layouts / "texts" / "sub").mkdir(parents=True)
+    (layouts / "texts" / "a.txt").write_text("The quick brown fox jumps over the lazy dog. " * 200)
+    before = snapshot(layouts)
+    r = cli("report", "m", "--calib", "texts", "-q", "--markdown", victim, cwd=layouts)
+    line = assert_clean_failure(r, layouts, before, "inside the text folder texts")
+    assert "next run" in line
+    ok = cli("report", "m", "--calib", "texts", "-q", "--markdown", "texts/report.md", cwd=layouts)
+    assert ok.returncode == 0, ok.stderr
+    assert (layouts / "texts" / "report.md").is_file()
