@@ -178,6 +178,13 @@ def test_report_eval_measures_the_ladder_and_recommends_the_smallest_width_withi
         assert abs(row["slim"]["worst_delta_ce"]) < 5e-3
     assert m["recommended_width"] == 6
     assert "width advice (measured)" in r.stdout and "recommended FFN width 6 of 48" in r.stdout
+    # the gate's --max-width-ratio checks the measured width a report --eval recommends, and says so
+    gate = cli("check", out, "--max-width-ratio", "0.125", "--json", tmp_path / "g.json")
+    assert gate.returncode == 0, gate.stdout + gate.stderr
+    row = next(c for c in json.loads((tmp_path / "g.json").read_text())["checks"] if c["rule_id"] == "sui-onnx/max-width-ratio")
+    assert row["value"] == pytest.approx(6 / 48) and "measured, dCE <= 0.01 nats" in row["message"], row
+    assert row["basis"] == "measured, dCE <= 0.01 nats" and "measured, dCE <= 0.01" in " ".join(gate.stdout.split())
+    assert cli("check", out, "--max-width-ratio", "0.12").returncode == 1
 
 
 def test_report_eval_recommends_nothing_from_a_single_window_and_flags_a_noisy_one(tmp_path):
@@ -191,6 +198,8 @@ def test_report_eval_recommends_nothing_from_a_single_window_and_flags_a_noisy_o
     m = json.loads((tmp_path / "r.json").read_text())["advice"]["measured"]
     assert min(row["slim"]["worst_delta_ce"] for row in m["ladder"]) <= m["max_loss_increase"]  # one passed
     assert m["recommended_width"] is None and "single window" in m["unresolved"]
+    gate = cli("check", tmp_path / "r.json", "--max-width-ratio", "1")  # nothing measured to check: a breach
+    assert gate.returncode == 1 and "unresolved" in gate.stdout, gate.stdout
     assert "no width recommended: the held-out measurement cannot tell" in r.stdout
     assert "recommended FFN width" not in r.stdout
     # two windows give a standard error: a width is recommended, flagged when the error exceeds the budget

@@ -32,6 +32,7 @@ class Check:
     comparator: str = ""  # ">=" | "<=" | "" (status)
     baseline: float | None = None  # drop checks: the baseline's value of the metric
     current: float | None = None  # drop checks: this report's value (``value`` is the drop)
+    basis: str = ""  # max-width-ratio: what the width rests on ("k95 estimate", "measured, dCE <= ...")
 
     @property
     def scope_label(self) -> str:
@@ -102,6 +103,30 @@ class GateResult:
 
 def _median(report: Report, metric: str) -> float | None:
     return report.summary.median(metric)
+
+
+def _width_ratio(report: Report) -> tuple[float | None, str, str | None]:
+    """The recommended / current FFN width --max-width-ratio checks, what it rests on, and why it
+    cannot be checked (None: it can). A report made with ``report --eval`` recommends the measured
+    width (the smallest slim one within its loss budget; the full width when none is), as its
+    terminal report does; otherwise the width is the spectrum's estimate (advice.width_ratio)."""
+    a = report.advice
+    m = a.measured
+    if m is not None and m.kind != "encoder":
+        budget = f"measured, dCE <= {fmt_value(m.max_loss_increase)} nats" if isinstance(m.max_loss_increase, (int, float)) \
+            else "measured"
+        if m.unresolved:
+            return None, budget, f"the measured advice is unresolved ({m.unresolved})"
+        widths = [x.width for x in sorted(report.layers, key=lambda y: y.layer)]
+        if m.recommended_widths and len(m.recommended_widths) == len(widths) and sum(widths) > 0:
+            return sum(m.recommended_widths) / sum(widths), budget, None
+        current = a.current_width if isinstance(a.current_width, int) and a.current_width > 0 else max(widths, default=0)
+        if isinstance(m.recommended_width, int) and current > 0:
+            return m.recommended_width / current, budget, None
+        return 1.0, budget + " (no narrower width within it)", None
+    ratio = a.width_ratio
+    ratio = float(ratio) if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) else None
+    return ratio, f"{a.estimate_key()} estimate", None
 
 
 def _limit_check(rule_id: str, metric: str, layer: int | None, value: float | None, limit: float,
@@ -255,11 +280,14 @@ def evaluate(report: Report, thresholds: Thresholds, baseline: Report | None = N
                 checks.append(_limit_check(rule_id, metric, x.layer, getattr(x, metric), limit, direction))
 
     if thresholds.max_width_ratio is not None and want_model:
-        ratio = report.advice.width_ratio
-        ratio = float(ratio) if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) else None
+        ratio, basis, unchecked = _width_ratio(report)
         check = _limit_check("sui-onnx/max-width-ratio", "width_ratio", None, ratio, thresholds.max_width_ratio, "max")
+        label = METRIC_LABELS["width_ratio"]
+        check = dataclasses.replace(check, message=check.message.replace(label, f"{label}, {basis}", 1), basis=basis)
         withheld = report.advice.withheld
-        if ratio is None and withheld is not None:
+        if unchecked is not None:
+            check = dataclasses.replace(check, message=f"{label}, {basis}, cannot be checked: {unchecked}")
+        elif ratio is None and withheld is not None:
             reason = withheld.reason if withheld.reason is not None else "thin data"
             check = dataclasses.replace(check, message=f"{METRIC_LABELS['width_ratio']} cannot be checked: the width "
                                                        f"advice was withheld ({reason})")

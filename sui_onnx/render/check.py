@@ -26,7 +26,7 @@ def _detail(c: Check) -> str:
     """What the value and limit columns do not already say, briefly."""
     if c.baseline is not None or c.current is not None:
         return f"{_value(c.baseline)} -> {_value(c.current)}"
-    return ""
+    return c.basis
 
 
 def check_renderable(result: GateResult) -> Group:
