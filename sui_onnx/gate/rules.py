@@ -75,7 +75,8 @@ RULES: dict[str, Rule] = {r.id: r for r in [
          "The share of variance in the top fraction of directions is above --max-concentration."),
     Rule("sui-onnx/max-width-ratio", "MaxWidthRatio", "recommended FFN width is a small share of the current width",
          "The width advice (recommended / current FFN width, model level only) is above --max-width-ratio: "
-         "the FFN could be that much narrower while keeping the advice's variance share."),
+         "for a report made with report --eval, the measured width (the smallest slim width within its loss "
+         "budget); otherwise the spectrum's estimate (the width keeping the advice's variance share)."),
     *[_drop_rule(m, rel) for rel in (False, True) for m in DROP_METRICS],
     Rule("sui-onnx/layer-status", "LayerStatus", "a layer's measurement is unusable or unreliable",
          "degenerate / non_finite layers (no usable spectrum) fail with --fail-on-status and warn otherwise; "
