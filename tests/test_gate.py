@@ -416,3 +416,27 @@ def test_console_prints_a_gate_result_as_its_table():
         texts.append(console.export_text())
     assert texts[0] == texts[1]
     assert "FAIL: 1 of 7 checks breached (sui-onnx/min-sui)" in texts[0] and "layer 0" in texts[0]
+
+
+def test_a_baseline_of_other_explicit_taps_is_not_comparable():
+    """--tap numbers the tensors it names by position, so layer 0 of two runs may be two different
+    tensors of the same width: refused, naming both. Detected taps are matched by block, so a
+    re-export that renames the tensors is still compared."""
+    import dataclasses
+
+    from sui_onnx.errors import SuiError
+
+    def with_taps(report, names, explicit=True):
+        layers = [dataclasses.replace(x, tensor=n) for x, n in zip(report.layers, names)]
+        r = dataclasses.replace(report, layers=layers)
+        r.settings.taps = "explicit" if explicit else None
+        return r
+
+    base = with_taps(make_report(suis=(0.5, 0.5)), ["/a/act", "/b/act"])
+    same = with_taps(make_report(suis=(0.5, 0.5)), ["/a/act", "/b/act"])
+    swapped = with_taps(make_report(suis=(0.5, 0.5)), ["/b/act", "/a/act"])
+    gate.check_comparable(same, base, "base.json")
+    with pytest.raises(SuiError, match=r"layer 0 is tensor /a/act, this report's is /b/act"):
+        gate.check_comparable(swapped, base, "base.json")
+    renamed = with_taps(make_report(suis=(0.5, 0.5)), ["/x/act", "/y/act"], explicit=False)
+    gate.check_comparable(renamed, with_taps(make_report(suis=(0.5, 0.5)), ["/a/act", "/b/act"], explicit=False), "b")

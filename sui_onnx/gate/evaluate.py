@@ -11,6 +11,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from ..errors import ConfigError, SuiError
 from ..fmt import fmt_value
 from ..report import CalibrationInfo, Report
+from ..safeio import printable
 from .rules import (HIGHER_IS_WORSE, LIMIT_KEYS, METRIC_LABELS, RESULT_SCHEMA, RESULT_SCHEMA_VERSION, RULES, STATUS_ERRORS,
                     STATUS_STARVED, STATUS_WARNINGS, TOLERANCE, drop_rule_id, limit_rule_id)
 from .thresholds import Thresholds
@@ -213,6 +214,14 @@ def check_comparable(report: Report, baseline: Report, baseline_label: str = "ba
         if cur[idx] != base[idx]:
             raise SuiError(f"baseline {baseline_label}: layer {idx} has width {base[idx]}, this model {cur[idx]}: "
                            "not comparable (widths differ)")
+    if "explicit" in (report.settings.taps, baseline.settings.taps):
+        # --tap numbers its tensors by position: the same layer index may name another tensor
+        names = {x.layer: x.tensor for x in baseline.layers}
+        for x in sorted(report.layers, key=lambda y: y.layer):
+            if x.tensor != names[x.layer]:
+                raise SuiError(f"baseline {baseline_label}: layer {x.layer} is tensor {printable(names[x.layer])}, "
+                               f"this report's is {printable(x.tensor)}: not comparable (--tap numbers the tensors "
+                               "it names by position: name the same tensors in the same order)")
     for key in ("site", "top_fraction"):
         a, b = getattr(report.settings, key), getattr(baseline.settings, key)
         if a is not None and b is not None and a != b:
