@@ -573,11 +573,11 @@ def calibration_differences(reports: Sequence[Report], labels: Sequence[str]) ->
     width (the same tokens per FFN neuron) are a deliberate design and not warned about. Warned,
     not refused: a caller may mean it."""
     how = "calibrate every width on the same --calib, --tokens, --seq-len and --mix"
-    order = sorted(range(len(reports)), key=lambda i: (max((x.width for x in reports[i].layers), default=0), labels[i]))
-    reports, labels = [reports[i] for i in order], [labels[i] for i in order]  # by width: independent of input order
+    widths = [max((x.width for x in r.layers), default=0) for r in reports]
+    order = sorted(range(len(reports)), key=lambda i: (widths[i], labels[i]))  # by width: independent of input order
+    reports, labels, widths = [reports[i] for i in order], [labels[i] for i in order], [widths[i] for i in order]
     out = []
     tokens = [r.calibration.tokens for r in reports]
-    widths = [max((x.width for x in r.layers), default=0) for r in reports]
     per_width = [t / w for t, w in zip(tokens, widths) if isinstance(t, int) and w > 0]
     in_proportion = bool(per_width) and max(per_width) <= 1.01 * min(per_width)  # the same tokens per neuron
     if len({t for t in tokens if isinstance(t, int)}) > 1 and not in_proportion:

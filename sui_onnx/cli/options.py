@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator
 from ..calib import DEFAULT_BATCH_SIZE, DEFAULT_SEQ_LEN, MIXES, CalibrationSpec
 from ..config import DEVICES, PRECISIONS, SITES
 from ..errors import SuiError
-from ..layout import DESCRIPTION_FILES, ENCODER_FILE, MODEL_FILE, TRANSFORMERS_JS_FOLDER
+from ..layout import DESCRIPTION_FILES, ENCODER_FILE, MODEL_FILE
 from ..metrics import DEFAULT_TOP_FRACTION
 from ..safeio import atomic_write, check_input, output_target, printable, special_kind, system_path
 
@@ -265,14 +265,18 @@ def refuse_ignored_with_stats(args: argparse.Namespace) -> None:
                        f"ignored; leave {'it' if len(given) == 1 else 'them'} out (or calibrate again without --stats)")
 
 
+def _given_flags(args: argparse.Namespace, defaults: dict[str, Any]) -> list[str]:
+    """The flags (``--dest-name``) among ``defaults`` whose value in ``args`` is not the default."""
+    return ["--" + dest.replace("_", "-") for dest, default in defaults.items() if getattr(args, dest, default) != default]
+
+
 def refuse_analysis_with_report(args: argparse.Namespace) -> None:
     """A report JSON is checked as it was written: every option that shapes an analysis (taps,
     calibration, device, metrics, long runs) would silently do nothing with it, so one given is a
     usage error that names it."""
-    defaults = argparse.ArgumentParser(add_help=False)
-    add_analysis_args(defaults)
-    given = ["--" + dest.replace("_", "-") for dest, default in vars(defaults.parse_args([])).items()
-             if getattr(args, dest, default) != default]
+    parser = argparse.ArgumentParser(add_help=False)
+    add_analysis_args(parser)
+    given = _given_flags(args, vars(parser.parse_args([])))
     if given:
         raise SuiError(f"the target is a report JSON, checked as it was written: {', '.join(given)} "
                        f"{'shapes' if len(given) == 1 else 'shape'} an analysis and would be ignored; leave "
@@ -284,7 +288,7 @@ def refuse_eval_options_without_eval(args: argparse.Namespace, defaults: dict[st
     without --eval they would do nothing, so they are a usage error."""
     if getattr(args, "eval", None):
         return
-    given = ["--" + dest.replace("_", "-") for dest, default in defaults.items() if getattr(args, dest, default) != default]
+    given = _given_flags(args, defaults)
     if given:
         raise SuiError(f"{', '.join(given)} {'shapes' if len(given) == 1 else 'shape'} the held-out measurement: "
                        "give --eval HELDOUT (or leave " + ("it" if len(given) == 1 else "them") + " out)")
@@ -407,6 +411,17 @@ def _external_locations(model_file: Path) -> set[str]:
     return {loc for t in tensors if (loc := external_info(t).get("location"))}
 
 
+def _is_model_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a model (a run on it finds its .onnx file), not a folder of text."""
+    from ..graph.source import resolve_model_path
+
+    try:
+        resolve_model_path(folder)
+    except SuiError:
+        return False
+    return True
+
+
 def model_inputs(model: Path | None) -> list[Path]:
     """Every file a run on ``model`` (a file or folder, symlinks such as a Hugging Face cache
     snapshot's included) reads, or that belongs to the model beside it: the model file and the file
@@ -512,7 +527,7 @@ def guard_outputs(inputs: Iterable[Path | None], outputs: Iterable[Any],
         if p.is_dir():  # a model folder (model.onnx, external data, tokenizer) or a folder of text
             for f in _folder_files(p):
                 ins.add(f)
-            if not any(p.glob("*.onnx")) and not any(p.glob(f"{TRANSFORMERS_JS_FOLDER}/*.onnx")):
+            if not _is_model_folder(p):
                 text_folders.append((p, os.path.realpath(p)))
         if p.suffix.lower() == ".onnx" or p.is_dir():
             for f in model_inputs(p):

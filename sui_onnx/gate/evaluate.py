@@ -298,8 +298,7 @@ def evaluate(report: Report, thresholds: Thresholds, baseline: Report | None = N
             check = dataclasses.replace(check, message=f"{label}, {basis}, cannot be checked: {unchecked}")
         elif ratio is None and withheld is not None:
             reason = withheld.reason if withheld.reason is not None else "thin data"
-            check = dataclasses.replace(check, message=f"{METRIC_LABELS['width_ratio']} cannot be checked: the width "
-                                                       f"advice was withheld ({reason})")
+            check = dataclasses.replace(check, message=f"{label} cannot be checked: the width advice was withheld ({reason})")
         elif ratio is None and usable:
             # usable layers always give a recommendation (or a withheld record): an edited report
             raise SuiError("malformed report: advice.width_ratio is missing although layers are usable "
