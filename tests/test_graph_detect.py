@@ -119,13 +119,17 @@ def test_explicit_taps_bypass_detection():
     detected = find_taps(s.model, "post")
     names = [detected[2].tensor, detected[0].tensor]
     taps = find_taps(s.model, "post", explicit=names)
-    assert [t.tensor for t in taps] == names and [t.layer for t in taps] == [0, 1]
+    # detected blocks' taps keep their block's layer number, in layer order
+    assert [t.tensor for t in taps] == names[::-1] and [t.layer for t in taps] == [0, 2]
     assert [t.width for t in taps] == [s.d_ff, s.d_ff]
     assert taps[0].activation == "gelu" and taps[0].op == "Mul"
     # a tensor that is no FFN at all: width from shape inference, activation unknown
     q = next(n.output[0] for n in s.model.graph.node if n.op_type == "MatMul")
     other = find_taps(s.model, "post", explicit=[q])[0]
     assert other.width == s.d_model and other.activation == "unknown" and other.op == "MatMul"
+    # with one name that is not a block's tap, layers are positions in the order given
+    mixed = find_taps(s.model, "post", explicit=[detected[2].tensor, q])
+    assert [t.tensor for t in mixed] == [detected[2].tensor, q] and [t.layer for t in mixed] == [0, 1]
     with pytest.raises(ModelError, match="no tensor of that name"):
         find_taps(s.model, explicit=["nope"])
     with pytest.raises(ModelError, match="twice"):

@@ -248,6 +248,14 @@ def test_explicit_tap_is_not_called_site_post(tmp_path):
     assert r.returncode == 0 and "(named with --tap)" in r.stdout and "site post" not in r.stdout
 
 
+def test_an_explicit_tap_of_a_detected_block_keeps_its_layer_number():
+    detected = json.loads(cli("taps", MODEL, "--json").stdout)
+    last = detected[-1]
+    assert last["layer"] == len(detected) - 1 > 0
+    named = json.loads(cli("taps", MODEL, "--tap", last["tensor"], "--json").stdout)
+    assert [(t["tensor"], t["layer"]) for t in named] == [(last["tensor"], last["layer"])]
+
+
 def test_a_model_path_longer_than_100_columns_is_not_wrapped_on_a_wide_terminal(tmp_path):
     import shutil
 

@@ -150,7 +150,7 @@ def add_tap_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--include", metavar="REGEX", help="keep only taps whose tensor name matches")
     g.add_argument("--exclude", metavar="REGEX", help="drop taps whose tensor name matches")
     g.add_argument("--tap", metavar="TENSOR", action="append", default=[],
-                   help="analyze this tensor explicitly (repeatable; bypasses detection)")
+                   help="analyze this tensor explicitly (repeatable; bypasses detection; a detected FFN tap keeps its layer number)")
 
 
 def add_calib_args(p: argparse.ArgumentParser, encoder: bool = True) -> None:

@@ -107,7 +107,8 @@ def find_taps(model: onnx.ModelProto, site: str = "post", include: str | None = 
 
     ``include``/``exclude`` are regular expressions searched in the tap tensor names of
     detected blocks (they do not apply to ``explicit``).  ``explicit`` bypasses detection:
-    each name must exist; layer is its position in ``explicit``; activation/down_proj come
+    each name must exist; when every name is a detected block's tap its layer is that block's
+    (as without ``explicit``, and the taps are sorted by it), else its position in ``explicit``; activation/down_proj come
     from detection when the tensor is a detected tap, else "unknown" / its first consumer.
     Raises ModelError when nothing can be tapped.
     """
@@ -152,10 +153,13 @@ def explicit_taps(model: onnx.ModelProto, names: list[str], site: str) -> list[T
         if flat is not None:
             index = GraphIndex(flat.graph, infer_types(flat))
     try:
-        known = {b.post: b for b in find_ffn_blocks(index)} if names else {}
-        known.update({b.pre: b for b in known.values()} if site == "pre" else {})
+        blocks = find_ffn_blocks(index) if names else []
     except Exception:  # detection is only a courtesy here
-        known = {}
+        blocks = []
+    known = {b.post: b for b in blocks}
+    known.update({b.pre: b for b in blocks} if site == "pre" else {})
+    number = {id(b): i for i, b in enumerate(blocks)}
+    by_block = all(index.exists(n) and index.canon(n) in known for n in names)
     raw_producers = {o: n.op_type for n in index.nodes for o in n.output if o}
     taps = []
     for layer, name in enumerate(names):
@@ -167,11 +171,11 @@ def explicit_taps(model: onnx.ModelProto, names: list[str], site: str) -> list[T
             raise ModelError(f"{option('explicit')} {name}: cannot tell its width (last dimension) from shapes or a consuming projection")
         op = raw_producers.get(name) or ("initializer" if name in index.initializers else "input")
         taps.append(Tap(
-            layer=layer, tensor=name, width=int(width), site=site, op=op,
+            layer=number[id(block)] if by_block else layer, tensor=name, width=int(width), site=site, op=op,
             activation=block.activation if block else "unknown",
             down_proj=block.down.name if block else _consumer_name(index, name),
         ))
-    return taps
+    return sorted(taps, key=lambda t: t.layer)
 
 
 def _consumer_width(ix: GraphIndex, name: str) -> int | None:
