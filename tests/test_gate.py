@@ -419,7 +419,7 @@ def test_console_prints_a_gate_result_as_its_table():
 
 
 def test_a_baseline_of_other_explicit_taps_is_not_comparable():
-    """--tap numbers the tensors it names by position, so layer 0 of two runs may be two different
+    """--tap may number the tensors it names by position, so layer 0 of two runs may be two different
     tensors of the same width: refused, naming both. Detected taps are matched by block, so a
     re-export that renames the tensors is still compared."""
     import dataclasses
