@@ -33,11 +33,11 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 
-def residual_tensors(study) -> list[str]:
-    """Per FFN layer, the residual stream after the FFN output joins it: the output of the first
-    Add (through Cast/Reshape and the down bias) whose other input is not a constant."""
+def residual_adds(study) -> list[tuple[str, str]]:
+    """Per FFN layer, the residual Add the FFN output joins: the first Add (through Cast/Reshape
+    and the down bias) whose other input is not a constant. (stream before, stream after)."""
     ix = study.surgery.ix
-    names = []
+    pairs = []
     for plan in study.surgery.plans:
         t = ix.canon(ix.nodes[plan.down_node].output[0])
         found = None
@@ -50,17 +50,22 @@ def residual_tensors(study) -> list[str]:
                 t = ix.canon(node.output[0])
                 continue
             if node.op_type == "Add":
-                other = [ix.canon(x) for x in node.input if ix.canon(x) != t]
-                if other and not ix.is_static(other[0]):
-                    found = node.output[0]
+                other = [x for x in node.input if ix.canon(x) != t]
+                if other and not ix.is_static(ix.canon(other[0])):
+                    found = (other[0], node.output[0])
                     break
                 t = ix.canon(node.output[0])  # the down bias
                 continue
             break
         if found is None:
             raise SystemExit(f"layer {plan.layer}: no residual Add after the FFN output")
-        names.append(found)
-    return names
+        pairs.append(found)
+    return pairs
+
+
+def residual_tensors(study) -> list[str]:
+    """Per FFN layer, the residual stream after the FFN output joins it (residual_adds)."""
+    return [after for _, after in residual_adds(study)]
 
 
 def residual_weighted(study, calib, cap: float = 1e3):
