@@ -31,6 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
 
 
 def residual_adds(study) -> list[tuple[str, str]]:
@@ -116,6 +117,7 @@ def main() -> None:
 
     from sui_onnx.analyze import AnalysisOptions
     from sui_onnx.calib import CalibrationSpec
+    from _slim_rows import measure_row
     from sui_onnx.evaluate import Evaluator, ModelInput
     from sui_onnx.slimming import SlimStudy, aligned
 
@@ -146,12 +148,7 @@ def main() -> None:
         use(weighted)
         variants.append(("id residual-weighted", study.variant(widths, "id")))
         for name, v in variants:
-            res = ev.measure(ModelInput(data=v.model.SerializeToString(), external_folder=study.src.data_folder))
-            rows.append({"width": r, "variant": name,
-                         "sources": {s.source["path"].rsplit("/", 1)[-1]: {"dce": s.delta_ce, "se": s.delta_ce_se,
-                                                                           "kl": s.kl, "top1": s.top1}
-                                     for s in res.sources}})
-            print(json.dumps(rows[-1]), flush=True)
+            rows.append(measure_row(ev, study, r, name, v))
     path = HERE / "results" / f"slim_residual_{args.name}.json"
     path.write_text(json.dumps({"model": str(args.model), "tokens": args.tokens, "eval_tokens": args.eval_tokens,
                                 "eval_seq_len": args.eval_seq_len, "study_s": study_s,

@@ -32,6 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
 
 
 def tokenizer_prefix(study) -> list[int]:
@@ -114,6 +115,7 @@ def main() -> None:
 
     from sui_onnx.analyze import AnalysisOptions
     from sui_onnx.calib import CalibrationSpec
+    from _slim_rows import measure_row
     from sui_onnx.evaluate import Evaluator, ModelInput
     from sui_onnx.slimming import SlimStudy, aligned, refine
 
@@ -156,12 +158,7 @@ def main() -> None:
             variants.append(("id exact-bos", exact_at(study, plain, prefix_hidden), None))
         variants.append(("variance", study.variant(widths, "variance"), None))
         for name, v, secs in variants:
-            res = ev.measure(ModelInput(data=v.model.SerializeToString(), external_folder=study.src.data_folder))
-            rows.append({"width": r, "variant": name, "seconds": secs,
-                         "sources": {s.source["path"].rsplit("/", 1)[-1]: {"dce": s.delta_ce, "se": s.delta_ce_se,
-                                                                           "kl": s.kl, "top1": s.top1}
-                                     for s in res.sources}})
-            print(json.dumps(rows[-1]), flush=True)
+            rows.append(measure_row(ev, study, r, name, v, secs))
     path = HERE / "results" / f"slim_sequential_{args.name}.json"
     path.write_text(json.dumps({"model": str(args.model), "tokens": args.tokens,
                                 "seq_tokens": args.seq_tokens or args.tokens, "eval_tokens": args.eval_tokens,
