@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, ParamSpec, Sequence, TypeVar
 
 import onnx
@@ -108,8 +108,9 @@ def find_taps(model: onnx.ModelProto, site: str = "post", include: str | None = 
     ``include``/``exclude`` are regular expressions searched in the tap tensor names of
     detected blocks (they do not apply to ``explicit``).  ``explicit`` bypasses detection:
     each name must exist; when every name is a detected block's tap its layer is that block's
-    (as without ``explicit``, and the taps are sorted by it), else its position in ``explicit``; activation/down_proj come
-    from detection when the tensor is a detected tap, else "unknown" / its first consumer.
+    (as without ``explicit``, and the taps are sorted by it), else its position in ``explicit``;
+    activation/down_proj come from detection when the tensor is a detected tap, else "unknown" /
+    its first consumer.
     Raises ModelError when nothing can be tapped.
     """
     if site not in SITES:
@@ -156,26 +157,27 @@ def explicit_taps(model: onnx.ModelProto, names: list[str], site: str) -> list[T
         blocks = find_ffn_blocks(index) if names else []
     except Exception:  # detection is only a courtesy here
         blocks = []
-    known = {b.post: b for b in blocks}
-    known.update({b.pre: b for b in blocks} if site == "pre" else {})
-    number = {id(b): i for i, b in enumerate(blocks)}
-    by_block = all(index.exists(n) and index.canon(n) in known for n in names)
+    known = {b.post: (i, b) for i, b in enumerate(blocks)}
+    known.update({b.pre: (i, b) for i, b in enumerate(blocks)} if site == "pre" else {})
     raw_producers = {o: n.op_type for n in index.nodes for o in n.output if o}
-    taps = []
+    taps, numbers = [], []
     for layer, name in enumerate(names):
         if not index.exists(name):
             raise ModelError(f"{option('explicit')} {name}: no tensor of that name in the model")
-        block = known.get(index.canon(name))
+        number, block = known.get(index.canon(name), (None, None))
+        numbers.append(number)
         width = index.last_dim(name) or (block.width if block else None) or _consumer_width(index, name)
         if not width:
             raise ModelError(f"{option('explicit')} {name}: cannot tell its width (last dimension) from shapes or a consuming projection")
         op = raw_producers.get(name) or ("initializer" if name in index.initializers else "input")
         taps.append(Tap(
-            layer=number[id(block)] if by_block else layer, tensor=name, width=int(width), site=site, op=op,
+            layer=layer, tensor=name, width=int(width), site=site, op=op,
             activation=block.activation if block else "unknown",
             down_proj=block.down.name if block else _consumer_name(index, name),
         ))
-    return sorted(taps, key=lambda t: t.layer)
+    if None in numbers:  # some tensor is no detected tap: the layers are the order given
+        return taps
+    return sorted((replace(t, layer=n) for t, n in zip(taps, numbers)), key=lambda t: t.layer)
 
 
 def _consumer_width(ix: GraphIndex, name: str) -> int | None:
