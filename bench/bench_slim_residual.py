@@ -117,14 +117,12 @@ def main() -> None:
 
     from sui_onnx.analyze import AnalysisOptions
     from sui_onnx.calib import CalibrationSpec
-    from _slim_rows import measure_row
     from sui_onnx.evaluate import Evaluator, ModelInput
     from sui_onnx.slimming import SlimStudy, aligned
 
-    from models.domains import build
+    from _slim_common import measure_row, texts
 
-    code, code_heldout = build(ROOT / "models" / "work")
-    evals = [code_heldout, ROOT / "sui_onnx" / "data" / "heldout.txt"]
+    code, evals = texts()
     spec = CalibrationSpec([code], tokens=args.tokens)
     t0 = time.perf_counter()
     study = SlimStudy(args.model, spec, AnalysisOptions(device="cpu"))

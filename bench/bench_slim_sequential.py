@@ -115,17 +115,12 @@ def main() -> None:
 
     from sui_onnx.analyze import AnalysisOptions
     from sui_onnx.calib import CalibrationSpec
-    from _slim_rows import measure_row
     from sui_onnx.evaluate import Evaluator, ModelInput
     from sui_onnx.slimming import SlimStudy, aligned, refine
 
-    if args.calib is None:
-        from models.domains import build
+    from _slim_common import measure_row, texts
 
-        code, code_heldout = build(ROOT / "models" / "work")
-        calib, evals = code, [code_heldout, ROOT / "sui_onnx" / "data" / "heldout.txt"]
-    else:
-        calib, evals = args.calib, args.eval
+    calib, evals = texts(args.calib, args.eval)
     spec = CalibrationSpec([calib], tokens=args.tokens)
     seq_spec = CalibrationSpec([calib], tokens=args.seq_tokens or args.tokens)
     t0 = time.perf_counter()
