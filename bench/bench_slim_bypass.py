@@ -37,26 +37,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 
-class Joint:
-    """Running sums of z = (h, x) around a shift fixed by the first batch (float64)."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.shift = 0, None
-        self.s, self.ss = np.zeros(n), np.zeros((n, n))
-
-    def update(self, z: np.ndarray) -> None:
-        if self.shift is None:
-            self.shift = z.mean(axis=0, dtype=np.float64)
-        c = (z - self.shift.astype(z.dtype)).astype(np.float64)
-        self.ss += c.T @ c
-        self.s += c.sum(axis=0)
-        self.n += z.shape[0]
-
-    def cov(self) -> np.ndarray:
-        m = self.s / self.n
-        return self.ss / self.n - np.outer(m, m)
-
-
 def conditional(c_hh: np.ndarray, c_hx: np.ndarray, c_xx: np.ndarray, ridge: float) -> np.ndarray:
     """C_h|x = C_hh - C_hx C_xx^-1 C_xh (ridge relative to x's mean variance)."""
     from sui_onnx.slim import solve_psd
@@ -80,7 +60,7 @@ def main() -> None:
     from sui_onnx.graph import find_taps, load_model, tapped_model
     from sui_onnx.graph.surgery import FFNSurgery
     from sui_onnx.runner import TapRunner
-    from sui_onnx.slim import DEFAULT_RIDGE, select
+    from sui_onnx.slim import DEFAULT_RIDGE, WeightedMoments, select
 
     from _slim_common import texts
 
@@ -97,7 +77,7 @@ def main() -> None:
     all_taps = list(taps) + [replace(t, tensor=x, width=d) for t, x, d in zip(taps, xs, d_model)]
     runner = TapRunner(tapped_model(src, all_taps).SerializeToString(), [t.tensor for t in all_taps], "cpu",
                        external_folder=src.data_folder)
-    joint = [Joint(w + d) for w, d in zip(widths, d_model)]
+    joint = [WeightedMoments(w + d) for w, d in zip(widths, d_model)]
     run_w = widths + d_model
     n = len(widths)
     for batch in CalibrationStream(spec, src.folder, widths):
@@ -105,13 +85,13 @@ def main() -> None:
         for i in range(n):
             h = np.asarray(outs[i], dtype=np.float32).reshape(-1, widths[i])
             x = np.asarray(outs[n + i], dtype=np.float32).reshape(-1, d_model[i])
-            joint[i].update(np.concatenate([h, x], axis=1))
+            joint[i].update(np.concatenate([h, x], axis=1), np.ones(h.shape[0], np.float32))
     pass_s = time.perf_counter() - t0
     print(f"calibration pass: {pass_s:.1f} s", flush=True)
     del runner
     rows = []
     for i in range(n):
-        c = joint[i].cov()
+        c = joint[i].covariance()
         D, d = widths[i], d_model[i]
         c_hh, c_hx, c_xx = c[:D, :D], c[:D, D:], c[D:, D:]
         w = surgery.down_weight(i).astype(np.float64)
