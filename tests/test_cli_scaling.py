@@ -265,17 +265,18 @@ def test_the_same_model_twice_is_refused_before_any_calibration(tmp_path, capsys
 
 def _recalibrated(tmp_path: Path, edits: dict[int, dict]) -> list[str]:
     """The committed family (tokens = 12 x D: in proportion to width) with some inputs' calibration
-    edited."""
+    edited, named relative to tmp_path (the caller works there): the terminal folds a word longer
+    than its width, and pytest's own folder names would make the paths that long."""
     paths = []
     for i, src in enumerate(FAMILY):
         d = json.loads(Path(src).read_text())
         d["calibration"].update(edits.get(i, {}))
         paths.append(tmp_path / Path(src).name)
         paths[-1].write_text(json.dumps(d))
-    return [str(p) for p in paths]
+    return [p.name for p in paths]
 
 
-def test_differing_calibrations_are_warned_about_in_the_table_json_and_stderr(tmp_path, capsys):
+def test_differing_calibrations_are_warned_about_in_the_table_json_and_stderr(tmp_path, capsys, monkeypatch):
     """Token counts not in proportion to width, or other window lengths / data, make the fit mix
     width with calibration: said in the terminal table, in the JSON's warnings and (with -q) on
     stderr. The committed family's tokens grow in proportion to D and are not warned about."""
@@ -284,6 +285,7 @@ def test_differing_calibrations_are_warned_about_in_the_table_json_and_stderr(tm
     assert "calibrated on" not in out + err
     assert json.loads((tmp_path / "same.json").read_text())["warnings"] == []
 
+    monkeypatch.chdir(tmp_path)
     paths = _recalibrated(tmp_path, {0: {"tokens": 999, "seq_len": 128}, 2: {"seq_len": 64},
                                      4: {"sources": [{"path": "x.txt", "sha256": "ab" * 32}]}})
     assert main(["scaling", *paths, "--json", str(tmp_path / "w.json")]) == 0
