@@ -41,7 +41,7 @@ def version(env: dict[str, str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--other", type=Path, required=True, help="a folder holding another ml_dtypes (pip --target)")
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=11)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "startup.json")
     args = parser.parse_args()
     if not (args.other / "ml_dtypes").is_dir():
@@ -58,7 +58,8 @@ def main() -> None:
         rows = []
         for label, cmd in commands.items():
             times: dict[str, list[float]] = {side: [] for side in envs}
-            timed(cmd, envs["installed"])  # warm the file cache once
+            for env in envs.values():  # warm the file cache for both sides before timing either
+                timed(cmd, env)
             for _ in range(args.repeat):
                 for side, env in envs.items():
                     times[side].append(timed(cmd, env))
