@@ -7,7 +7,8 @@ For each calibration (English prose, Python documentation, and both mixed with -
 SlimStudy run gives the statistics; at widths D/8, D/4, D/2, 3D/4 the model is narrowed with the
 `id` method (weighted pivoted Cholesky + least-squares refit) and the `variance` baseline, and
 projected onto its top principal directions; each is measured against the original on held-out
-prose and held-out Python documentation (dCE in nats/token, per eval source). Then, side by side in
+prose and held-out Python documentation (dCE in nats/token, per eval source; for an encoder, which
+has no logits, the relative error and cosine of its last hidden state against the original's). Then, side by side in
 this run: `sui-onnx slim` and `sui-onnx report` through the real CLI (wall time, peak RSS), and the
 slim model's onnxruntime latency and file size as ratios to the original's. Writes
 bench/results/slim_<name>.json and prints markdown tables. Nothing here is a test.
@@ -61,13 +62,19 @@ def measure_study(model: Path, sources: list[Path], mix: str, tokens: int, evals
                             ("projection", lambda: study.projection_variant(widths))):
             v = build()
             r = ev.measure(ModelInput(data=v.model.SerializeToString(), external_folder=study.src.data_folder, label=v.label))
-            row[name] = {s["path"].rsplit("/", 1)[-1]: s["delta_ce"] for s in eval_summary(r)["sources"]}
-            row[name + "_top1"] = {s["path"].rsplit("/", 1)[-1]: s["top1"] for s in eval_summary(r)["sources"]}
-            print(f"  {row['ratio']:>4} {name:<10} " + "  ".join(f"{k} {v:+.4f}" for k, v in row[name].items()), flush=True)
+            srcs = eval_summary(r)["sources"]
+            encoder = srcs[0]["delta_ce"] is None
+            # decoders: dCE (nats/token) and top-1 agreement; encoders (no logits): the relative
+            # error and mean per-token cosine of the last hidden state against the original's
+            first, second = ("rel_error", "cosine") if encoder else ("delta_ce", "top1")
+            row[name] = {s["path"].rsplit("/", 1)[-1]: s[first] for s in srcs}
+            row[name + "_" + second] = {s["path"].rsplit("/", 1)[-1]: s[second] for s in srcs}
+            print(f"  {row['ratio']:>4} {name:<10} " + "  ".join(
+                f"{k} {v:.4f}" if encoder else f"{k} {v:+.4f}" for k, v in row[name].items()), flush=True)
         rows.append(row)
     base = {s.source["path"].rsplit("/", 1)[-1]: s.ref_ce for s in r.sources}
     return {"calibration": [str(s) for s in sources], "mix": mix, "tokens": tokens, "study_s": round(t_study, 2),
-            "baseline_ce": base, "rows": rows}
+            "metric": "rel_error" if encoder else "delta_ce", "baseline_ce": base, "rows": rows}
 
 
 def cli_peak(cmd: list[str]) -> tuple[float, int, int]:
@@ -119,16 +126,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--only", nargs="*", default=None, help="calibrations to run (prose, code, mixed)")
     ap.add_argument("--skip-cli", action="store_true", help="skip the CLI wall time / memory / latency part")
+    ap.add_argument("--calib-chars", type=int, default=None,
+                    help="characters of Python-documentation calibration text (models/domains.py; default its own)")
     ap.add_argument("--ratios", nargs="*", default=None, metavar="N/D",
                     help="widths to measure as fractions of D (default 1/8 1/4 1/2 3/4)")
     args = ap.parse_args()
 
-    from models.domains import build
+    from models.domains import CALIB_CHARS, build
     from sui_onnx import __version__
     from sui_onnx.slim import DEFAULT_RIDGE
 
     ridge = DEFAULT_RIDGE if args.ridge is None else args.ridge
-    code_calib, code_heldout = build(ROOT / "models" / "work")
+    code_calib, code_heldout = build(ROOT / "models" / "work", args.calib_chars or CALIB_CHARS)
     prose_calib, prose_heldout = ROOT / "sui_onnx" / "data" / "calib.txt", ROOT / "sui_onnx" / "data" / "heldout.txt"
     evals = [prose_heldout, code_heldout]
     ratios = RATIOS if not args.ratios else tuple(tuple(int(x) for x in r.split("/")) for r in args.ratios)
@@ -176,12 +185,15 @@ def markdown(out: dict) -> str:
     lines = []
     for cal, res in out["calibrations"].items():
         srcs = list(res["baseline_ce"])
-        lines += [f"\n{out['name']}, calibration {cal} ({res['tokens']:,} tokens; baseline CE "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in res["baseline_ce"].items()) + ")", "",
+        encoder = res.get("metric") == "rel_error"
+        what = ("relative error of the last hidden state" if encoder else "baseline CE "
+                + ", ".join(f"{k} {v:.3f}" for k, v in res["baseline_ce"].items()))
+        lines += [f"\n{out['name']}, calibration {cal} ({res['tokens']:,} tokens; {what})", "",
                   "| width | " + " | ".join(f"{m} {s}" for s in srcs for m in ("id", "variance", "projection")) + " |",
                   "|:--|" + "---:|" * (3 * len(srcs))]
         for row in res["rows"]:
-            lines.append(f"| {row['ratio']} D | " + " | ".join(f"{row[m][s]:+.4f}" for s in srcs for m in ("id", "variance", "projection")) + " |")
+            fmt = "{:.4f}" if encoder else "{:+.4f}"
+            lines.append(f"| {row['ratio']} D | " + " | ".join(fmt.format(row[m][s]) for s in srcs for m in ("id", "variance", "projection")) + " |")
     return "\n".join(lines)
 
 

