@@ -94,20 +94,27 @@ def cli_peak(cmd: list[str]) -> tuple[float, int, int]:
     return wall, peak_kib * 1024, rc
 
 
-def latency(model: Path, ids: np.ndarray, repeats: int, threads: int | None) -> float:
-    """Median seconds of one onnxruntime run of the whole model (logits) on ``ids``."""
+def latency_ratio(original: Path, narrow: Path, ids: np.ndarray, repeats: int, threads: int | None) -> float:
+    """Median over ``repeats`` of (narrow / original) onnxruntime time of one whole-model run
+    (logits) on ``ids``; the two sessions run alternately, so drift in the machine's speed falls
+    on both sides of each ratio."""
     from sui_onnx.runner import FeedBuilder, create_session
 
-    sess, _ = create_session(model, "cpu", threads)
-    feed = FeedBuilder(sess.get_inputs())(ids)
-    out = sess.get_outputs()[0].name
-    sess.run([out], feed)
-    times = []
-    for _ in range(repeats):
+    runs = []
+    for model in (original, narrow):
+        sess, _ = create_session(model, "cpu", threads)
+        feed = FeedBuilder(sess.get_inputs())(ids)
+        out = sess.get_outputs()[0].name
+        for _ in range(3):
+            sess.run([out], feed)
+        runs.append((sess, out, feed))
+
+    def once(sess, out, feed) -> float:
         t0 = time.perf_counter()
         sess.run([out], feed)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        return time.perf_counter() - t0
+
+    return float(np.median([once(*runs[1]) / once(*runs[0]) for _ in range(repeats)]))
 
 
 def model_bytes(folder: Path) -> int:
@@ -163,12 +170,11 @@ def main() -> None:
             from sui_onnx.graph.source import resolve_model_path
 
             src_path = resolve_model_path(args.model)
-            t_orig = latency(src_path, ids, 5, args.threads) if rc1 == 0 else None
-            t_slim = latency(slim_dir / "model.onnx", ids, 5, args.threads) if rc1 == 0 else None
+            lat = latency_ratio(src_path, slim_dir / "model.onnx", ids, 41, args.threads) if rc1 == 0 else None
             out["cli"] = {
                 "slim_ratio": 0.75, "slim_s": round(w_slim, 2), "slim_peak_rss": m_slim, "report_s": round(w_rep, 2),
                 "report_peak_rss": m_rep, "peak_rss_ratio": m_slim / m_rep if m_rep else None,
-                "latency_ratio": (t_slim / t_orig) if t_orig else None,
+                "latency_ratio": lat,
                 "file_size_ratio": model_bytes(slim_dir) / model_bytes(src_path.parent) if rc1 == 0 else None,
                 "exit_codes": [rc1, rc2],
             }
