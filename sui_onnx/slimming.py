@@ -260,6 +260,11 @@ class SlimStudy:
         """Per layer: the refit, and the output-space error left at that width (share, absolute)."""
         out = []
         for i, k in enumerate(widths):
+            if k >= self.widths[i]:
+                # kept whole: the original down projection is exact, and a ridge could only shrink it
+                d, w = self.widths[i], self.weights[i]
+                out.append((Refit(np.arange(d), w, np.zeros(w.shape[1])), 0.0, 0.0))
+                continue
             sel = self.selection(i, method, k)
             r = refit(self.cov[i], self.mean[i], self.weights[i], sel.keep(k), ridge=self.ridge,
                       least_squares=method == "id")
@@ -274,7 +279,8 @@ class SlimStudy:
         if len(widths) != len(self.widths):
             raise SuiError(f"need one width per FFN layer ({len(self.widths)}), got {len(widths)}")
         fits = self.refits(widths, method)
-        edits = {i: LayerEdit(r.keep, r.weight, r.bias_delta) for i, (r, _, _) in enumerate(fits)}
+        edits = {i: LayerEdit(r.keep, r.weight, r.bias_delta) for i, (r, _, _) in enumerate(fits)
+                 if widths[i] < self.widths[i]}  # a layer kept whole is left as it is
         return Variant(label or f"{method} w={width_span(widths)}", "slim", method, list(widths),
                        self.surgery.apply(edits), [r.keep for r, _, _ in fits], [s for _, s, _ in fits],
                        [a for _, _, a in fits])
@@ -305,10 +311,10 @@ class SlimStudy:
     def ffn_parameters(self, widths: Sequence[int], edited: bool = True) -> int:
         """Parameters of the FFN blocks at these widths: the up/gate and down weights, the constants
         along the width (up biases, nGPT's scales), and the down bias. ``edited``: as slim writes
-        them, every down projection with a bias (the mean is folded into one); otherwise the
-        source model's (a bias only where it has one)."""
-        return sum(round(per_neuron * k) + (max(bias, out_width) if edited else bias)
-                   for (per_neuron, bias, out_width), k in zip(self._ffn_counts, widths))
+        them, every narrowed down projection with a bias (the mean is folded into one; a layer
+        kept whole is left as it is); otherwise the source model's (a bias only where it has one)."""
+        return sum(round(per_neuron * k) + (max(bias, out_width) if edited and k < d else bias)
+                   for (per_neuron, bias, out_width), k, d in zip(self._ffn_counts, widths, self.widths))
 
 
 def total_parameters(model: onnx.ModelProto) -> int:

@@ -265,22 +265,28 @@ def test_every_supported_architecture_slims_to_a_loadable_narrower_model(tmp_pat
 
 
 def test_the_full_width_slim_of_a_fixture_is_the_same_model(tmp_path):
-    """A width at or above every layer's D keeps the model (and says that nothing was removed)."""
+    """A width at or above every layer's D leaves every FFN as it is, whatever the ridge (a refit
+    of all D neurons with a ridge would shrink the down projection), and says that nothing was
+    removed."""
     src = FIXTURES / "llama_w128"
-    r = cli("slim", src, tmp_path / "s", "--width", 1000, "--ridge", 0, "--tokens", 2048, "--seq-len", 32)
+    r = cli("slim", src, tmp_path / "s", "--width", 1000, "--tokens", 2048, "--seq-len", 32)
     assert r.returncode == 0, r.stderr
     record = json.loads((tmp_path / "s" / "slim.json").read_text())
     p = record["parameters"]
-    grown = p["total_after"] - p["total_before"]  # llama has no down bias: the refit's intercept adds one per layer
-    assert grown > 0 and p["ffn_after"] - p["ffn_before"] == grown  # the new biases are the FFNs'
-    assert r.stdout.count(f"({grown:,} more)") == 2 and "fewer" not in r.stdout and "-0%" not in r.stdout
-    assert any("--width 1000 keeps every layer at its full FFN width (128): nothing was removed" in w
-               for w in record["warnings"]), record["warnings"]
+    assert p["total_after"] == p["total_before"] and p["ffn_after"] == p["ffn_before"] > 0
+    assert r.stdout.count("(unchanged)") == 2 and "fewer" not in r.stdout and "more)" not in r.stdout
+    assert any("--width 1000 keeps every layer at its full FFN width (128): nothing was removed, and the model "
+               "written has the original's FFNs unchanged" in w for w in record["warnings"]), record["warnings"]
+    original, slimmed = onnx.load(str(src / "model.onnx")), onnx.load(str(tmp_path / "s" / "model.onnx"))
+    before = {t.name: numpy_helper.to_array(t) for t in original.graph.initializer}
+    after = {t.name: numpy_helper.to_array(t) for t in slimmed.graph.initializer}
+    assert after.keys() == before.keys() and all(np.array_equal(after[k], before[k]) for k in before)
+    assert [n.op_type for n in slimmed.graph.node] == [n.op_type for n in original.graph.node]
     ids = np.random.default_rng(0).integers(0, 300, size=(2, 16))
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.tile(np.arange(16), (2, 1))}
     a = ort.InferenceSession(str(src / "model.onnx"), providers=["CPUExecutionProvider"]).run(["logits"], feeds)[0]
     b = ort.InferenceSession(str(tmp_path / "s" / "model.onnx"), providers=["CPUExecutionProvider"]).run(["logits"], feeds)[0]
-    assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+    assert np.array_equal(a, b)
 
 
 def test_quantized_ffns_are_refused_with_one_line(tmp_path):
@@ -441,6 +447,28 @@ def test_refining_a_model_that_is_exact_in_the_span_keeps_it_exact(tmp_path, seq
     probe = np.random.default_rng(6).integers(0, 50, size=(2, 11))
     a, b = logits(model, probe), logits(tmp_path / "r.onnx", probe)
     assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+
+
+def test_a_layer_kept_whole_is_left_as_it_is(tmp_path):
+    """With the default ridge, a layer at its full width in a variant keeps its original weights
+    and no new bias (a ridge refit of all D neurons would shrink them); the narrowed layer is edited."""
+    from sui_onnx.analyze import AnalysisOptions
+    from sui_onnx.calib import CalibrationSpec
+    from sui_onnx.slimming import SlimStudy
+
+    model = relu_lm(tmp_path / "m")
+    study = SlimStudy(model, CalibrationSpec([tmp_path / "m_ids.npy"]), AnalysisOptions(device="cpu"))
+    assert study.ridge > 0
+    d = study.widths[1]
+    variant = study.variant([6, d])
+    original = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(model)).graph.initializer}
+    kept = {t.name: numpy_helper.to_array(t) for t in variant.model.graph.initializer}
+    down0, down1 = study.surgery.plans[0].down.name, study.surgery.plans[1].down.name
+    assert down1 in kept and np.array_equal(kept[down1], original[down1])
+    assert down0 not in kept or kept[down0].shape != original[down0].shape  # layer 0 was narrowed
+    assert not any(n.startswith("sui_slim.1.") for n in kept)  # nothing new for layer 1
+    assert variant.residual_share[1] == 0.0 and list(variant.keep[1]) == list(range(d))
+    assert study.ffn_parameters([d, d]) == study.ffn_parameters([d, d], edited=False)
 
 
 def test_large_models_are_written_with_external_data(tmp_path, monkeypatch):

@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         why = (f"; rounded up to a multiple of --align {args.align}, which leaves no narrower width"
                if any(r < d for r, d in zip(raw, study.widths)) else "")
         warnings.append(f"{asked} keeps every layer at its full FFN width ({width_span(study.widths)}{why}): nothing was "
-                        "removed; the model written has the same FFNs, their down projections refitted")
+                        "removed, and the model written has the original's FFNs unchanged")
     evaluation = None
     if evaluator is not None:
         evaluator.kl = True  # the written model is measured in full, KL included
@@ -267,7 +267,10 @@ def _verify(path: Path, widths: list[int], original: Path) -> str | None:
 
 
 def _fewer(before: int, after: int) -> str:
-    """"25% fewer"; a count that grew (a new down bias where nothing was removed) says by how much."""
+    """"25% fewer"; "unchanged"; a count that grew (a new down bias on a layer narrowed by less
+    than the bias adds) says by how much."""
+    if after == before:
+        return "unchanged"
     if after > before:
         return f"{after - before:,} more"
     return f"{1 - after / max(before, 1):.0%} fewer"
