@@ -31,7 +31,6 @@ import json
 import sys
 import time
 from dataclasses import replace
-from fractions import Fraction
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -88,35 +87,21 @@ def drift_refit(study, variant, calib, progress=print):
 
 
 def main() -> None:
+    from sui_onnx.slimming import refine
+
+    from _slim_common import add_study_args, evaluator, measure_row, plain_study, ratio_widths, texts
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", type=Path)
-    ap.add_argument("--name", required=True)
-    ap.add_argument("--tokens", type=int, default=16384)
-    ap.add_argument("--eval-tokens", type=int, default=4096)
-    ap.add_argument("--eval-seq-len", type=int, default=256)
-    ap.add_argument("--ratios", nargs="+", default=["3/4", "1/2"])
+    add_study_args(ap)
     ap.add_argument("--skip-sequential", action="store_true", help="leave out the sequential refit (measured before)")
-    ap.add_argument("--calib", type=Path, default=None, help="calibration text (default: models.domains' Python docs)")
-    ap.add_argument("--eval", type=Path, nargs="+", default=None, help="held-out texts (with --calib)")
     args = ap.parse_args()
 
-    from sui_onnx.analyze import AnalysisOptions
-    from sui_onnx.calib import CalibrationSpec
-    from sui_onnx.evaluate import Evaluator, ModelInput
-    from sui_onnx.slimming import SlimStudy, aligned, refine
-
-    from _slim_common import measure_row, texts
-
     calib, evals = texts(args.calib, args.eval)
-    spec = CalibrationSpec([calib], tokens=args.tokens)
-    t0 = time.perf_counter()
-    study = SlimStudy(args.model, spec, AnalysisOptions(device="cpu"))
-    study_s = time.perf_counter() - t0
-    ev = Evaluator(evals, study.src.folder, ModelInput(path=study.src.path), seq_len=args.eval_seq_len,
-                   tokens=args.eval_tokens, device="cpu", kl=True)
+    spec, study, study_s = plain_study(args, calib)
+    ev = evaluator(study, evals, args)
     rows = []
     for r in args.ratios:
-        widths = [aligned(d, float(Fraction(r)), 64) for d in study.widths]
+        widths = ratio_widths(study, r)
         plain = study.variant(widths, "id")
         variants = [("id", plain, None)]
         t1 = time.perf_counter()

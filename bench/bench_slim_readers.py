@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from fractions import Fraction
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -129,31 +127,16 @@ def reader_weights(study, next_only: bool = False) -> list:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", type=Path)
-    ap.add_argument("--name", required=True)
-    ap.add_argument("--tokens", type=int, default=16384)
-    ap.add_argument("--eval-tokens", type=int, default=4096)
-    ap.add_argument("--eval-seq-len", type=int, default=256)
-    ap.add_argument("--ratios", nargs="+", default=["3/4", "1/2"])
-    ap.add_argument("--calib", type=Path, default=None, help="calibration text (default: models.domains' docs)")
-    ap.add_argument("--eval", type=Path, nargs="+", default=None)
-    args = ap.parse_args()
-
     import numpy as np
 
-    from sui_onnx.analyze import AnalysisOptions
-    from sui_onnx.calib import CalibrationSpec
-    from sui_onnx.evaluate import Evaluator, ModelInput
-    from sui_onnx.slimming import SlimStudy, aligned
+    from _slim_common import add_study_args, evaluator, measure_row, plain_study, ratio_widths, texts
 
-    from _slim_common import measure_row, texts
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_study_args(ap)
+    args = ap.parse_args()
 
     calib, evals = texts(args.calib, args.eval)
-    spec = CalibrationSpec([calib], tokens=args.tokens)
-    t0 = time.perf_counter()
-    study = SlimStudy(args.model, spec, AnalysisOptions(device="cpu"))
-    study_s = time.perf_counter() - t0
+    _, study, study_s = plain_study(args, calib)
     found = readers(study)
     print(f"{len(found)} readers: " + " ".join(n.rsplit('/', 1)[-1] for _, n, _ in found[:4]) + " ...", flush=True)
     weightings = {"all later readers": reader_weights(study), "next block's readers": reader_weights(study, True)}
@@ -161,8 +144,7 @@ def main() -> None:
     for k, v in spread.items():
         print(f"g p99/p1 ({k}):", " ".join(f"{x:.1f}" for x in v), flush=True)
     plain = list(study.weights)
-    ev = Evaluator(evals, study.src.folder, ModelInput(path=study.src.path), seq_len=args.eval_seq_len,
-                   tokens=args.eval_tokens, device="cpu", kl=True)
+    ev = evaluator(study, evals, args)
 
     def weighted_variant(widths, gs):
         study._selections.clear()
@@ -174,7 +156,7 @@ def main() -> None:
 
     rows = []
     for r in args.ratios:
-        widths = [aligned(d, float(Fraction(r)), 64) for d in study.widths]
+        widths = ratio_widths(study, r)
         study._selections.clear()
         variants = [("id", study.variant(widths, "id")), ("variance", study.variant(widths, "variance"))]
         for k, gs in weightings.items():

@@ -25,7 +25,6 @@ import argparse
 import json
 import sys
 import time
-from fractions import Fraction
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -106,32 +105,20 @@ def residual_weighted(study, calib, cap: float = 1e3):
 
 
 def main() -> None:
+    from _slim_common import add_study_args, evaluator, measure_row, plain_study, ratio_widths, texts
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", type=Path)
-    ap.add_argument("--name", required=True)
-    ap.add_argument("--tokens", type=int, default=16384)
-    ap.add_argument("--eval-tokens", type=int, default=4096)
-    ap.add_argument("--eval-seq-len", type=int, default=256)
-    ap.add_argument("--ratios", nargs="+", default=["3/4", "1/2"])
+    add_study_args(ap, sources=False)
     args = ap.parse_args()
 
-    from sui_onnx.analyze import AnalysisOptions
-    from sui_onnx.calib import CalibrationSpec
-    from sui_onnx.evaluate import Evaluator, ModelInput
-    from sui_onnx.slimming import SlimStudy, aligned
-
-    from _slim_common import measure_row, texts
-
     code, evals = texts()
-    spec = CalibrationSpec([code], tokens=args.tokens)
-    t0 = time.perf_counter()
-    study = SlimStudy(args.model, spec, AnalysisOptions(device="cpu"))
+    spec, study, plain_s = plain_study(args, code)
     plain = {i: (study.cov[i], study.mean[i]) for i in range(len(study.widths))}
+    t0 = time.perf_counter()
     weighted, spread = residual_weighted(study, spec)
     print("rms(r) p99/p50 per layer:", " ".join(f"{x:.1f}" for x in spread), flush=True)
-    study_s = time.perf_counter() - t0
-    ev = Evaluator(evals, study.src.folder, ModelInput(path=study.src.path), seq_len=args.eval_seq_len,
-                   tokens=args.eval_tokens, device="cpu", kl=True)
+    study_s = plain_s + time.perf_counter() - t0  # both calibration passes, as before
+    ev = evaluator(study, evals, args)
 
     def use(stats):
         for i, (c, m) in (stats.items() if isinstance(stats, dict) else enumerate(stats)):
@@ -140,7 +127,7 @@ def main() -> None:
 
     rows = []
     for r in args.ratios:
-        widths = [aligned(d, float(Fraction(r)), 64) for d in study.widths]
+        widths = ratio_widths(study, r)
         use(plain)
         variants = [("id", study.variant(widths, "id")), ("variance", study.variant(widths, "variance"))]
         use(weighted)
