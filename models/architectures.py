@@ -14,7 +14,9 @@ exporter (torch.export + onnxscript: no module-scoped node names, weights in ext
 `TapRunner` (with `encoder=` for the decoder), as `sui-onnx report` uses them. `slim_check` then
 narrows each single-graph export to half its width with slim's library (`SlimStudy`) and compares
 the narrowed ONNX model with `slim_reference`, the method written out again in PyTorch. The
-export-marked tests/test_architectures.py runs this for every entry.
+export-marked tests/test_architectures.py runs this for every entry, and for optimum's merged
+decoders of the `MERGED` entries (`export_merged`; `incremental_diff` checks that the with-past
+branch computes the same model).
 """
 
 from __future__ import annotations
@@ -90,6 +92,14 @@ ARCHS: list[Arch] = [
                       vocab_size=VOCAB), kind="seq2seq", notes="encoder + decoder, exact GELU"),
 ]
 BY_NAME = {a.name: a for a in ARCHS}
+# optimum's merged decoder (export_merged): the two reference families with a Hugging Face class,
+# and causal ones with other attention and FFN layouts (GQA, Gemm biases, multi-query, ALiBi)
+MERGED: list[Arch] = [
+    Arch("llama", _LLAMA_LIKE, notes="SwiGLU, GQA"),
+    Arch("gpt2", dict(n_embd=D_MODEL, n_layer=LAYERS, n_head=HEADS, vocab_size=VOCAB, n_inner=D_FF),
+         notes="Conv1D as Gemm, Reshape to the width, gelu_new"),
+    BY_NAME["qwen2"], BY_NAME["phi"], BY_NAME["falcon"], BY_NAME["bloom"],
+]
 
 
 def input_ids() -> np.ndarray:
@@ -162,6 +172,69 @@ def export(model: torch.nn.Module, arch: Arch, folder: Path, with_past: bool = F
             files.update(decoder_merged=out / "decoder_model_merged.onnx", decoder_with_past=out / "decoder_with_past_model.onnx")
         return files
     return {"model": out / "model.onnx"}
+
+
+def export_merged(model: torch.nn.Module, arch: Arch, folder: Path) -> Path:
+    """A causal model as optimum's merged decoder, the layout of many Hub ONNX repos:
+    ``decoder_model_merged.onnx``, an If(use_cache_branch) over the decoder without past (which
+    still returns the cache) and the decoder with past, their weights stored once in the outer
+    graph (optimum.onnx.merge_decoders, from the two legacy decoders exported with optimum's own
+    ONNX config: use_past_in_inputs False and True)."""
+    from optimum.exporters.onnx import main_export
+    from optimum.exporters.tasks import TasksManager
+    from optimum.onnx import merge_decoders
+
+    if arch.kind != "causal":
+        raise ValueError("merged decoders are a causal model's layout")
+    ctor = TasksManager.get_exporter_config_constructor(exporter="onnx", model=model, task="text-generation-with-past",
+                                                        library_name="transformers")
+    model.save_pretrained(folder / "hf")
+    parts = {}
+    for name, past_in in (("decoder_model", False), ("decoder_with_past_model", True)):
+        config = ctor(model.config, use_past=True, use_past_in_inputs=past_in)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            main_export(str(folder / "hf"), output=str(folder / name), task="text-generation-with-past", opset=OPSET,
+                        device="cpu", do_validation=False, no_post_process=True, library_name="transformers",
+                        custom_onnx_configs={"model": config})
+        parts[name] = folder / name / "model.onnx"
+    out = folder / "merged" / "decoder_model_merged.onnx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    merge_decoders(parts["decoder_model"], parts["decoder_with_past_model"], save_path=str(out))
+    return out
+
+
+def incremental_diff(path: Path, ids: np.ndarray) -> float:
+    """max |logits| difference at the last position between a merged decoder run on all of
+    ``ids`` without past and the same decoder run on the last id with past (the cache its
+    no-past branch returned for the ids before): 0 up to rounding when the two branches compute
+    the same model."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    past_inputs = [i for i in session.get_inputs() if i.name.startswith("past_key_values")]
+
+    def run(chunk: np.ndarray, past: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        b, t = chunk.shape
+        p = 0 if not past else next(iter(past.values())).shape[-2]
+        feeds = {"input_ids": chunk, "attention_mask": np.ones((b, p + t), np.int64),
+                 "use_cache_branch": np.array([bool(past)])}
+        if "position_ids" in {i.name for i in session.get_inputs()}:
+            feeds["position_ids"] = np.tile(np.arange(p, p + t), (b, 1))
+        for inp in past_inputs:
+            if past:
+                feeds[inp.name] = past[inp.name]
+            else:
+                shape = [b if j == 0 else (d if isinstance(d, int) else 0) for j, d in enumerate(inp.shape)]
+                feeds[inp.name] = np.zeros(shape, np.float32)
+        return dict(zip(names, session.run(None, feeds)))
+
+    full = run(ids, None)
+    first = run(ids[:, :-1], None)
+    past = {n.replace("present", "past_key_values"): v for n, v in first.items() if n.startswith("present")}
+    step = run(ids[:, -1:], past)
+    return float(np.abs(step["logits"][:, -1] - full["logits"][:, -1]).max())
 
 
 def export_dynamo(model: torch.nn.Module, arch: Arch, folder: Path) -> dict[str, Path]:
@@ -275,9 +348,11 @@ def slim_reference(model: torch.nn.Module, arch: Arch, calib: np.ndarray, ids: n
             h.remove()
 
 
-def slim_check(model: torch.nn.Module, arch: Arch, path: Path, workdir: Path, ratio: float = 0.5) -> dict:
+def slim_check(model: torch.nn.Module, arch: Arch, path: Path, workdir: Path, ratio: float = 0.5,
+               save: Path | None = None) -> dict:
     """sui-onnx slim's narrowed model of the export at ``path`` (calibrated on random ids) against
-    `slim_reference`: {"widths", "max_abs_diff", "scale"} on other random ids."""
+    `slim_reference`: {"widths", "max_abs_diff", "scale"} on other random ids. ``save``: where to
+    write the narrowed model too (weights inside the file; tiny models only)."""
     from sui_onnx.analyze import AnalysisOptions
     from sui_onnx.calib import CalibrationSpec
     from sui_onnx.runner import FeedBuilder, create_session
@@ -290,6 +365,8 @@ def slim_check(model: torch.nn.Module, arch: Arch, path: Path, workdir: Path, ra
     study = SlimStudy(path, CalibrationSpec([workdir / "calib.npy"]), AnalysisOptions(device="cpu"))
     widths = study.uniform_widths(ratio=ratio, align=8)
     variant = study.variant(widths, "id")
+    if save is not None:
+        save.write_bytes(variant.model.SerializeToString())
     session, _ = create_session(variant.model.SerializeToString(), "cpu", external_folder=study.src.data_folder)
     got = np.asarray(session.run(None, FeedBuilder(session.get_inputs())(ids))[0], dtype=np.float64)
     want = slim_reference(model, arch, calib, ids, variant.keep, dict(study.weighting), study.ridge)

@@ -121,13 +121,13 @@ class SlimStudy:
     def __init__(self, model: str | Path, calib, options, ridge: float = DEFAULT_RIDGE, weighting: bool = True):
         from .analyze import analyze
         from .graph import load_model
-        from .graph.surgery import FFNSurgery
+        from .graph.surgery import plan_surgery
 
         if ridge < 0 or not math.isfinite(ridge):
             raise SuiError(f"{option('ridge')} must be a finite number >= 0, got {ridge}")
         self.ridge = float(ridge)
         self.src = load_model(model, lean=True)
-        self.surgery = FFNSurgery(self.src)  # refuses unsupported graphs before any calibration
+        self.surgery = plan_surgery(self.src)  # refuses unsupported graphs before any calibration
         self.cov = CovarianceStore(self._store_budget(options, calib))
         self.mean: dict[int, np.ndarray] = {}
         self.warnings: list[str] = []

@@ -417,13 +417,26 @@ def default_feeds(model: onnx.ModelProto, ids: np.ndarray) -> dict[str, np.ndarr
     return feeds
 
 
+def _copy(t: onnx.TensorProto) -> onnx.TensorProto:
+    out = onnx.TensorProto()
+    out.CopyFrom(t)
+    return out
+
+
 def merged_decoder(model: onnx.ModelProto, cond: str = "use_cache_branch",
-                   else_keeps_output_names: bool = False) -> onnx.ModelProto:
+                   else_keeps_output_names: bool = False, branch_constants: bool = False) -> onnx.ModelProto:
     """Wrap a decoder like optimum's merged export: If(cond) with two copies of the graph as
     then ("with_past/") and else ("no_past/") branches reading the outer inputs/weights.
     ``else_keeps_output_names``: the else branch's outputs carry the If's own output names, as
-    in optimum's merged T5 decoder."""
+    in optimum's merged T5 decoder. ``branch_constants``: scalars and 1-D integer initializers
+    (shapes, split bounds) are held in each branch under their own names, as optimum's
+    merge_decoders places them, instead of in the outer graph."""
     g = model.graph
+
+    def small(t: onnx.TensorProto) -> bool:
+        return branch_constants and (len(t.dims) == 0 or (len(t.dims) == 1 and t.data_type in (TensorProto.INT32, TensorProto.INT64)))
+
+    local = [t for t in g.initializer if small(t)]
     outer = {t.name for t in g.initializer} | {i.name for i in g.input}
     out_names = {o.name for o in g.output}
 
@@ -453,12 +466,12 @@ def merged_decoder(model: onnx.ModelProto, cond: str = "use_cache_branch",
                 for other in nodes:
                     other.output[:] = [ident.output[0] if o == ident.input[0] else o for o in other.output]
                 nodes.remove(ident)
-        return helper.make_graph(nodes, prefix.strip("/"), [], outs)
+        return helper.make_graph(nodes, prefix.strip("/"), [], outs, initializer=[_copy(t) for t in local])
 
     if_node = helper.make_node("If", [cond], [o.name for o in g.output], name="optimum::if",
                                then_branch=branch("with_past/"), else_branch=branch("no_past/"))
     inputs = list(g.input) + [helper.make_tensor_value_info(cond, TensorProto.BOOL, [1])]
-    graph = helper.make_graph([if_node], "merged", inputs, list(g.output), list(g.initializer))
+    graph = helper.make_graph([if_node], "merged", inputs, list(g.output), [t for t in g.initializer if not small(t)])
     merged = helper.make_model(graph, opset_imports=list(model.opset_import))
     merged.ir_version = model.ir_version
     return merged

@@ -1,7 +1,7 @@
 """Graph detection and tapping on real optimum exports of 22 more Hugging Face architectures
 (decoders, encoders and the T5 / BART encoder-decoders), each against PyTorch hooks on the
-down-projection input; and slim on every single-graph one, against the method computed in PyTorch.
-The recipe is models/architectures.py; needs the export stack."""
+down-projection input; and slim on every single-graph one and on optimum's merged decoders of six,
+against the method computed in PyTorch. The recipe is models/architectures.py; needs the export stack."""
 
 from __future__ import annotations
 
@@ -90,6 +90,21 @@ def test_the_slim_check_fails_on_a_wrong_neuron_or_another_ridge(tmp_path, monke
         monkeypatch.setattr(zoo, "slim_reference", wrong)
         s = zoo.slim_check(res["torch_model"], arch, res["files"]["model"], tmp_path)
         assert s["max_abs_diff"] >= SLIM_TOLERANCE * max(1.0, s["scale"]), wrong.__name__
+
+
+@pytest.mark.parametrize("arch", zoo.MERGED, ids=[a.name for a in zoo.MERGED])
+def test_optimum_merged_decoders_slim_in_both_branches_like_pytorch(arch, tmp_path):
+    """optimum's merged decoder (decoder_model_merged.onnx: If(use_cache_branch) over the legacy
+    decoders without and with past, merged by optimum.onnx.merge_decoders): the narrowed model
+    computes the method on PyTorch's activations, and its with-past branch the same model (one
+    step with the cache gives the full run's last logits)."""
+    model = zoo.build(arch)
+    path = zoo.export_merged(model, arch, tmp_path)
+    assert zoo.incremental_diff(path, zoo.input_ids()) < zoo.TOLERANCE
+    s = zoo.slim_check(model, arch, path, tmp_path, save=tmp_path / "slim.onnx")
+    assert s["widths"] == s["expected_widths"] == [arch.d_ff // 2] * zoo.LAYERS
+    assert s["max_abs_diff"] < SLIM_TOLERANCE * max(1.0, s["scale"]), f"{arch.name}: slim differs by {s['max_abs_diff']:.3g}"
+    assert zoo.incremental_diff(tmp_path / "slim.onnx", zoo.input_ids()) < zoo.TOLERANCE
 
 
 def test_t5_kv_cache_exports_merged_decoder_equals_hooks_and_cache_only_decoder_is_refused(tmp_path):

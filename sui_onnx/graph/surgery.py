@@ -3,9 +3,10 @@
 ``FFNSurgery(src)`` plans every detected FFN block before any work is done, and refuses with
 one line what it cannot narrow exactly: weights that are not float32/float16 initializers of a
 MatMul or Gemm (int8 MatMulInteger, int4 MatMulNBits, computed weights), weights shared with
-other nodes (tied layers), fused gate/up projections split in a way it cannot follow, blocks
-inside If subgraphs (merged decoders). ``apply`` then writes nothing: it returns a new
-ModelProto in which, per layer,
+other nodes (tied layers), fused gate/up projections split in a way it cannot follow. An optimum
+merged decoder (the blocks inside the two branches of If(use_cache_branch)) is narrowed by
+``MergedSurgery``, which plans each branch as a graph of its own (``plan_surgery`` picks the
+one a model needs). ``apply`` then writes nothing: it returns a new ModelProto in which, per layer,
 
 * the up (and gate) projection keeps the columns of the kept neurons (a fused gate_up keeps the
   same neurons in both halves, and its Slice/Split bounds shrink with it);
@@ -94,9 +95,9 @@ class FFNSurgery:
     def __init__(self, src: ModelSource):
         self.src = src
         analysis = inspect_model(src.model)
-        if analysis.inlined:
-            raise NotSlimmable("the FFN blocks sit inside If subgraphs (an optimum merged decoder): slim "
-                             "decoder_model.onnx instead of decoder_model_merged.onnx")
+        if analysis.inlined:  # plan_surgery gives a merged decoder to MergedSurgery
+            raise NotSlimmable("the FFN blocks sit inside If subgraphs (an optimum merged decoder): "
+                               "use plan_surgery, which narrows both of its branches")
         self.ix: GraphIndex = analysis.index
         self.blocks: list[FFNBlock] = analysis.blocks
         if not self.blocks:
@@ -356,10 +357,7 @@ class FFNSurgery:
             g.node.insert(before, node)
         del g.value_info[:]  # shapes along the hidden width changed; onnxruntime infers them again
         _drop_unused_initializers(g)
-        meta = {p.key: p for p in model.metadata_props}
-        entry = meta.get("sui_onnx.slim") or model.metadata_props.add()
-        entry.key = "sui_onnx.slim"
-        entry.value = ",".join(str(len(edits[i].keep)) if i in edits else str(p.width) for i, p in enumerate(self.plans))
+        _record_widths(model, [len(edits[i].keep) if i in edits else p.width for i, p in enumerate(self.plans)])
         return model
 
     def _new(self, inits: list, base: str, layer: int, value: np.ndarray) -> str:
@@ -478,6 +476,149 @@ class FFNSurgery:
                 raise self._refuse(plan.layer, f"its fused gate/up projection is split at {v}, not at a multiple of {d}")
             out[i] = v // d * k
         return out
+
+
+def plan_surgery(src: ModelSource) -> "FFNSurgery | MergedSurgery":
+    """The surgery for ``src``: `MergedSurgery` for an optimum merged decoder (FFN blocks in the
+    two branches of If(use_cache_branch)), else `FFNSurgery`."""
+    if inspect_model(src.model).inlined:
+        return MergedSurgery(src)
+    return FFNSurgery(src)
+
+
+class MergedSurgery:
+    """Narrows an optimum merged decoder: both branches of its If(use_cache_branch) alike.
+
+    Each branch (with and without past) is planned as a graph of its own (the main graph's
+    nodes before the If, the branch's nodes, the outer and the branch's initializers), and the
+    two must narrow the same weights: every FFN block of the no-past branch has its twin in the
+    with-past branch reading the same up and down weights (optimum's merge stores them once, in
+    the outer graph). The layers, widths, weights and parameter counts are the no-past branch's
+    (the one report taps and eval runs); ``apply`` gives both branches the same edits and puts
+    each new weight in the outer graph once (both branches read it), while new scalars and
+    integer vectors stay in the branch that uses them, as optimum places them."""
+
+    def __init__(self, src: ModelSource):
+        from dataclasses import replace
+
+        from .taps import merged_if_index
+
+        self.src = src
+        n = merged_if_index(src.model)
+        if n is None:
+            raise NotSlimmable("the FFN blocks sit inside If/Loop subgraphs that are not an optimum merged "
+                               "decoder's If(use_cache_branch): slim the decoder without past (decoder_model.onnx)")
+        self.if_index = n
+        self.branches = {which: FFNSurgery(replace(src, model=self._standalone(which)))
+                         for which in ("else_branch", "then_branch")}
+        plain, past = self.branches["else_branch"], self.branches["then_branch"]
+        self.ix, self.blocks, self.plans = plain.ix, plain.blocks, plain.plans
+        by_down = {p.down.name: i for i, p in enumerate(past.plans)}
+        self.twin: list[int] = []  # layer of the no-past branch -> its layer in the with-past branch
+        for i, p in enumerate(plain.plans):
+            j = by_down.get(p.down.name)
+            q = past.plans[j] if j is not None else None
+            if q is None or q.width != p.width or [u.name for u, _, _ in q.ups] != [u.name for u, _, _ in p.ups]:
+                raise NotSlimmable(f"cannot slim FFN layer {i}: the merged decoder's two branches do not share its "
+                                   "weights (slim decoder_model.onnx and decoder_with_past_model.onnx instead)")
+            self.twin.append(j)
+        if len(set(self.twin)) != len(self.twin) or len(past.plans) != len(plain.plans):
+            raise NotSlimmable("the merged decoder's two branches have different FFN blocks: slim decoder_model.onnx "
+                               "and decoder_with_past_model.onnx instead")
+
+    def _standalone(self, which: str) -> onnx.ModelProto:
+        """The main graph up to the If, then the ``which`` branch's nodes, as one graph whose
+        outputs are the branch's."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.src.model)
+        g = model.graph
+        branch = attr(g.node[self.if_index], which)
+        pre = list(g.node[:self.if_index])
+        del g.node[:]
+        g.node.extend(pre)
+        g.node.extend(branch.node)
+        del g.output[:]
+        g.output.extend(branch.output)
+        g.initializer.extend(branch.initializer)
+        g.sparse_initializer.extend(branch.sparse_initializer)
+        g.value_info.extend(branch.value_info)
+        return model
+
+    def down_weight(self, layer: int) -> np.ndarray:
+        return self.branches["else_branch"].down_weight(layer)
+
+    def array(self, name: str) -> np.ndarray:
+        return self.branches["else_branch"].array(name)
+
+    def apply(self, edits: Mapping[int, LayerEdit]) -> onnx.ModelProto:
+        """A new merged decoder with ``edits`` (keyed by the no-past branch's layers) applied to
+        both branches."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.src.model)
+        g = model.graph
+        if_node = g.node[self.if_index]
+        outer = {t.name for t in g.initializer}
+        stored: dict[bytes, str] = {}        # a new tensor's content -> its name in the outer graph
+        hoisted: dict[str, onnx.TensorProto] = {}
+        for which in ("else_branch", "then_branch"):
+            sub = self.branches[which]
+            layer_edits = edits if which == "else_branch" else {self.twin[i]: e for i, e in edits.items()}
+            flat = sub.apply(layer_edits).graph
+            pre = flat.node[:self.if_index]
+            if [n.SerializeToString() for n in pre] != [n.SerializeToString() for n in g.node[:self.if_index]]:
+                raise SuiError("slimming changed nodes outside the merged decoder's branches")  # cannot happen
+            branch = next(a.g for a in if_node.attribute if a.name == which)
+            local = {t.name for t in branch.initializer}
+            keep_local, rename = [], {}
+            for t in flat.initializer:
+                if t.name in local or (t.name not in outer and _branch_constant(t)):
+                    keep_local.append(t)
+                elif t.name not in outer:  # new: one copy in the outer graph per distinct content
+                    body = onnx.TensorProto()
+                    body.CopyFrom(t)
+                    body.name = ""
+                    key = body.SerializeToString()
+                    name = stored.get(key)
+                    if name is None:
+                        name = t.name
+                        k = 1
+                        while name in hoisted or name in outer:
+                            name, k = f"{t.name}.{k}", k + 1
+                        stored[key] = name
+                        copy = onnx.TensorProto()
+                        copy.CopyFrom(t)
+                        copy.name = name
+                        hoisted[name] = copy
+                    if name != t.name:
+                        rename[t.name] = name
+            nodes = list(flat.node[self.if_index:])
+            for node in nodes:
+                for s, name in enumerate(node.input):
+                    if name in rename:
+                        node.input[s] = rename[name]
+            del branch.node[:]
+            branch.node.extend(nodes)
+            del branch.initializer[:]
+            branch.initializer.extend(keep_local)
+            del branch.value_info[:]  # shapes along the hidden width changed
+        g.initializer.extend(hoisted.values())
+        _drop_unused_initializers(g)
+        _record_widths(model, [len(edits[i].keep) if i in edits else p.width for i, p in enumerate(self.plans)])
+        return model
+
+
+def _branch_constant(t: onnx.TensorProto) -> bool:
+    """A scalar or a 1-D integer vector (shapes, split bounds): optimum's merge keeps such
+    constants in the branches (onnxruntime's optimizer mishandles them in the outer graph)."""
+    return len(t.dims) == 0 or (len(t.dims) == 1 and t.data_type in (onnx.TensorProto.INT32, onnx.TensorProto.INT64))
+
+
+def _record_widths(model: onnx.ModelProto, widths: list[int]) -> None:
+    """The FFN widths after slimming, in the model's metadata (``sui_onnx.slim``)."""
+    meta = {p.key: p for p in model.metadata_props}
+    entry = meta.get("sui_onnx.slim") or model.metadata_props.add()
+    entry.key = "sui_onnx.slim"
+    entry.value = ",".join(map(str, widths))
 
 
 def _drop_unused_initializers(g: onnx.GraphProto) -> None:

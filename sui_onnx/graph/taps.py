@@ -258,13 +258,10 @@ def _has_subgraph_projections(graph: onnx.GraphProto) -> bool:
     return False
 
 
-def inline_no_past_branch(model: onnx.ModelProto) -> onnx.ModelProto | None:
-    """Replace an optimum merged decoder's If(use_cache_branch) by its no-past (else) branch.
-
-    The branch's nodes and initializers join the main graph and Identity nodes rebind the If
-    outputs, so every tensor of the no-past path becomes a main-graph tensor that can be an
-    output.  Returns None when there is no such If node.  The declared inputs do not change.
-    """
+def merged_if_index(model: onnx.ModelProto) -> int | None:
+    """The index of an optimum merged decoder's If(use_cache_branch) among the main graph's
+    nodes (the condition read from an input named for the cache, through Identity/Cast), or
+    None when there is not exactly one such If."""
     g = model.graph
     candidates = []
     for n, node in enumerate(g.node):
@@ -277,9 +274,20 @@ def inline_no_past_branch(model: onnx.ModelProto) -> onnx.ModelProto | None:
                 cond_names.add(other.input[0])
         if any("use_cache" in c or "past" in c for c in cond_names):
             candidates.append(n)
-    if len(candidates) != 1:
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def inline_no_past_branch(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """Replace an optimum merged decoder's If(use_cache_branch) by its no-past (else) branch.
+
+    The branch's nodes and initializers join the main graph and Identity nodes rebind the If
+    outputs, so every tensor of the no-past path becomes a main-graph tensor that can be an
+    output.  Returns None when there is no such If node.  The declared inputs do not change.
+    """
+    g = model.graph
+    n = merged_if_index(model)
+    if n is None:
         return None
-    n = candidates[0]
     node = g.node[n]
     branch = attr(node, "else_branch")
     if branch is None or len(branch.output) != len(node.output):
