@@ -40,7 +40,7 @@ from ..safeio import umask
 from .detect import FFNBlock, region_inputs
 from .index import GraphIndex, attr, uses_external_data
 from .source import ModelSource, external_info
-from .taps import inspect_model
+from .taps import Analysis, inspect_model
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16}
 _SINGLE_FILE_LIMIT = 1 << 28  # bytes of weights above which the copy uses external data, copied range by range
@@ -92,9 +92,10 @@ class NotSlimmable(ModelError):
 class FFNSurgery:
     """Plans the narrowing of every FFN block of ``src`` (see module doc)."""
 
-    def __init__(self, src: ModelSource):
+    def __init__(self, src: ModelSource, analysis: Analysis | None = None):
+        """``analysis``: `inspect_model` of ``src.model``, when the caller has it already."""
         self.src = src
-        analysis = inspect_model(src.model)
+        analysis = analysis if analysis is not None else inspect_model(src.model)
         if analysis.inlined:  # plan_surgery gives a merged decoder to MergedSurgery
             raise NotSlimmable("the FFN blocks sit inside If subgraphs (an optimum merged decoder): "
                                "use plan_surgery, which narrows both of its branches")
@@ -481,9 +482,8 @@ class FFNSurgery:
 def plan_surgery(src: ModelSource) -> "FFNSurgery | MergedSurgery":
     """The surgery for ``src``: `MergedSurgery` for an optimum merged decoder (FFN blocks in the
     two branches of If(use_cache_branch)), else `FFNSurgery`."""
-    if inspect_model(src.model).inlined:
-        return MergedSurgery(src)
-    return FFNSurgery(src)
+    analysis = inspect_model(src.model)
+    return MergedSurgery(src) if analysis.inlined else FFNSurgery(src, analysis)
 
 
 class MergedSurgery:
