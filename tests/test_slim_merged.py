@@ -157,3 +157,33 @@ def test_report_eval_measures_a_merged_decoders_narrower_widths(tmp_path):
     assert r.returncode == 0, r.stderr
     advice = json.loads((tmp_path / "r.json").read_text())["advice"]
     assert advice["measured"], advice
+
+
+@pytest.mark.parametrize("differ", [False, True])
+def test_weights_held_in_each_branch_are_narrowed_once_when_equal_and_refused_when_not(tmp_path, differ):
+    """A merge that left a down weight in each branch under one name: equal copies are one weight
+    (narrowed once, stored once in the outer graph); different ones are two models' weights."""
+    merged = merged_folder("llama_past", tmp_path / "m")
+    model = onnx.load(str(merged))
+    branches = {a.name: a.g for a in model.graph.node[0].attribute}
+    down = next(n for n in branches["else_branch"].node if n.op_type == "MatMul" and "down_proj" in n.name)
+    weight = next(t for t in model.graph.initializer if t.name == down.input[1])
+    model.graph.initializer.remove(weight)
+    for which, g in branches.items():
+        value = numpy_helper.to_array(weight)
+        g.initializer.append(numpy_helper.from_array(value * 1.5 if differ and which == "then_branch" else value, weight.name))
+    onnx.save(model, str(merged))
+    r = cli("slim", merged, tmp_path / "s", *SLIM_ARGS)
+    if differ:
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "do not share its weights" in r.stderr, r.stderr
+        assert not (tmp_path / "s").exists()
+        return
+    assert r.returncode == 0, r.stderr
+    out = onnx.load(str(tmp_path / "s" / "model.onnx"))
+    assert all(t.name != weight.name for a in out.graph.node[0].attribute for t in a.g.initializer)
+    ids = np.random.default_rng(1).integers(0, 500, (2, 10))
+    first = run(tmp_path / "s" / "model.onnx", ids[:, :-1], use_cache=False)
+    past = {k.replace("present", "past_key_values"): v for k, v in first.items() if k.startswith("present")}
+    full = run(tmp_path / "s" / "model.onnx", ids, use_cache=False)["logits"]
+    step = run(tmp_path / "s" / "model.onnx", ids[:, -1:], past)["logits"]
+    np.testing.assert_allclose(step[:, -1], full[:, -1], rtol=0, atol=1e-5 * np.abs(full).max())

@@ -513,12 +513,20 @@ class MergedSurgery:
                          for which in ("else_branch", "then_branch")}
         plain, past = self.branches["else_branch"], self.branches["then_branch"]
         self.ix, self.blocks, self.plans = plain.ix, plain.blocks, plain.plans
+        outer = {t.name for t in src.model.graph.initializer}
+
+        def same(name: str) -> bool:  # one tensor: stored once outside, or equal copies in both branches
+            return name in outer or (name in past.ix.initializers and plain.ix.initializers[name].SerializeToString()
+                                     == past.ix.initializers[name].SerializeToString())
+
         by_down = {p.down.name: i for i, p in enumerate(past.plans)}
         self.twin: list[int] = []  # layer of the no-past branch -> its layer in the with-past branch
         for i, p in enumerate(plain.plans):
             j = by_down.get(p.down.name)
             q = past.plans[j] if j is not None else None
-            if q is None or q.width != p.width or [u.name for u, _, _ in q.ups] != [u.name for u, _, _ in p.ups]:
+            names = [p.down.name] + [u.name for u, _, _ in p.ups]
+            if (q is None or q.width != p.width or [u.name for u, _, _ in q.ups] != names[1:]
+                    or not all(map(same, names))):
                 raise NotSlimmable(f"cannot slim FFN layer {i}: the merged decoder's two branches do not share its "
                                    "weights (slim decoder_model.onnx and decoder_with_past_model.onnx instead)")
             self.twin.append(j)
