@@ -160,6 +160,24 @@ def test_the_search_finds_the_span_width_and_records_every_probe(tmp_path):
     assert any("the width search cannot tell widths apart" in w and "single window" in w for w in record["warnings"])
 
 
+def test_a_search_that_finds_no_narrower_width_names_each_probe_and_its_cost(tmp_path):
+    import re
+
+    model = relu_lm(tmp_path / "m", k=8, copies=1)  # 8 independent neurons: every narrower width costs
+    np.save(tmp_path / "held.npy", sampled_text(model, 40, 64, seed=3))
+    np.save(tmp_path / "calib.npy", np.load(tmp_path / "m_ids.npy"))
+    r = cli("slim", model, tmp_path / "out", "--max-loss-increase", "1e-6", "--calib", tmp_path / "calib.npy",
+            "--eval", tmp_path / "held.npy", "--align", 2, "--ridge", 0, "-q")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    found = re.search(r"no width below 8 keeps dCE <= 1e-06 nats on every --eval source \(probes, worst dCE: (.*)\): "
+                      r"nothing was written", r.stderr)
+    assert found, r.stderr
+    probes = [p.split() for p in found.group(1).split(", ")]
+    assert [int(w) for w, _ in probes] == sorted(int(w) for w, _ in probes) and all(int(w) < 8 for w, _ in probes)
+    assert all(float(d) > 1e-6 for _, d in probes)
+    assert not (tmp_path / "out").exists()
+
+
 def test_report_eval_measures_the_ladder_and_recommends_the_smallest_width_within_the_limit(tmp_path):
     model = relu_lm(tmp_path / "m", k=6, copies=8)  # D = 48: the ladder is 8 (too few? 6 suffice), 12, 24, 36
     ids = np.load(tmp_path / "m_ids.npy")

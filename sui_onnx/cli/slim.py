@@ -153,8 +153,9 @@ def run(args: argparse.Namespace) -> int:
             for entry in search:
                 entry["widths"] = probed.get(entry["width"])
         if k is None:
+            probes = ", ".join(f"{s['width']} {_fmt(s['worst_delta_ce'])}" for s in sorted(search, key=lambda s: s["width"]))
             raise SuiError(f"no width below {widest} keeps dCE <= {args.max_loss_increase} nats on every --eval source "
-                           f"(probes: {', '.join(str(s['width']) for s in search)}): nothing was written")
+                           f"(probes, worst dCE: {probes}): nothing was written")
         uniform = [min(k, d) for d in study.widths]
         request = {"max_loss_increase": args.max_loss_increase}
     else:
