@@ -132,17 +132,21 @@ def ort_load_message(text: str, limit: int = 300) -> str:
 
 
 def create_session(
-    model: Path | bytes, device: str = "auto", threads: int | None = None, external_folder: Path | None = None
+    model: Path | bytes, device: str = "auto", threads: int | None = None, external_folder: Path | None = None,
+    arena: bool = True,
 ) -> tuple[Any, DeviceChoice]:
     """Create the session and confirm the provider actually in use (never trust availability).
 
     ``model`` is a path or serialized bytes; for bytes, ``external_folder`` is where the
-    model's external-data files live (so a tapped copy never has to be written beside them)."""
+    model's external-data files live (so a tapped copy never has to be written beside them).
+    ``arena`` False: no CPU memory arena, so the buffers of one run are freed after it instead of
+    kept for the next (eval: the logits of a large vocabulary, two sessions side by side)."""
     ort = import_onnxruntime()
     model_arg = model if isinstance(model, bytes) else str(model)
 
     def options() -> Any:
         so = session_options(ort, threads)
+        so.enable_cpu_mem_arena = arena
         if external_folder is not None:
             so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_folder))
         return so

@@ -207,10 +207,12 @@ class SlimStudy:
         self._moments[i].update(h, norm_weights(h @ w + b, self.weighting[i]).astype(np.float32))
 
     def release(self) -> None:
-        """Drop the statistics and selections (D x D per layer); variants built so far stay valid."""
+        """Drop the statistics, selections and down weights (D x D and D x m per layer); variants
+        built so far stay valid, new ones cannot be built."""
         self.cov.clear()
         self.mean.clear()
         self._selections.clear()
+        self.weights = []
 
     @property
     def widths(self) -> list[int]:

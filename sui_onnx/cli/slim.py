@@ -174,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
                if any(r < d for r, d in zip(raw, study.widths)) else "")
         warnings.append(f"{asked} keeps every layer at its full FFN width ({width_span(study.widths)}{why}): nothing was "
                         "removed, and the model written has the original's FFNs unchanged")
+    # the variant is built: neither measuring, writing nor checking it needs the D x D statistics
+    study.release()
     evaluation = None
     if evaluator is not None:
         evaluator.kl = True  # the written model is measured in full, KL included
@@ -189,11 +191,13 @@ def run(args: argparse.Namespace) -> int:
     record = slim_record(study, variant, request, None, None, evaluation, search, warnings, args.method,
                          args.schedule, args.align)
     record["warnings"] = [cli_message(w, "slim") for w in record["warnings"]]  # options as their flags
-    study.release()  # the D x D statistics are not needed to write and check the model
+    evaluator = None  # nor the original's eval session
     written = write_model_folder(variant.model, study.src, out_dir,
                                  {"slim.json": (json.dumps(record, indent=2, allow_nan=False) + "\n").encode()},
                                  copy_from=study.src.folder)
-    note = _verify(written, variant.widths, study.src.path)
+    widths = list(variant.widths)
+    del variant  # the narrowed weights are on disk now; the check loads them from there
+    note = _verify(written, widths, study.src.path)
     if note is not None:
         record["warnings"].append(note)
     record["model"] = {"path": str(written), "sha256": file_sha256(written)}
