@@ -4,6 +4,7 @@ is known and on the committed fixtures of every supported FFN architecture."""
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -316,6 +317,19 @@ def test_quantized_ffns_are_refused_with_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and not (tmp_path / "r.json").exists()
     assert "--eval measures narrower FFNs, which this model cannot give (cannot slim FFN layer 0" in r.stderr
     assert "int8" in r.stderr and "report without --eval" in r.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_graph_whose_outputs_are_the_ffn_activations_is_refused(tmp_path):
+    """sui-onnx's own tapped copy outputs the hidden activations: narrowing would change their width."""
+    from sui_onnx.graph import find_taps, load_model, write_tapped
+
+    shutil.copytree(FIXTURES / "llama_w128", tmp_path / "m")
+    src = load_model(tmp_path / "m" / "model.onnx")
+    write_tapped(src, find_taps(src.model), tmp_path / "m" / "model.tapped.onnx")
+    r = cli("slim", tmp_path / "m" / "model.tapped.onnx", tmp_path / "s", "--ratio", 0.5, "--tokens", 512, "--seq-len", 32)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "cannot slim FFN layer 0: its hidden activation" in r.stderr and "is a graph output" in r.stderr
     assert not (tmp_path / "s").exists()
 
 

@@ -158,7 +158,21 @@ class FFNSurgery:
             if up.n not in (d, 2 * d):
                 raise self._refuse(layer, f"its up projection is {up.n} wide for {d} neurons")
         self._plan_region(layer, block, plan)
+        hidden = self._hidden_outputs(block)
+        if hidden:
+            raise self._refuse(layer, f"its hidden activation {hidden[0]!r} is a graph output (as in sui-onnx's tapped "
+                                      "copy, model.tapped.onnx), whose width narrowing would change: slim the model "
+                                      "without it (model.onnx)")
         return plan
+
+    def _hidden_outputs(self, block: FFNBlock) -> list[str]:
+        """Graph outputs that run along the block's hidden width (its activations, tapped)."""
+        ix = self.ix
+        outputs = {ix.canon(o.name) for o in self.src.model.graph.output}
+        hidden = {ix.canon(block.post)} | {ix.canon(u.output) for u in block.ups}
+        for n in set(block.region) | self._path_nodes(block):
+            hidden.update(ix.canon(o) for o in ix.nodes[n].output if o)
+        return sorted(hidden & outputs)
 
     def _post_norm(self, out: str) -> str | None:
         """How the FFN output ``out`` is normalized on its own before it joins the residual stream
