@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="Exit codes: 0 success, 2 bad input or a model slim cannot narrow (one line says why), 130 "
                "interrupted (Ctrl-C or SIGTERM; the calibration is saved to a checkpoint first, nothing is half-written).",
     )
-    p.add_argument("model", metavar="MODEL", help=".onnx file or folder holding model.onnx (never modified)")
+    p.add_argument("model", metavar="MODEL", help=".onnx file or folder holding model.onnx (never modified); an optimum merged "
+                   "decoder (decoder_model_merged.onnx) is narrowed in both of its branches")
     p.add_argument("out_dir", metavar="OUT_DIR", type=path_arg,
                    help="new folder for the narrower model (must not exist, or be empty)")
     g = p.add_argument_group("target width (one of)")
