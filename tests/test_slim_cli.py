@@ -333,6 +333,26 @@ def test_a_graph_whose_outputs_are_the_ffn_activations_is_refused(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_qdq_quantized_weights_are_refused_as_quantized(tmp_path):
+    """A QDQ graph (the weight a DequantizeLinear of an int8 initializer) is said to be quantized."""
+    shutil.copytree(FIXTURES / "llama_w128", tmp_path / "m")
+    path = tmp_path / "m" / "model.onnx"
+    model = onnx.load(str(path))
+    down = next(n for n in model.graph.node if n.op_type == "MatMul" and "down_proj" in n.name)
+    w = next(t for t in model.graph.initializer if t.name == down.input[1])
+    value = numpy_helper.to_array(w)
+    scale = np.float32(np.abs(value).max() / 127)
+    model.graph.initializer.extend([numpy_helper.from_array(np.round(value / scale).astype(np.int8), "w_q"),
+                                    numpy_helper.from_array(np.array(scale, np.float32), "w_scale")])
+    model.graph.node.insert(0, helper.make_node("DequantizeLinear", ["w_q", "w_scale"], ["w_dq"]))
+    down.input[1] = "w_dq"
+    onnx.save(model, str(path))
+    r = cli("slim", tmp_path / "m", tmp_path / "s", "--ratio", 0.5, "--tokens", 512, "--seq-len", 32)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "its down weight is quantized (QDQ: DequantizeLinear)" in r.stderr and "then quantize" in r.stderr
+    assert not (tmp_path / "s").exists()
+
+
 def test_bad_requests_exit_2_and_write_nothing(tmp_path):
     model = relu_lm(tmp_path / "m")
     ids = tmp_path / "m_ids.npy"

@@ -123,6 +123,9 @@ class FFNSurgery:
         if tensor is None:
             producer = ix.producer_node(name)
             what = producer.op_type if producer is not None else "a graph input"
+            if what in ("DequantizeLinear", "DynamicQuantizeLinear", "QuantizeLinear"):
+                raise self._refuse(layer, f"its {role} weight is quantized (QDQ: {what}); slim narrows float32/float16 "
+                                          "weights held as initializers (slim the float model, then quantize)")
             raise self._refuse(layer, f"its {role} weight is computed by {what}, not held as an initializer")
         if tensor.data_type not in _FLOAT_TYPES:
             raise self._refuse(layer, f"its {role} weight has type "
