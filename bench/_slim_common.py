@@ -1,6 +1,7 @@
 """What the slim benches (bench_slim_sequential, _residual, _drift, _readers) share: their
 arguments, texts, the study and its evaluator, and one measured row (a variant against the
-original on every eval source)."""
+original on every eval source); and where bench_slim_merged and bench_eval_arena write their
+results (save_result)."""
 
 from __future__ import annotations
 
@@ -73,3 +74,12 @@ def measure_row(ev, study, width: str, name: str, variant, seconds: float | None
                        for s in res.sources}}
     print(json.dumps(row), flush=True)
     return row
+
+
+def save_result(stem: str, out: dict, summary_skip: tuple[str, ...] = ("runs",)) -> Path:
+    """Write ``out`` to bench/results/<stem>.json and print it (less the ``summary_skip`` keys)."""
+    path = ROOT / "bench" / "results" / f"{stem}.json"
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in out.items() if k not in summary_skip}, indent=1))
+    print(f"wrote {path}")
+    return path

@@ -15,7 +15,6 @@ and their medians' ratios, go to bench/results/eval_arena_<name>.json. Nothing h
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from _slim_common import save_result  # noqa: E402
 from bench_slim import cli_peak  # noqa: E402
 
 WRAPPER = """
@@ -65,10 +65,7 @@ def main() -> None:
                                                                      for k, v in runs.items()},
            "time_ratio_off_on": med["off"][0] / med["on"][0], "peak_ratio_off_on": med["off"][1] / med["on"][1],
            "peak_saved_bytes": med["on"][1] - med["off"][1]}
-    path = HERE / "results" / f"eval_arena_{args.name}.json"
-    path.write_text(json.dumps(out, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in out.items() if k != "runs"}, indent=1))
-    print(f"wrote {path}")
+    save_result(f"eval_arena_{args.name}", out)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
+from _slim_common import save_result  # noqa: E402
 from bench_slim import cli_peak, latency_ratio  # noqa: E402
 
 SMOLLM2 = ROOT / "models" / "work" / "smollm2"
@@ -95,10 +96,7 @@ def main() -> None:
     out["runs"] = runs
     out["time_ratio"] = runs["merged"]["slim_s"] / runs["plain"]["slim_s"]
     out["peak_rss_ratio"] = runs["merged"]["peak_rss"] / runs["plain"]["peak_rss"]
-    path = HERE / "results" / f"slim_merged_{args.name}.json"
-    path.write_text(json.dumps(out, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in out.items() if k != "runs"}, indent=1))
-    print(f"wrote {path}")
+    save_result(f"slim_merged_{args.name}", out)
 
 
 if __name__ == "__main__":

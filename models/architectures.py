@@ -365,9 +365,10 @@ def slim_check(model: torch.nn.Module, arch: Arch, path: Path, workdir: Path, ra
     study = SlimStudy(path, CalibrationSpec([workdir / "calib.npy"]), AnalysisOptions(device="cpu"))
     widths = study.uniform_widths(ratio=ratio, align=8)
     variant = study.variant(widths, "id")
+    data = variant.model.SerializeToString()
     if save is not None:
-        save.write_bytes(variant.model.SerializeToString())
-    session, _ = create_session(variant.model.SerializeToString(), "cpu", external_folder=study.src.data_folder)
+        save.write_bytes(data)
+    session, _ = create_session(data, "cpu", external_folder=study.src.data_folder)
     got = np.asarray(session.run(None, FeedBuilder(session.get_inputs())(ids))[0], dtype=np.float64)
     want = slim_reference(model, arch, calib, ids, variant.keep, dict(study.weighting), study.ridge)
     diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
