@@ -89,6 +89,7 @@ def width_advice(
     q: float = 0.95,
     quantile: float = 1.0,
     align: int = 64,
+    run_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Recommended FFN width: the `quantile` over layers of k_q, rounded up to a multiple of
     `align` (never above the current width), with the share of FFN parameters and FLOPs it saves
@@ -133,7 +134,7 @@ def width_advice(
         keep = min(recommended, p.size)
         entry["variance_lost"] = float(max(0.0, p[keep:].sum()))
     counted = _counted(per_layer, needed, quantile, len(layers))
-    thin = thin_data(layers)
+    thin = thin_data(layers, run_tokens)
     if thin is not None:  # starved statistics: the spectra are biased low, a width from them would be too narrow
         return {"basis": "variance", "q": q, "quantile": quantile, "align": align, "current_width": current,
                 "recommended_width": None, "width_ratio": None, "withheld": thin, "counted": counted,
@@ -157,22 +158,40 @@ def width_advice(
     }
 
 
-def thin_data(layers: Sequence[LayerResult]) -> dict[str, Any] | None:
+def thin_data(layers: Sequence[LayerResult], run_tokens: int | None = None) -> dict[str, Any] | None:
     """Why the width advice is withheld, or None: a layer with fewer than 4·D calibration tokens
-    (its spectrum is biased low, so k_q and the width from it are too small)."""
+    (its spectrum is biased low, so k_q and the width from it are too small). ``run_tokens``: the
+    calibration run's tokens, which scale the budget advised for experts that see only a share."""
     thin = [x for x in layers if x.tokens < LOW_TOKENS_FACTOR * x.width]
     if not thin:
         return None
     width = max(x.width for x in thin)
     n = min(x.tokens for x in thin)
+    budget, share = calibration_budget(thin, run_tokens)
+    need = (f"{budget:,} (10·D for a layer that sees {share:.1%} of the tokens: an expert of a mixture)" if share < 1
+            else f"10·D = {budget:,}")
     return {
-        "reason": f"not enough calibration tokens: {n:,} < 4·D = {LOW_TOKENS_FACTOR * width:,}; "
-                  f"pass --tokens ≥ 10·D = {RECOMMENDED_TOKENS_FACTOR * width:,}",
+        "reason": f"not enough calibration tokens: {n:,} < 4·D = {LOW_TOKENS_FACTOR * width:,}; pass --tokens ≥ {need}",
         "tokens": n,
         "min_tokens": LOW_TOKENS_FACTOR * width,
-        "recommended_tokens": RECOMMENDED_TOKENS_FACTOR * width,
+        "recommended_tokens": budget,
         "layers": [x.layer for x in thin],
     }
+
+
+def calibration_budget(layers: Sequence[LayerResult], run_tokens: int | None) -> tuple[int, float]:
+    """The calibration budget (--tokens) that gives each of ``layers`` 10·D tokens of its own, and
+    the share of the run's tokens that the layer setting it saw. Each FFN of a dense model sees
+    every calibration token (share 1: the budget is 10·D); an expert of a mixture sees only the
+    tokens routed to it, so its share scales the budget. An expert that saw none has no share to
+    scale by and counts as 10·D."""
+    budget, share = RECOMMENDED_TOKENS_FACTOR * max(x.width for x in layers), 1.0
+    for x in layers:
+        if run_tokens and 0 < x.tokens < run_tokens:
+            need = math.ceil(RECOMMENDED_TOKENS_FACTOR * x.width * run_tokens / x.tokens)
+            if need > budget:
+                budget, share = need, x.tokens / run_tokens
+    return budget, share
 
 
 def _counted(per_layer: Sequence[dict[str, Any]], needed: int, quantile: float, n_layers: int) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import numpy as np
 from ._version import __version__
 from .advice import status_message, summarize, width_advice, worst_status
 from .calib import CalibrationSpec, CalibrationStream
-from .checkpoint import RunState, load_stats
+from .checkpoint import RunState, load_stats, run_tokens
 from .collect import TapResult, accumulate, calibration_record, finish_group
 from .config import AnalysisOptions, Hooks, MetricConfig, ProgressFn, RunControl, RuntimeConfig, TapConfig
 from .errors import SuiError, option
@@ -96,7 +96,7 @@ def _from_stats(src, taps, opts: AnalysisOptions) -> Measurement:
     results: list[Any] = [None] * len(accs)
     finish_group(accs, range(len(accs)), {}, results, statistics=opts.hooks.statistics)
     runtime = {"device": "none", "providers": [], "source": str(stats)}
-    calibration = {**meta.get("calibration", {}), "tokens": accs[0].n if accs else 0, "from_stats": str(stats)}
+    calibration = {**meta.get("calibration", {}), "tokens": run_tokens(accs, meta), "from_stats": str(stats)}
     return Measurement(results, runtime, calibration)
 
 
@@ -123,7 +123,8 @@ def _report(src, taps, opts: AnalysisOptions, measured: Measurement, elapsed: fl
         layers=layers,
     )
     report.summary = summarize(layers)
-    report.advice = width_advice(layers, eigenvalues, m.advice_q, m.advice_quantile, m.align)
+    report.advice = width_advice(layers, eigenvalues, m.advice_q, m.advice_quantile, m.align,
+                                 run_tokens=calibration.get("tokens"))
     report.eigenvalues = eigenvalues
     return report
 
@@ -306,7 +307,7 @@ def _memory_budget(src, widths: Sequence[int], calib: CalibrationSpec, device: s
 def _layer_result(tap, res: TapResult, m: MetricConfig) -> LayerResult:
     layer = LayerResult(
         layer=tap.layer, tensor=tap.tensor, width=tap.width, site=tap.site,
-        activation=tap.activation, op=tap.op, tokens=int(res.n),
+        activation=tap.activation, op=tap.op, tokens=int(res.n), group=tap.group,
     )
     if res.eigenvalues is not None:
         metrics = spectral_metrics(res.eigenvalues, m.top_fraction, m.energy_levels)

@@ -124,7 +124,7 @@ class RunState:
                 if i not in current:
                     raise SuiError(f"{label}: malformed checkpoint (statistics of tap {i}, which is not in the "
                                    "pass it stopped in)")
-                if i not in self.bad and acc.n != self.tokens_done:
+                if i not in self.bad and acc.n > self.tokens_done:  # an expert of a mixture sees fewer
                     raise SuiError(f"{label}: inconsistent checkpoint (tap {i} holds {acc.n} tokens, the run "
                                    f"{self.tokens_done})")
                 self.accs[i] = acc
@@ -221,6 +221,7 @@ class RunState:
             meta["stream_full"] = {"batches": self.stream_full[0], "sha256": self.stream_full[1]}
         if complete and calibration is not None:
             meta["calibration"] = {k: v for k, v in calibration.items() if k != "tokens"}
+            meta["run_tokens"] = calibration.get("tokens")  # what `run_tokens` reads back
         to_save = list(accs)
         if final_accs is not None and complete and len(final_accs[0]) == len(self.identity["taps"]):
             to_save = list(final_accs[1])  # one-pass run: keep the full statistics for merging
@@ -322,6 +323,16 @@ def _is_plan(groups: Any, identity: dict) -> bool:
         return all(len(g) for g in groups) and flat == list(range(len(identity["taps"])))
     except TypeError:
         return False
+
+
+def run_tokens(accs, meta: dict) -> int:
+    """The calibration tokens of the run that wrote statistics ``accs`` with ``meta``: its recorded
+    count (``run_tokens``; a merge records the sum over its shards), else the most any tap saw.
+    Every tap of a dense model sees every token; an expert of a mixture sees only those routed to
+    it, so the first tap's count is not the run's."""
+    seen = max((a.n for a in accs), default=0)
+    told = meta.get("run_tokens")
+    return told if isinstance(told, int) and not isinstance(told, bool) and told >= seen else seen
 
 
 def load_stats(path: Path, sha: str, names, widths):

@@ -467,9 +467,12 @@ class LayerResult:
     status: str = "ok"
     flags: list[str] = field(default_factory=list)
     message: str = ""
+    group: int | None = None  # the transformer layer it is one of several FFN blocks (experts) of, from node names
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if d["group"] is None:  # one FFN per transformer layer: as reports before experts were grouped
+            del d["group"]
         d.update(d.pop("energy_widths"))
         for key in SCHEMA_ENERGY_KEYS:
             d.setdefault(key, None)

@@ -23,7 +23,7 @@ from . import __version__
 
 if TYPE_CHECKING:
     import onnx
-from .advice import LOW_TOKENS_FACTOR, RECOMMENDED_TOKENS_FACTOR
+from .advice import LOW_TOKENS_FACTOR, calibration_budget
 from .errors import SuiError, option
 from .ladder import LADDER, aligned, rung_label, width_span  # noqa: F401 (aligned re-exported)
 from .defaults import DEFAULT_MAX_LOSS, SCHEDULES  # noqa: F401 (re-exported)
@@ -113,6 +113,12 @@ class CovarianceStore:
         self._folder, self._cleanup = None, None
 
 
+def _short_list(layers: list[int], shown: int = 6) -> str:
+    """'0, 4, 13' or '0, 4, 13, 18, 24, 25 and 3 more'."""
+    head = ", ".join(str(x) for x in layers[:shown])
+    return head + (f" and {len(layers) - shown} more" if len(layers) > shown else "")
+
+
 class SlimStudy:
     """One model's FFN statistics, ready to build narrower variants of it (see module doc).
     The covariances are held in a `CovarianceStore` whose memory budget is the run's
@@ -155,14 +161,20 @@ class SlimStudy:
             # a finished checkpoint: its passes are done, so the resume replays results, not statistics
             raise SuiError(f"{option('resume')} {options.run.resume} holds a finished run, whose statistics slim reads "
                            f"with {option('stats')} {options.run.resume}")
+        starved = [x.layer for x in self.report.layers if x.tokens < 2]
+        if starved:
+            raise SuiError(f"FFN layer(s) {_short_list(starved)} saw fewer than 2 calibration tokens (experts of a mixture "
+                           f"that the router seldom picks?): nothing to choose their neurons from; calibrate on more text "
+                           f"({option('tokens')})")
         if missing:
-            raise SuiError(f"no usable statistics for FFN layer(s) {missing[:6]} (NaN/Inf activations or too few tokens)")
+            raise SuiError(f"no usable statistics for FFN layer(s) {_short_list(missing)} (NaN/Inf activations)")
         few = [x for x in self.report.layers if x.tokens < LOW_TOKENS_FACTOR * x.width]
         if few:
             n, d = min(x.tokens for x in few), max(x.width for x in few)
+            budget, _ = calibration_budget(few, self.report.calibration.tokens)
             self.warnings.append(
                 f"only {n:,} calibration tokens for FFNs {d:,} wide (fewer than {LOW_TOKENS_FACTOR} x D): the neurons "
-                f"kept and the refit rest on too few samples; calibrate on at least {RECOMMENDED_TOKENS_FACTOR * d:,} "
+                f"kept and the refit rest on too few samples; calibrate on at least {budget:,} "
                 f"tokens ({option('tokens')}, or more text)")
         self.weights = [self.surgery.down_weight(i) for i in range(len(widths))]
         self._selections: dict[tuple[str, int], Selection] = {}
@@ -183,6 +195,8 @@ class SlimStudy:
 
         if i in self._moments and self._moments[i].weight > 0:
             return  # the token-weighted statistics of this layer are used instead
+        if acc.n < 2:
+            return  # no covariance: refused below, with the layers it concerns
         self.cov[i] = np.asarray(to_numpy(acc.covariance()), dtype=np.float64)
         self.mean[i] = np.asarray(to_numpy(acc.shift + acc.sum / acc.n), dtype=np.float64)
 

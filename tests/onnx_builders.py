@@ -16,6 +16,14 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
+def save_model(model: onnx.ModelProto, folder: Path, name: str = "model.onnx") -> Path:
+    """``model`` written to ``folder/name`` (the folder made when missing)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    onnx.save(model, str(path))
+    return path
+
+
 @dataclass
 class TinyLM:
     model: onnx.ModelProto
@@ -37,10 +45,7 @@ class TinyLM:
         return outs
 
     def save(self, folder: Path, name: str = "model.onnx") -> Path:
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / name
-        onnx.save(self.model, str(path))
-        return path
+        return save_model(self.model, folder, name)
 
 
 def tiny_lm(vocab: int = 64, d_model: int = 16, d_ff: int = 48, n_layers: int = 2, seed: int = 0,
@@ -143,3 +148,119 @@ def tiny_seq2seq(vocab: int = 64, d_model: int = 16, d_ff: int = 48, n_layers: i
     encoder.ir_version = 8
     onnx.checker.check_model(encoder)
     return TinySeq2Seq(encoder, dec, enc_emb)
+
+
+@dataclass
+class TinyMoE:
+    """A mixture-of-experts stack shaped like optimum's Qwen3-MoE / DeepSeek-V3 exports: each
+    expert is a MatMul FFN of its own that runs on the tokens routed to it (Compress by a top-1
+    routing mask) and writes them back (ScatterND). x = Emb[ids]; per layer, token t goes to
+    expert argmax(x_t W_r) and x_t += gelu(x_t W1_e + b1_e) W2_e + b2_e; logits = x Emb^T. With
+    ``batched`` the experts are stacked into [E, k, n] weights and run densely on every token in
+    one batched MatMul each (as optimum exports GPT-OSS; the sum over experts is not routed)."""
+
+    model: onnx.ModelProto
+    emb: np.ndarray
+    routers: list[np.ndarray]
+    experts: list[list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]]
+
+    def expert_activations(self, ids: np.ndarray) -> list[list[np.ndarray]]:
+        """Per layer, per expert: the hidden activations of the tokens routed to it, float64
+        [tokens_e, D], in token order (numpy, from the weights alone)."""
+        x = self.emb[ids].reshape(-1, self.emb.shape[1]).astype(np.float64)
+        out = []
+        for router, experts in zip(self.routers, self.experts):
+            choice = np.argmax(x.astype(np.float32) @ router, axis=1)
+            y = np.zeros_like(x)
+            layer = []
+            for e, (w1, b1, w2, b2) in enumerate(experts):
+                rows = choice == e
+                u = x[rows] @ w1 + b1
+                h = 0.5 * u * (1.0 + np.vectorize(math.erf)(u / math.sqrt(2.0))) if len(u) else u
+                layer.append(h)
+                y[rows] = h @ w2 + b2
+            out.append(layer)
+            x = x + y
+        return out
+
+    def save(self, folder: Path, name: str = "model.onnx") -> Path:
+        return save_model(self.model, folder, name)
+
+
+def tiny_moe(vocab: int = 64, d_model: int = 16, d_ff: int = 24, n_layers: int = 2, n_experts: int = 3,
+             seed: int = 0, batched: bool = False) -> TinyMoE:
+    rng = np.random.default_rng(seed)
+    emb = (rng.standard_normal((vocab, d_model)) * 0.5).astype(np.float32)
+    consts = {"sqrt2": np.array(math.sqrt(2.0), np.float32), "one": np.array(1.0, np.float32),
+              "half": np.array(0.5, np.float32), "zero": np.array(0.0, np.float32),
+              "flat": np.array([-1, d_model], np.int64), "axis0": np.array([0], np.int64)}
+    inits = [numpy_helper.from_array(emb, "emb"), numpy_helper.from_array(emb.T.copy(), "emb_t")]
+    inits += [numpy_helper.from_array(v, k) for k, v in consts.items()]
+    nodes = [helper.make_node("Gather", ["emb", "input_ids"], ["x0"], name="/model/embed"),
+             helper.make_node("Shape", ["x0"], ["x_shape"], name="/model/shape")]
+
+    def gelu(p: str, u: str) -> list[onnx.NodeProto]:
+        return [helper.make_node("Div", [u, "sqrt2"], [f"{p}/div"], name=f"{p}/act/Div"),
+                helper.make_node("Erf", [f"{p}/div"], [f"{p}/erf"], name=f"{p}/act/Erf"),
+                helper.make_node("Add", [f"{p}/erf", "one"], [f"{p}/erf1"], name=f"{p}/act/Add"),
+                helper.make_node("Mul", [u, f"{p}/erf1"], [f"{p}/mul"], name=f"{p}/act/Mul"),
+                helper.make_node("Mul", [f"{p}/mul", "half"], [f"{p}/act"], name=f"{p}/act/Mul_1")]
+
+    routers, experts = [], []
+    x = "x0"
+    for i in range(n_layers):
+        m = f"/model/layers.{i}/mlp"
+        router = rng.standard_normal((d_model, n_experts)).astype(np.float32)
+        routers.append(router)
+        weights = [((rng.standard_normal((d_model, d_ff)) / math.sqrt(d_model)).astype(np.float32),
+                    (rng.standard_normal(d_ff) * 0.1).astype(np.float32),
+                    (rng.standard_normal((d_ff, d_model)) / math.sqrt(d_ff)).astype(np.float32),
+                    (rng.standard_normal(d_model) * 0.1).astype(np.float32)) for _ in range(n_experts)]
+        experts.append(weights)
+        nodes.append(helper.make_node("Reshape", [x, "flat"], [f"{m}/xf"], name=f"{m}/Reshape"))
+        if batched:
+            for j, name in enumerate(("w1", "b1", "w2", "b2")):
+                stacked = np.stack([w[j] for w in weights])
+                inits.append(numpy_helper.from_array(stacked[:, None, :] if j % 2 else stacked, f"{m}/experts.{name}"))
+            p = f"{m}/experts"
+            nodes += [helper.make_node("Unsqueeze", [f"{m}/xf", "axis0"], [f"{p}/x3"], name=f"{p}/Unsqueeze"),
+                      helper.make_node("MatMul", [f"{p}/x3", f"{p}.w1"], [f"{p}/up_mm"], name=f"{p}/up/MatMul"),
+                      helper.make_node("Add", [f"{p}/up_mm", f"{p}.b1"], [f"{p}/up"], name=f"{p}/up/Add"),
+                      *gelu(p, f"{p}/up"),
+                      helper.make_node("MatMul", [f"{p}/act", f"{p}.w2"], [f"{p}/down_mm"], name=f"{p}/down/MatMul"),
+                      helper.make_node("Add", [f"{p}/down_mm", f"{p}.b2"], [f"{p}/down"], name=f"{p}/down/Add"),
+                      helper.make_node("ReduceSum", [f"{p}/down", "axis0"], [f"{m}/acc{n_experts - 1}"], keepdims=0,
+                                       name=f"{p}/ReduceSum")]
+        else:
+            inits.append(numpy_helper.from_array(router, f"{m}/router.weight"))
+            nodes += [helper.make_node("MatMul", [f"{m}/xf", f"{m}/router.weight"], [f"{m}/logits"], name=f"{m}/router/MatMul"),
+                      helper.make_node("ArgMax", [f"{m}/logits"], [f"{m}/choice"], axis=1, keepdims=0, name=f"{m}/ArgMax"),
+                      helper.make_node("Mul", [f"{m}/xf", "zero"], [f"{m}/acc_init"], name=f"{m}/zeros")]
+            acc = f"{m}/acc_init"
+            for e, w in enumerate(weights):
+                p = f"{m}/experts.{e}"
+                inits += [numpy_helper.from_array(a, f"{p}.{n}") for a, n in zip(w, ("w1", "b1", "w2", "b2"))]
+                inits.append(numpy_helper.from_array(np.array(e, np.int64), f"{p}.index"))
+                nodes += [helper.make_node("Equal", [f"{m}/choice", f"{p}.index"], [f"{p}/mask"], name=f"{p}/Equal"),
+                          helper.make_node("Compress", [f"{m}/xf", f"{p}/mask"], [f"{p}/x"], axis=0, name=f"{p}/Compress"),
+                          helper.make_node("MatMul", [f"{p}/x", f"{p}.w1"], [f"{p}/up_mm"], name=f"{p}/up/MatMul"),
+                          helper.make_node("Add", [f"{p}/up_mm", f"{p}.b1"], [f"{p}/up"], name=f"{p}/up/Add"),
+                          *gelu(p, f"{p}/up"),
+                          helper.make_node("MatMul", [f"{p}/act", f"{p}.w2"], [f"{p}/down_mm"], name=f"{p}/down/MatMul"),
+                          helper.make_node("Add", [f"{p}/down_mm", f"{p}.b2"], [f"{p}/down"], name=f"{p}/down/Add"),
+                          helper.make_node("NonZero", [f"{p}/mask"], [f"{p}/nz"], name=f"{p}/NonZero"),
+                          helper.make_node("Transpose", [f"{p}/nz"], [f"{p}/rows"], name=f"{p}/Transpose"),
+                          helper.make_node("ScatterND", [acc, f"{p}/rows", f"{p}/down"], [f"{m}/acc{e}"], name=f"{p}/ScatterND")]
+                acc = f"{m}/acc{e}"
+        nodes += [helper.make_node("Reshape", [f"{m}/acc{n_experts - 1}", "x_shape"], [f"{m}/y"], name=f"{m}/Reshape_1"),
+                  helper.make_node("Add", [x, f"{m}/y"], [f"x{i + 1}"], name=f"/model/layers.{i}/residual")]
+        x = f"x{i + 1}"
+    nodes.append(helper.make_node("MatMul", [x, "emb_t"], ["logits"], name="/lm_head/MatMul"))
+    used = {name for node in nodes for name in node.input}
+    inits = [t for t in inits if t.name in used]
+    graph = helper.make_graph(nodes, "tiny_moe", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", vocab])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="sui-onnx-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return TinyMoE(model, emb, routers, experts)

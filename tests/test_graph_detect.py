@@ -62,7 +62,8 @@ def test_one_tap_per_layer(kind, site):
         assert "/mlp/" in t.tensor  # the builder names every FFN node .../layers.N/mlp/...
         assert f"layers.{t.layer}/" in t.tensor
         assert t.down_proj and "mlp" in t.down_proj
-        assert set(t.to_dict()) == {"layer", "tensor", "width", "site", "op", "activation", "down_proj"}
+        assert set(t.to_dict()) == {"layer", "tensor", "width", "site", "op", "activation", "down_proj", "group"}
+        assert t.group is None  # one FFN per transformer layer
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))

@@ -103,6 +103,27 @@ def interrupted_message(exc) -> str:
     return cli_message(SuiError(interrupted_saved(exc.tokens, path)))
 
 
+def _one_line_warnings(debug: bool) -> Callable[[], None]:
+    """Python warnings (sui-onnx's own and its libraries') as one ``sui-onnx: warning:`` line
+    each, without the source file and line that Python prints; --debug keeps Python's format.
+    Returns the undo."""
+    import warnings
+
+    if debug:
+        return lambda: None
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+        _say(f"warning: {first_line(message if isinstance(message, BaseException) else Warning(message))}")
+
+    warnings.showwarning = show
+
+    def restore() -> None:
+        warnings.showwarning = previous
+
+    return restore
+
+
 def _interrupt_on_sigterm() -> Callable[[], None]:
     """SIGTERM, like SIGINT, raises KeyboardInterrupt in every phase of a command (during a
     calibration run the StopOnSignal that analysis_options passes installs its own handlers, which
@@ -146,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = args.debug or getattr(args, "sub_debug", False)
     if debug:  # onnxruntime's own log goes to stderr only then (runner.session_options)
         os.environ["SUI_ONNX_DEBUG"] = "1"
-    restore = _interrupt_on_sigterm()
+    restore_signals, restore_warnings = _interrupt_on_sigterm(), _one_line_warnings(debug)
     try:
         from ..stopping import Interrupted
 
@@ -177,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"error: unexpected {exc.__class__.__name__}: {first[:300]} (rerun with --debug)")
         return EXIT_ERROR
     finally:
-        restore()
+        restore_warnings()
+        restore_signals()
 
 
 if __name__ == "__main__":  # pragma: no cover

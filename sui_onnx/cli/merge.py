@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..safeio import printable
+    from ..checkpoint import run_tokens
     from ..spectrum import load_accumulators, save_accumulators
     from .options import FileSet
 
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
             raise SuiError(f"{printable(path)} is given twice: each shard may be counted once")
         seen.add(path)
     merged, meta0 = None, None
+    total = 0  # the shards' calibration tokens (an expert of a mixture sees only its share of them)
     shards: dict[str, str] = {}  # token-stream digest -> the file that brought it
     sources: dict[str, tuple[str, dict]] = {}  # calibration source sha256 -> (the file that read it, its record)
     window: tuple[int, str] | None = None  # (--seq-len, the file) of the first shard that records one
@@ -81,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         elif seq_len != window[0]:
             raise SuiError(f"{printable(window[1])} was calibrated with windows of {window[0]} tokens and {label} with "
                            f"windows of {seq_len} (--seq-len): one set of statistics has one window length; cannot merge")
+        total += run_tokens(accs, meta)
         if merged is None:
             merged, meta0 = accs, meta
         else:
@@ -97,13 +100,14 @@ def run(args: argparse.Namespace) -> int:
         "complete": True,
         "parts": [str(p) for p in args.inputs],
         "shards": list(shards),
-        "calibration": {"tokens": merged[0].n if merged else 0, "merged_from": [str(p) for p in args.inputs],
+        "run_tokens": total,
+        "calibration": {"tokens": total, "merged_from": [str(p) for p in args.inputs],
                         "sources": [src for _, src in sources.values()]},
     }
     if window is not None and not unrecorded:  # every shard says, and they agree: the gate compares it
         meta_out["calibration"]["seq_len"] = window[0]
     save_accumulators(args.output, merged, meta_out)
     make_console(stderr=True).print(markup(
-        f"merged {len(args.inputs)} files: {merged[0].n if merged else 0:,} tokens per layer -> {args.output}"
+        f"merged {len(args.inputs)} files: {total:,} calibration tokens -> {args.output}"
     ))
     return 0

@@ -26,6 +26,7 @@ the result.  Names and torch name scopes are only used to warn when they disagre
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -78,6 +79,7 @@ class Projection:
     k: int          # input width
     n: int          # output width
     output: str     # canonical float output (after the int32 -> float epilogue of MatMulInteger)
+    batch: int = 1  # product of the weight's leading dimensions: > 1 for [E, k, n] batched experts
 
 
 @dataclass
@@ -120,8 +122,18 @@ def find_projections(ix: GraphIndex) -> dict[int, Projection]:
             k=kn[0],
             n=kn[1],
             output=projection_output(ix, n),
+            batch=weight_batch(ix, node, weight),
         )
     return found
+
+
+def weight_batch(ix: GraphIndex, node: onnx.NodeProto, weight: str) -> int:
+    """How many matrices a MatMul weight stacks: the product of its leading dimensions ([E, k, n]:
+    E, as when a mixture of experts runs all its experts in one batched MatMul); 1 for a matrix."""
+    if node.op_type != "MatMul":
+        return 1
+    shape = ix.static_shape(weight) or ()
+    return math.prod(int(d) for d in shape[:-2]) if len(shape) > 2 else 1
 
 
 def weight_widths(ix: GraphIndex, node: onnx.NodeProto, weight: str) -> tuple[int, int] | None:
@@ -500,11 +512,13 @@ def layer_hint(ix: GraphIndex, block: FFNBlock) -> int | None:
 
 
 def _check_hints(blocks: list[FFNBlock]) -> None:
-    """Warn when the layer numbers in names disagree with the structural (depth) order."""
+    """Warn when the layer numbers in names disagree with the structural (depth) order. A number
+    that repeats in order is not a disagreement: one transformer layer with several FFN blocks
+    (the experts of a mixture of experts, a shared expert beside routed ones)."""
     hints = [b.hint for b in blocks]
     if len(blocks) < 2 or any(h is None for h in hints):
         return
-    if hints != sorted(hints) or len(set(hints)) != len(hints):
+    if hints != sorted(hints):
         warnings.warn(
             "FFN layer order from the graph structure disagrees with the layer numbers in node names "
             f"({hints}); using the structural order",

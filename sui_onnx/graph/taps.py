@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, ParamSpec, Sequence, TypeVar
 
@@ -54,6 +55,7 @@ def corrupt_model_guard(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+_FUSED_MOE_OPS = frozenset({"MoE", "QMoE"})  # com.microsoft: a whole mixture of experts in one node
 _SKELETON_KEEP = 1 << 12  # bytes: initializers larger than this become typed inputs for inference
 
 
@@ -68,6 +70,7 @@ class Tap:
     op: str             # op_type of the node producing `tensor`
     activation: str     # "gelu" | "gelu_tanh" | "silu" | "swiglu" | "geglu" | "relu" | ...
     down_proj: str      # name of the down-projection node (or the explicit tensor's consumer)
+    group: int | None = None  # the transformer layer (from node names) when it holds several FFN blocks: experts
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +92,7 @@ def inspect_model(model: onnx.ModelProto) -> Analysis:
     index = GraphIndex(model.graph, infer_types(model))
     blocks = find_ffn_blocks(index)
     if blocks or not _has_subgraph_projections(model.graph):
+        _refuse_batched_experts(index, blocks)
         return Analysis(model, index, blocks)
     flat = inline_no_past_branch(model)
     if flat is None:
@@ -97,7 +101,29 @@ def inspect_model(model: onnx.ModelProto) -> Analysis:
             "(an optimum merged decoder?); use the decoder without past instead (decoder_model.onnx)"
         )
     index = GraphIndex(flat.graph, infer_types(flat))
-    return Analysis(flat, index, find_ffn_blocks(index), inlined=True)
+    blocks = find_ffn_blocks(index)
+    _refuse_batched_experts(index, blocks)
+    return Analysis(flat, index, blocks, inlined=True)
+
+
+def _refuse_batched_experts(index: GraphIndex, blocks: list[FFNBlock]) -> None:
+    """A block whose weights stack several experts ([E, k, n], one batched MatMul for all of a
+    mixture's experts, as optimum exports GPT-OSS) has a hidden tensor [E, tokens, D] holding every
+    expert's response to every token, routed to it or not: pooled into one covariance it would
+    describe none of them. Refused with one line rather than reported wrong."""
+    for layer, block in enumerate(blocks):
+        proj = next((p for p in [block.down, *block.ups] if p.batch > 1), None)
+        if proj is None:
+            continue
+        node = index.nodes[proj.node]
+        weight = node.input[PROJECTION_OPS[node.op_type][1]]
+        shape = " x ".join(str(d) for d in index.static_shape(weight) or ())
+        raise ModelError(
+            f"FFN layer {layer} runs {proj.batch} experts in one batched MatMul (weight {weight!r}, {shape}): "
+            "its hidden tensor holds every expert's response to every token, routed or not, so its statistics "
+            "would describe no expert; sui-onnx needs each expert as a MatMul of its own (as optimum exports "
+            "Qwen3-MoE and DeepSeek-V3)"
+        )
 
 
 @corrupt_model_guard
@@ -119,13 +145,24 @@ def find_taps(model: onnx.ModelProto, site: str = "post", include: str | None = 
         return explicit_taps(model, list(explicit), site)
     inc, exc = _compile(include, "include"), _compile(exclude, "exclude")
     analysis = inspect_model(model)
+    fused = sorted({n.op_type for n in model.graph.node if n.op_type in _FUSED_MOE_OPS})
+    if fused and analysis.blocks:
+        warnings.warn(f"{sum(n.op_type in _FUSED_MOE_OPS for n in model.graph.node)} {'/'.join(fused)} nodes compute "
+                      "FFNs (experts) that cannot be tapped: only the other FFN blocks are measured", stacklevel=2)
     if not analysis.blocks:
+        if fused:
+            raise ModelError(
+                f"the FFNs are fused into {'/'.join(fused)} nodes (a mixture of experts, as onnxruntime-genai's "
+                "builder writes it): their hidden activations are not tensors of the graph, so there is nothing "
+                "to tap; export the model with its experts as MatMuls (optimum, torch.onnx)"
+            )
         name = f" (graph {model.graph.name!r})" if model.graph.name else ""
         raise ModelError(
             f"no FFN block found in the model{name}: looked for an up-projection -> activation -> down-projection chain "
             f"({'/'.join(PROJECTION_OPS)}); use {option('explicit')} TENSOR to name tensors explicitly"
         )
     taps = [block_tap(analysis.index, layer, b, site) for layer, b in enumerate(analysis.blocks)]
+    taps = _grouped(taps, [b.hint for b in analysis.blocks])
     kept = [t for t in taps if (inc is None or inc.search(t.tensor)) and (exc is None or not exc.search(t.tensor))]
     if not kept:
         raise ModelError(
@@ -142,6 +179,17 @@ def block_tap(ix: GraphIndex, layer: int, block: FFNBlock, site: str) -> Tap:
         op=node.op_type if node is not None else "input",
         activation=block.activation, down_proj=block.down.name,
     )
+
+
+def _grouped(taps: list[Tap], hints: list[int | None]) -> list[Tap]:
+    """``group`` set on the taps of a transformer layer that holds several FFN blocks (the experts of
+    a mixture, a shared expert beside them), as the node names number that layer. Only when every
+    block has a number, they run in order (detect._check_hints warns otherwise) and name at least
+    two layers (one number on every block is more likely a prefix than a layer); else unchanged."""
+    if any(h is None for h in hints) or hints != sorted(hints) or len(set(hints)) < 2:
+        return taps
+    count = {h: hints.count(h) for h in hints}
+    return [replace(t, group=h) if count[h] > 1 else t for t, h in zip(taps, hints)]
 
 
 def explicit_taps(model: onnx.ModelProto, names: list[str], site: str) -> list[Tap]:

@@ -394,11 +394,29 @@ def flags_note(report: Report) -> Text | None:
     return Text("\n".join(notes), style="yellow")
 
 
+def experts_note(report: Report) -> Text | None:
+    """Which rows are several FFN blocks of one transformer layer (the experts of a mixture), or
+    None: the table numbers FFN blocks, not transformer layers."""
+    groups: dict[int, list[int]] = {}
+    for x in report.layers:
+        if x.group is not None:
+            groups.setdefault(x.group, []).append(x.layer)
+    if not groups:
+        return None
+    rows = sum(len(v) for v in groups.values())
+    shown = [f"rows {_span(v)}: layer {g}" for g, v in list(groups.items())[:3]]
+    if len(groups) > 3:
+        shown.append(f"... {len(groups) - 3} more layers")
+    return Text(f"mixture of experts: {rows} of the rows are FFN blocks that share a transformer layer "
+                f"({'; '.join(shown)}); an expert sees only the tokens routed to it (tokens per row: --json)",
+                style="dim")
+
+
 def report_renderable(report: Report) -> Group:
     parts: list[Any] = [header(report), layer_table(report), legend(report)]
-    note = flags_note(report)
-    if note is not None:
-        parts.append(note)
+    for note in (experts_note(report), flags_note(report)):
+        if note is not None:
+            parts.append(note)
     parts.append(advice_panel(report))
     note = withheld_note(report)
     if note is not None:
