@@ -1,4 +1,4 @@
-"""Graph detection and tapping on real optimum exports of 22 more Hugging Face architectures
+"""Graph detection and tapping on real optimum exports of 44 more Hugging Face architectures
 (decoders, encoders and the T5 / BART encoder-decoders), each against PyTorch hooks on the
 down-projection input; and slim on every single-graph one and on optimum's merged decoders of six,
 against the method computed in PyTorch. The recipe is models/architectures.py; needs the export stack."""
@@ -54,6 +54,23 @@ def test_torch_dynamo_exports_are_found_and_tapped_exactly(name, tmp_path):
     assert res["widths"] == res["expected_widths"], f"{name}: detected widths {res['widths']}"
     assert res["max_abs_diff"] < zoo.TOLERANCE
     assert_slims_like_pytorch(res, arch, tmp_path)
+
+
+def test_mixture_of_experts_taps_and_slims_every_expert_like_pytorch(tmp_path):
+    """Qwen3-MoE: each expert is an FFN block of its layer, tapped on the tokens routed to it."""
+    import onnx
+
+    from sui_onnx.graph import find_taps
+
+    arch, n = zoo.MOE, zoo.LAYERS * zoo.EXPERTS
+    res = zoo.check(arch, tmp_path)
+    assert res["widths"] == [arch.d_ff] * n
+    assert res["max_abs_diff"] < zoo.TOLERANCE
+    taps = find_taps(onnx.load(str(res["files"]["model"]), load_external_data=False))
+    assert [t.group for t in taps] == [i for i in range(zoo.LAYERS) for _ in range(zoo.EXPERTS)]
+    s = zoo.slim_check(res["torch_model"], arch, res["files"]["model"], tmp_path)
+    assert s["widths"] == s["expected_widths"] == [arch.d_ff // 2] * n
+    assert s["max_abs_diff"] < SLIM_TOLERANCE * max(1.0, s["scale"])
 
 
 def test_the_survey_fails_when_a_tap_is_wrong(tmp_path, monkeypatch):
