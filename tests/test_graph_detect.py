@@ -284,3 +284,34 @@ def test_layer_hints_from_torch_name_scopes():
     blocks = inspect_model(m).blocks
     assert [b.hint for b in blocks] == [0, 1, 2]
     assert [t.down_proj for t in find_taps(m)] == [b.down.name for b in blocks]
+
+
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+def test_statically_quantized_graphs_qdq_tapped_qoperator_named(fmt, tmp_path):
+    """onnxruntime's static quantization: the QDQ format keeps float activations between
+    Quantize/DequantizeLinear pairs and is tapped like the float model; the QOperator format
+    (QGemm, QLinearMul, ...) holds them only as int8 tensors and is refused with one line that
+    says so and what to do instead."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from tests.onnx_builders import tiny_lm
+
+    float_path = tiny_lm(extra_inputs=False).save(tmp_path, "float.onnx")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.feeds = iter([{"input_ids": rng.integers(0, 64, (1, 16))} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    out = tmp_path / f"{fmt}.onnx"
+    quantize_static(str(float_path), str(out), Reader(), quant_format=getattr(QuantFormat, fmt))
+    model = onnx.load(str(out))
+    if fmt == "QDQ":
+        assert [t.tensor for t in find_taps(model)] == [t.tensor for t in find_taps(onnx.load(str(float_path)))]
+    else:
+        assert any(n.op_type.startswith("QLinear") for n in model.graph.node)
+        with pytest.raises(ModelError, match="QOperator format"):
+            find_taps(model)

@@ -55,6 +55,7 @@ def corrupt_model_guard(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+_QOPERATOR_OPS = frozenset({"QGemm", "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax"})
 _FUSED_MOE_OPS = frozenset({"MoE", "QMoE"})  # com.microsoft: a whole mixture of experts in one node
 _SKELETON_KEEP = 1 << 12  # bytes: initializers larger than this become typed inputs for inference
 
@@ -155,6 +156,13 @@ def find_taps(model: onnx.ModelProto, site: str = "post", include: str | None = 
                 f"the FFNs are fused into {'/'.join(fused)} nodes (a mixture of experts, as onnxruntime-genai's "
                 "builder writes it): their hidden activations are not tensors of the graph, so there is nothing "
                 "to tap; export the model with its experts as MatMuls (optimum, torch.onnx)"
+            )
+        qlinear = sorted({n.op_type for n in model.graph.node if n.op_type in _QOPERATOR_OPS})
+        if qlinear:
+            raise ModelError(
+                f"no FFN block found: the graph is statically quantized in onnxruntime's QOperator format "
+                f"({'/'.join(qlinear[:4])}), whose FFN activations are int8 tensors; analyze the float model, "
+                "or quantize in the QDQ format (quantize_static(..., quant_format=QuantFormat.QDQ)) or dynamically"
             )
         name = f" (graph {model.graph.name!r})" if model.graph.name else ""
         raise ModelError(
