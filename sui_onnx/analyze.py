@@ -131,10 +131,12 @@ def _report(src, taps, opts: AnalysisOptions, measured: Measurement, elapsed: fl
 
 def resolve_encoder(src, requested: Path | None) -> Path | None:
     """The encoder a seq2seq decoder needs (``requested``, else optimum's ``encoder_model.onnx``
-    beside it); None for every other model. Errors say what to pass."""
+    beside it), or the embed_tokens model a decoder that takes inputs_embeds needs (the
+    transformers.js layout of vision-language models); None for every other model. Errors say
+    what to pass."""
     from .graph.source import resolve_model_path
-    from .layout import ENCODER_FILE, companion_encoder
-    from .runner import is_encoder_states_input
+    from .layout import EMBEDDINGS_FILE, ENCODER_FILE, companion_encoder
+    from .runner import companion_role, is_embeddings_input, is_encoder_states_input
 
     flag = option("encoder")
     inits = {i.name for i in src.model.graph.initializer}
@@ -149,10 +151,12 @@ def resolve_encoder(src, requested: Path | None) -> Path | None:
         except SuiError as exc:
             raise SuiError(f"{flag}: {exc}") from None
     else:
-        path = companion_encoder(src.path)
+        embeddings = is_embeddings_input(needs)
+        path = companion_encoder(src.path, embeddings=embeddings)
         if path is None:
-            raise SuiError(f"model input {needs!r} takes a seq2seq encoder's output and there is no {ENCODER_FILE} "
-                           f"beside the model: pass {flag} ENCODER.onnx")
+            file = EMBEDDINGS_FILE if embeddings else ENCODER_FILE
+            raise SuiError(f"model input {needs!r} takes {companion_role(needs)} and there is no {file} "
+                           f"beside the model: pass {flag} {file.upper().replace('.ONNX', '.onnx')}")
     if path.resolve() == Path(src.path).resolve():
         raise SuiError(f"{flag} {path}: that is the model itself; pass its encoder")
     return path

@@ -227,7 +227,10 @@ def graph_has_logits(model: Any) -> bool:
 
 
 def _encoder_decoder_error(where: str, name: str) -> ModelError:
-    return ModelError(f"{where}: input {name!r} takes a seq2seq encoder's output; eval does not run encoder-decoder models")
+    from .runner import companion_role, is_embeddings_input
+
+    split = "models whose embedding table is a model of its own" if is_embeddings_input(name) else "encoder-decoder models"
+    return ModelError(f"{where}: input {name!r} takes {companion_role(name)}; eval does not run {split}")
 
 
 def _cache_dims(src: Any) -> dict[str, dict[int, int]]:

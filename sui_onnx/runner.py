@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import CalibrationError, ModelError, SuiError, first_line, option
 from .config import DEVICES
-from .layout import ENCODER_FILE, MODEL_FILE
+from .layout import EMBEDDINGS_FILE, ENCODER_FILE, MODEL_FILE
 
 _ORT_TO_NUMPY = {
     "tensor(float)": np.float32,
@@ -32,8 +32,25 @@ _ENCODER_STATES = re.compile(r"^encoder_(hidden_states|outputs?)$", re.IGNORECAS
 _CROSS_PAST = re.compile(r"(\.encoder\.|cross)", re.IGNORECASE)  # cached cross-attention keys/values
 
 
+def is_embeddings_input(name: str) -> bool:
+    """True for a decoder input that takes token embeddings instead of ids (``inputs_embeds``: a
+    vision-language model's language decoder, its embed_tokens.onnx beside it)."""
+    return name.lower() == "inputs_embeds"
+
+
+def companion_role(name: str) -> str:
+    """What a companion-fed input takes, for messages."""
+    if is_embeddings_input(name):
+        return "token embeddings (the output of embed_tokens.onnx on the same ids)"
+    return "a seq2seq encoder's output"
+
+
 def is_encoder_states_input(name: str) -> bool:
-    """True for the input of a seq2seq decoder (T5, BART, ...) that takes the encoder's output."""
+    """True for an input fed from a companion model run on the same ids: the encoder output of a
+    seq2seq decoder (T5, BART, ...), or the inputs_embeds of a decoder whose embedding table is a
+    model of its own (embed_tokens.onnx)."""
+    if is_embeddings_input(name):
+        return True
     return bool(_ENCODER_STATES.match(name))
 
 
@@ -297,7 +314,7 @@ class FeedBuilder:
                 feeds[inp.name] = np.zeros(self._past_shape(inp, b), dtype=dtype)
             elif role == "encoder":
                 if encoder_states is None:
-                    raise CalibrationError(f"model input {inp.name!r} needs the encoder's output (pass {option('encoder')})")
+                    raise CalibrationError(f"model input {inp.name!r} takes {companion_role(inp.name)} (pass {option('encoder')})")
                 feeds[inp.name] = np.asarray(encoder_states, dtype=dtype)
         return feeds
 
@@ -556,21 +573,24 @@ class EncoderFeed:
         names = [o.name for o in self.session.get_outputs()]
         self.output = "last_hidden_state" if "last_hidden_state" in names else names[0]
         self.width = next(o.shape[-1] for o in self.session.get_outputs() if o.name == self.output)
+        self.label = "the encoder"  # in messages
 
     def check_width(self, decoder_input: Any, model: Path) -> None:
         """A fixed hidden width must agree between the encoder output and the decoder input."""
+        if is_embeddings_input(decoder_input.name):
+            self.label = f"the embeddings model {Path(model).name}"
         want = decoder_input.shape[-1] if decoder_input.shape else None
         if isinstance(want, int) and isinstance(self.width, int) and want != self.width:
             raise ModelError(f"{option('encoder')} {model}: its output {self.output!r} has width {self.width}, the model's "
                              f"{decoder_input.name!r} expects {want}: not this model's encoder")
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
-        self.limits.check(ids, "the encoder")
+        self.limits.check(ids, self.label)
         try:
             return self.session.run([self.output], self.feed(ids))[0]
         except Exception as exc:
             err = run_error(exc, ids.shape)
-            raise CalibrationError(f"encoder: {err}") from None
+            raise CalibrationError(f"{self.label}: {err}") from None
 
 
 class TapRunner:
@@ -592,10 +612,10 @@ class TapRunner:
         self.encoder: EncoderFeed | None = None
         if self.feed.needs_encoder:
             if encoder is None:
-                raise CalibrationError(
-                    f"model input {self.feed.needs_encoder!r} takes a seq2seq encoder's output: pass "
-                    f"{option('encoder')} ENCODER.onnx (optimum writes {ENCODER_FILE} beside decoder_model.onnx)"
-                )
+                name = self.feed.needs_encoder
+                companion = (f"{EMBEDDINGS_FILE} (transformers.js writes it beside the decoder)" if is_embeddings_input(name)
+                             else f"ENCODER.onnx (optimum writes {ENCODER_FILE} beside decoder_model.onnx)")
+                raise CalibrationError(f"model input {name!r} takes {companion_role(name)}: pass {option('encoder')} {companion}")
             self.encoder = EncoderFeed(encoder, device, threads)
             self.encoder.check_width(next(i for i in self.feed.inputs if i.name == self.feed.needs_encoder), encoder)
         self.xp = np

@@ -264,3 +264,29 @@ def tiny_moe(vocab: int = 64, d_model: int = 16, d_ff: int = 24, n_layers: int =
     model.ir_version = 8
     onnx.checker.check_model(model)
     return TinyMoE(model, emb, routers, experts)
+
+
+def split_embeddings(lm: TinyLM, d_model: int = 16) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """``lm`` split as the transformers.js layout splits a vision-language model's decoder: an
+    embed_tokens model (input_ids -> inputs_embeds, the embedding table) and a decoder that takes
+    inputs_embeds instead of ids. The pair computes what ``lm`` computes."""
+    decoder = onnx.ModelProto()
+    decoder.CopyFrom(lm.model)
+    g = decoder.graph
+    embed = next(n for n in g.node if n.name == "embed")
+    g.node.remove(embed)
+    g.node.insert(0, helper.make_node("Identity", ["inputs_embeds"], ["x0"], name="embeds"))
+    ids = next(i for i in g.input if i.name == "input_ids")
+    g.input.remove(ids)
+    g.input.insert(0, helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, ["batch", "seq", d_model]))
+    table = next(t for t in g.initializer if t.name == "emb")
+    g.initializer.remove(table)
+    onnx.checker.check_model(decoder)
+    graph = helper.make_graph([helper.make_node("Gather", ["emb", "input_ids"], ["inputs_embeds"], name="embed")], "embed_tokens",
+                              [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
+                              [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, ["batch", "seq", d_model])],
+                              [numpy_helper.from_array(lm.emb, "emb")])
+    embed_tokens = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="sui-onnx-tests")
+    embed_tokens.ir_version = 8
+    onnx.checker.check_model(embed_tokens)
+    return embed_tokens, decoder

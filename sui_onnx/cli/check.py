@@ -143,8 +143,8 @@ def run(args: argparse.Namespace) -> int:
         raise SuiError(f"{target}: no such {'report' if is_report else 'model file or folder'}")
     outputs = [("--junit", args.junit), ("--sarif", args.sarif), ("--json", args.json),
                ("--save-report", args.save_report), ("--checkpoint", args.checkpoint)]
-    guard_outputs([target, companion_encoder(target), thresholds.baseline, config_path, *calib_inputs(args), args.encoder,
-                   resume_input(args), args.stats], outputs)
+    guard_outputs([target, companion_encoder(target), companion_encoder(target, embeddings=True), thresholds.baseline,
+                   config_path, *calib_inputs(args), args.encoder, resume_input(args), args.stats], outputs)
     if is_report and args.save_report is not None:
         raise SuiError("--save-report needs a model to analyze; the target is already a report")
     if is_report:

@@ -172,7 +172,9 @@ def add_calib_args(p: argparse.ArgumentParser, encoder: bool = True) -> None:
         g.add_argument("--encoder", type=path_arg, metavar="ENCODER.onnx",
                        help="seq2seq decoders (T5, BART): the encoder run on each batch to give the decoder "
                             "its encoder_hidden_states; the decoder reads the same tokens (default: "
-                            "encoder_model.onnx beside the model)")
+                            "encoder_model.onnx beside the model). A decoder that takes inputs_embeds "
+                            "(a vision-language model's, transformers.js layout): the embed_tokens model "
+                            "that gives them (default: embed_tokens.onnx beside it)")
 
 
 def add_device_args(p: argparse.ArgumentParser) -> None:

@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     refuse_eval_options_without_eval(args, {"max_loss_increase": DEFAULT_MAX_LOSS, "eval_tokens": None, "eval_seq_len": None})
     outputs = [("--json", args.json), ("--spectra", args.spectra), ("--markdown", args.markdown),
                ("--html", args.html), ("--checkpoint", args.checkpoint)]
-    guard_outputs([model, companion_encoder(model), *calib_inputs(args), *args.eval, args.encoder, resume_input(args), args.stats], outputs,
+    guard_outputs([model, companion_encoder(model), companion_encoder(model, embeddings=True), *calib_inputs(args),
+                   *args.eval, args.encoder, resume_input(args), args.stats], outputs,
                   folders=[("--plot", args.plot, PLOT_FILES)])
     if args.plot is not None:
         from ..plots import require_matplotlib

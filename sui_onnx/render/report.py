@@ -406,7 +406,8 @@ def experts_note(report: Report) -> Text | None:
     rows = sum(len(v) for v in groups.values())
     shown = [f"rows {_span(v)}: layer {g}" for g, v in list(groups.items())[:3]]
     if len(groups) > 3:
-        shown.append(f"... {len(groups) - 3} more layers")
+        more = len(groups) - 3
+        shown.append(f"... {more} more layer{'s' if more > 1 else ''}")
     return Text(f"mixture of experts: {rows} of the rows are FFN blocks that share a transformer layer "
                 f"({'; '.join(shown)}); an expert sees only the tokens routed to it (tokens per row: --json)",
                 style="dim")
