@@ -154,9 +154,9 @@ def resolve_encoder(src, requested: Path | None) -> Path | None:
         embeddings = is_embeddings_input(needs)
         path = companion_encoder(src.path, embeddings=embeddings)
         if path is None:
-            file = EMBEDDINGS_FILE if embeddings else ENCODER_FILE
+            file, arg = (EMBEDDINGS_FILE, "EMBED_TOKENS.onnx") if embeddings else (ENCODER_FILE, "ENCODER.onnx")
             raise SuiError(f"model input {needs!r} takes {companion_role(needs)} and there is no {file} "
-                           f"beside the model: pass {flag} {file.upper().replace('.ONNX', '.onnx')}")
+                           f"beside the model: pass {flag} {arg}")
     if path.resolve() == Path(src.path).resolve():
         raise SuiError(f"{flag} {path}: that is the model itself; pass its encoder")
     return path

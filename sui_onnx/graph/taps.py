@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import re
 import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, ParamSpec, Sequence, TypeVar
 
@@ -196,7 +197,7 @@ def _grouped(taps: list[Tap], hints: list[int | None]) -> list[Tap]:
     two layers (one number on every block is more likely a prefix than a layer); else unchanged."""
     if any(h is None for h in hints) or hints != sorted(hints) or len(set(hints)) < 2:
         return taps
-    count = {h: hints.count(h) for h in hints}
+    count = Counter(hints)
     return [replace(t, group=h) if count[h] > 1 else t for t, h in zip(taps, hints)]
 
 
