@@ -70,6 +70,9 @@ def test_report_measures_each_expert_on_its_routed_tokens(moe):
         assert x["hard_rank"] == pytest.approx(participation_ratio(h), rel=1e-4)
         assert x["group"] == x["layer"] // N_EXPERTS
     assert "mixture of experts" in r.stdout and "rows 0-2: layer 0" in r.stdout
+    header = next(line for line in r.stdout.splitlines() if line.split()[:3] == ["layer", "D", "tokens"])
+    rows = r.stdout.splitlines()[r.stdout.splitlines().index(header) + 2:][:len(got)]
+    assert [int(row.split()[2].replace(",", "")) for row in rows] == [x["tokens"] for x in got]
 
 
 def test_thin_data_budget_scales_by_the_least_routed_experts_share(moe):

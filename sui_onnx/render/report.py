@@ -168,8 +168,11 @@ def unfilled_budget(report: Report) -> str | None:
 
 def layer_table(report: Report) -> Table:
     t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold", collapse_padding=True)
+    routed = any(x.group is not None for x in report.layers)  # experts: each sees its share of the tokens
     t.add_column("layer", justify="right")
     t.add_column("D", justify="right")
+    if routed:
+        t.add_column("tokens", justify="right")
     t.add_column("hard", justify="right")
     t.add_column("soft", justify="right")
     t.add_column("SC", justify="right")
@@ -185,6 +188,7 @@ def layer_table(report: Report) -> Table:
         t.add_row(
             str(layer.layer),
             str(layer.width),
+            *([f"{layer.tokens:,}"] if routed else []),
             _fmt(layer.hard_rank),
             _fmt(layer.soft_rank),
             _fmt(layer.concentration, ".2f"),
@@ -197,7 +201,7 @@ def layer_table(report: Report) -> Table:
     if s.sui:
         t.add_section()
         t.add_row(
-            "median", "", _fmt(s.median("hard_rank")), _fmt(s.median("soft_rank")),
+            "median", "", *([""] if routed else []), _fmt(s.median("hard_rank")), _fmt(s.median("soft_rank")),
             _fmt(s.median("concentration"), ".2f"), _fmt(s.median("sui"), ".3f"),
             Text(bar(s.median("sui")), style="bold cyan"), *[""] * len(keys), "",
         )
@@ -409,7 +413,7 @@ def experts_note(report: Report) -> Text | None:
         more = len(groups) - 3
         shown.append(f"... {more} more layer{'s' if more > 1 else ''}")
     return Text(f"mixture of experts: {rows} of the rows are FFN blocks that share a transformer layer "
-                f"({'; '.join(shown)}); an expert sees only the tokens routed to it (tokens per row: --json)",
+                f"({'; '.join(shown)}); an expert sees only the tokens routed to it (the tokens column)",
                 style="dim")
 
 
