@@ -69,3 +69,12 @@ def test_the_variant_of_the_decoder_finds_its_own_embed_tokens(tmp_path):
     assert companion_encoder(tmp_path / "decoder_model_merged_q4.onnx") is None  # no encoder_model.onnx here
     (tmp_path / "embed_tokens.onnx").unlink()
     assert companion_encoder(tmp_path / "model_fp16.onnx", embeddings=True) is None
+
+
+def test_slim_narrows_the_decoder_and_says_why_it_cannot_measure_it(work):
+    r = cli("slim", "repo/onnx/decoder_model.onnx", "out", "--width", "24", "--calib", "ids.npy", "--device", "cpu",
+            "-q", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert "eval does not run a model whose 'inputs_embeds' takes token embeddings" in r.stderr
+    narrowed = layers(work, "out", "--encoder", "repo/onnx/embed_tokens.onnx")
+    assert [x["width"] for x in narrowed] == [24, 24]

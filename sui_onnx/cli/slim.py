@@ -187,8 +187,12 @@ def run(args: argparse.Namespace) -> int:
             why, wide = resolution(evaluation, args.max_loss_increase)
             warnings += ([f"the width search cannot tell widths apart: {why}"] if why else []) + wide
     else:
-        warnings.append("no --eval: the cost of this width was not measured (sui-onnx eval OUT_DIR --data HELDOUT "
-                        f"--reference {model})")
+        from ..runner import companion_role, is_encoder_states_input
+
+        fed = next((i.name for i in study.src.model.graph.input if is_encoder_states_input(i.name)), None)
+        how = (f"eval does not run a model whose {fed!r} takes {companion_role(fed)}" if fed else
+               f"sui-onnx eval OUT_DIR --data HELDOUT --reference {model}")
+        warnings.append(f"no --eval: the cost of this width was not measured ({how})")
     record = slim_record(study, variant, request, None, None, evaluation, search, warnings, args.method,
                          args.schedule, args.align)
     record["warnings"] = [cli_message(w, "slim") for w in record["warnings"]]  # options as their flags
