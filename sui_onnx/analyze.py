@@ -143,7 +143,7 @@ def resolve_encoder(src, requested: Path | None) -> Path | None:
     needs = next((i.name for i in src.model.graph.input if i.name not in inits and is_encoder_states_input(i.name)), None)
     if needs is None:
         if requested is not None:
-            raise SuiError(f"{flag} {requested}: the model has no encoder_hidden_states input (not a seq2seq decoder)")
+            raise SuiError(f"{flag} {requested}: the model has no encoder_hidden_states or inputs_embeds input (not a seq2seq or vision-language decoder)")
         return None
     if requested is not None:
         try:

@@ -119,7 +119,7 @@ def test_encoder_errors_are_one_line_exit_2_and_touch_nothing(pair, tmp_path, ca
         extra, expect = ["--encoder", other], "not a decoder"
     elif case == "not_seq2seq":
         target = tiny_lm(VOCAB).save(work, "lm.onnx")
-        extra, expect = ["--encoder", folder / "encoder_model.onnx"], "not a seq2seq decoder"
+        extra, expect = ["--encoder", folder / "encoder_model.onnx"], "not a seq2seq or vision-language decoder"
     elif case == "width":
         narrow = tiny_seq2seq(VOCAB, d_model=8)
         enc, _ = narrow.save(tmp_path / "narrow")
