@@ -169,3 +169,16 @@ def test_python_warnings_print_as_one_sui_onnx_line(tmp_path):
         "names ([1, 0]); using the structural order"]
     r = cli("taps", "m.onnx", "--debug", cwd=tmp_path)
     assert "UserWarning" in r.stderr
+
+
+def test_fused_moe_nodes_beside_other_ffn_blocks_warn_that_they_are_not_measured():
+    model = tiny_lm().model
+    model.graph.node.append(helper.make_node("MoE", ["x2", "router", "w1", "w2"], ["moe_out"], domain="com.microsoft",
+                                             name="moe"))
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        taps = find_taps(model)
+    assert len(taps) == 2
+    assert [str(w.message) for w in caught] == [
+        "1 MoE node computes FFNs (experts) that cannot be tapped: only the other FFN blocks are measured"]

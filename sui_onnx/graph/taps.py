@@ -149,8 +149,9 @@ def find_taps(model: onnx.ModelProto, site: str = "post", include: str | None = 
     analysis = inspect_model(model)
     fused = sorted({n.op_type for n in model.graph.node if n.op_type in _FUSED_MOE_OPS})
     if fused and analysis.blocks:
-        warnings.warn(f"{sum(n.op_type in _FUSED_MOE_OPS for n in model.graph.node)} {'/'.join(fused)} nodes compute "
-                      "FFNs (experts) that cannot be tapped: only the other FFN blocks are measured", stacklevel=2)
+        count = sum(n.op_type in _FUSED_MOE_OPS for n in model.graph.node)
+        nodes = f"{count} {'/'.join(fused)} node{'s compute' if count > 1 else ' computes'}"
+        warnings.warn(f"{nodes} FFNs (experts) that cannot be tapped: only the other FFN blocks are measured", stacklevel=2)
     if not analysis.blocks:
         if fused:
             raise ModelError(
