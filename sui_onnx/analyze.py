@@ -136,14 +136,14 @@ def resolve_encoder(src, requested: Path | None) -> Path | None:
     what to pass."""
     from .graph.source import resolve_model_path
     from .layout import EMBEDDINGS_FILE, ENCODER_FILE, companion_encoder
-    from .runner import companion_role, is_embeddings_input, is_encoder_states_input
+    from .runner import companion_input, companion_role, is_embeddings_input
 
     flag = option("encoder")
-    inits = {i.name for i in src.model.graph.initializer}
-    needs = next((i.name for i in src.model.graph.input if i.name not in inits and is_encoder_states_input(i.name)), None)
+    needs = companion_input(src.model)
     if needs is None:
         if requested is not None:
-            raise SuiError(f"{flag} {requested}: the model has no encoder_hidden_states or inputs_embeds input (not a seq2seq or vision-language decoder)")
+            raise SuiError(f"{flag} {requested}: the model has no encoder_hidden_states or inputs_embeds input "
+                           "(not a seq2seq or vision-language decoder)")
         return None
     if requested is not None:
         try:

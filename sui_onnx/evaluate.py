@@ -548,10 +548,10 @@ class Evaluator:
         onnxruntime and no session is held."""
         from .graph import load_model
         from .graph.source import ModelSource
-        from .runner import is_encoder_states_input, table_limits
+        from .runner import companion_input, table_limits
 
         src = model if isinstance(model, ModelSource) else load_model(model, lean=True)
-        encoder = next((i.name for i in src.model.graph.input if is_encoder_states_input(i.name)), None)
+        encoder = companion_input(src.model)
         if encoder is not None:
             raise _encoder_decoder_error(str(src.path), encoder)
         tables = table_limits(src.model)

@@ -21,6 +21,12 @@ DESCRIPTION_FILES = (
 )
 
 
+def companion_files(model: Path | None) -> list[Path | None]:
+    """Both companions a model may be run with (`companion_encoder`): its encoder and its
+    embed_tokens model, None where there is none; the inputs an output must never overwrite."""
+    return [companion_encoder(model), companion_encoder(model, embeddings=True)]
+
+
 def companion_encoder(model: Path | None, embeddings: bool = False) -> Path | None:
     """The encoder optimum writes beside a seq2seq decoder (``model`` a file or its folder), if any;
     ``embeddings``: the embed_tokens model beside a decoder that takes inputs_embeds (the

@@ -54,6 +54,13 @@ def is_encoder_states_input(name: str) -> bool:
     return bool(_ENCODER_STATES.match(name))
 
 
+def companion_input(model: Any) -> str | None:
+    """The name of ``model``'s (an onnx ModelProto) declared input that a companion model feeds
+    (`is_encoder_states_input`; an initializer listed as an input is not fed), or None."""
+    inits = {t.name for t in model.graph.initializer}
+    return next((i.name for i in model.graph.input if i.name not in inits and is_encoder_states_input(i.name)), None)
+
+
 def ort_debug() -> bool:
     """True when onnxruntime's own log may reach stderr (the CLI's --debug sets SUI_ONNX_DEBUG=1)."""
     return os.environ.get("SUI_ONNX_DEBUG", "") not in ("", "0")
@@ -558,9 +565,10 @@ def model_table_limits(model: Path | bytes) -> TableLimits:
 
 
 class EncoderFeed:
-    """A seq2seq model's encoder, run on each batch to give its decoder ``encoder_hidden_states``."""
+    """A companion model run on each batch to feed ``decoder_input``: a seq2seq encoder giving its
+    decoder ``encoder_hidden_states``, or an embed_tokens model giving ``inputs_embeds``."""
 
-    def __init__(self, model: Path, device: str = "auto", threads: int | None = None):
+    def __init__(self, model: Path, decoder_input: Any, device: str = "auto", threads: int | None = None):
         try:
             self.session, self.device = create_session(Path(model), device, threads)
         except ModelError as exc:
@@ -573,12 +581,11 @@ class EncoderFeed:
         names = [o.name for o in self.session.get_outputs()]
         self.output = "last_hidden_state" if "last_hidden_state" in names else names[0]
         self.width = next(o.shape[-1] for o in self.session.get_outputs() if o.name == self.output)
-        self.label = "the encoder"  # in messages
+        self.label = f"the embeddings model {Path(model).name}" if is_embeddings_input(decoder_input.name) else "the encoder"
+        self.check_width(decoder_input, model)
 
     def check_width(self, decoder_input: Any, model: Path) -> None:
         """A fixed hidden width must agree between the encoder output and the decoder input."""
-        if is_embeddings_input(decoder_input.name):
-            self.label = f"the embeddings model {Path(model).name}"
         want = decoder_input.shape[-1] if decoder_input.shape else None
         if isinstance(want, int) and isinstance(self.width, int) and want != self.width:
             raise ModelError(f"{option('encoder')} {model}: its output {self.output!r} has width {self.width}, the model's "
@@ -616,8 +623,8 @@ class TapRunner:
                 companion = (f"{EMBEDDINGS_FILE} (transformers.js writes it beside the decoder)" if is_embeddings_input(name)
                              else f"ENCODER.onnx (optimum writes {ENCODER_FILE} beside decoder_model.onnx)")
                 raise CalibrationError(f"model input {name!r} takes {companion_role(name)}: pass {option('encoder')} {companion}")
-            self.encoder = EncoderFeed(encoder, device, threads)
-            self.encoder.check_width(next(i for i in self.feed.inputs if i.name == self.feed.needs_encoder), encoder)
+            decoder_input = next(i for i in self.feed.inputs if i.name == self.feed.needs_encoder)
+            self.encoder = EncoderFeed(encoder, decoder_input, device, threads)
         self.xp = np
         if self.device.cuda:
             from .xp import cuda_namespace

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import gate
 from ..errors import ConfigError, SuiError
-from ..layout import MODEL_FILE, companion_encoder
+from ..layout import MODEL_FILE, companion_files
 from .options import (path_arg, TokenProgress, add_analysis_args, analysis_options, calib_inputs, calibration_spec, guard_outputs, refuse_analysis_with_report, make_console, resume_input, write_text_atomic)
 from .report import warn_unfilled_budget
 
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         raise SuiError(f"{target}: no such {'report' if is_report else 'model file or folder'}")
     outputs = [("--junit", args.junit), ("--sarif", args.sarif), ("--json", args.json),
                ("--save-report", args.save_report), ("--checkpoint", args.checkpoint)]
-    guard_outputs([target, companion_encoder(target), companion_encoder(target, embeddings=True), thresholds.baseline,
+    guard_outputs([target, *companion_files(target), thresholds.baseline,
                    config_path, *calib_inputs(args), args.encoder, resume_input(args), args.stats], outputs)
     if is_report and args.save_report is not None:
         raise SuiError("--save-report needs a model to analyze; the target is already a report")

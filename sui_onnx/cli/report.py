@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..defaults import DEFAULT_MAX_LOSS
-from ..layout import companion_encoder
+from ..layout import companion_files
 from .options import (path_arg, TokenProgress, add_analysis_args, analysis_options, calib_inputs, calibration_spec,
                       guard_outputs, make_console, model_argument, nonnegative_number, positive_int, print_warnings,
                       refuse_eval_options_without_eval, require_narrower_width, resume_input, write_text_atomic)
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     refuse_eval_options_without_eval(args, {"max_loss_increase": DEFAULT_MAX_LOSS, "eval_tokens": None, "eval_seq_len": None})
     outputs = [("--json", args.json), ("--spectra", args.spectra), ("--markdown", args.markdown),
                ("--html", args.html), ("--checkpoint", args.checkpoint)]
-    guard_outputs([model, companion_encoder(model), companion_encoder(model, embeddings=True), *calib_inputs(args),
+    guard_outputs([model, *companion_files(model), *calib_inputs(args),
                    *args.eval, args.encoder, resume_input(args), args.stats], outputs,
                   folders=[("--plot", args.plot, PLOT_FILES)])
     if args.plot is not None:

@@ -187,9 +187,9 @@ def run(args: argparse.Namespace) -> int:
             why, wide = resolution(evaluation, args.max_loss_increase)
             warnings += ([f"the width search cannot tell widths apart: {why}"] if why else []) + wide
     else:
-        from ..runner import companion_role, is_encoder_states_input
+        from ..runner import companion_input, companion_role
 
-        fed = next((i.name for i in study.src.model.graph.input if is_encoder_states_input(i.name)), None)
+        fed = companion_input(study.src.model)
         how = (f"eval does not run a model whose {fed!r} takes {companion_role(fed)}" if fed else
                f"sui-onnx eval OUT_DIR --data HELDOUT --reference {model}")
         warnings.append(f"no --eval: the cost of this width was not measured ({how})")

@@ -147,9 +147,10 @@ def find_taps(model: onnx.ModelProto, site: str = "post", include: str | None = 
         return explicit_taps(model, list(explicit), site)
     inc, exc = _compile(include, "include"), _compile(exclude, "exclude")
     analysis = inspect_model(model)
-    fused = sorted({n.op_type for n in model.graph.node if n.op_type in _FUSED_MOE_OPS})
+    ops = Counter(n.op_type for n in model.graph.node)
+    fused = sorted(_FUSED_MOE_OPS & ops.keys())
     if fused and analysis.blocks:
-        count = sum(n.op_type in _FUSED_MOE_OPS for n in model.graph.node)
+        count = sum(ops[op] for op in fused)
         nodes = f"{count} {'/'.join(fused)} node{'s compute' if count > 1 else ' computes'}"
         warnings.warn(f"{nodes} FFNs (experts) that cannot be tapped: only the other FFN blocks are measured", stacklevel=2)
     if not analysis.blocks:
@@ -159,7 +160,7 @@ def find_taps(model: onnx.ModelProto, site: str = "post", include: str | None = 
                 "builder writes it): their hidden activations are not tensors of the graph, so there is nothing "
                 "to tap; export the model with its experts as MatMuls (optimum, torch.onnx)"
             )
-        qlinear = sorted({n.op_type for n in model.graph.node if n.op_type in _QOPERATOR_OPS})
+        qlinear = sorted(_QOPERATOR_OPS & ops.keys())
         if qlinear:
             raise ModelError(
                 f"no FFN block found: the graph is statically quantized in onnxruntime's QOperator format "
