@@ -93,19 +93,18 @@ def inspect_model(model: onnx.ModelProto) -> Analysis:
     when the blocks live in If subgraphs.  Raises ModelError when that is impossible."""
     index = GraphIndex(model.graph, infer_types(model))
     blocks = find_ffn_blocks(index)
-    if blocks or not _has_subgraph_projections(model.graph):
-        _refuse_batched_experts(index, blocks)
-        return Analysis(model, index, blocks)
-    flat = inline_no_past_branch(model)
-    if flat is None:
-        raise ModelError(
-            "the FFN blocks sit inside If/Loop subgraphs that cannot be exposed as outputs "
-            "(an optimum merged decoder?); use the decoder without past instead (decoder_model.onnx)"
-        )
-    index = GraphIndex(flat.graph, infer_types(flat))
-    blocks = find_ffn_blocks(index)
+    inlined = not blocks and _has_subgraph_projections(model.graph)
+    if inlined:
+        flat = inline_no_past_branch(model)
+        if flat is None:
+            raise ModelError(
+                "the FFN blocks sit inside If/Loop subgraphs that cannot be exposed as outputs "
+                "(an optimum merged decoder?); use the decoder without past instead (decoder_model.onnx)"
+            )
+        model, index = flat, GraphIndex(flat.graph, infer_types(flat))
+        blocks = find_ffn_blocks(index)
     _refuse_batched_experts(index, blocks)
-    return Analysis(flat, index, blocks, inlined=True)
+    return Analysis(model, index, blocks, inlined=inlined)
 
 
 def _refuse_batched_experts(index: GraphIndex, blocks: list[FFNBlock]) -> None:
